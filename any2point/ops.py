@@ -1,0 +1,116 @@
+"""Batched geometry ops in pure PyTorch: farthest point sampling, kNN, gathers and
+segment (cell / voxel) pooling.
+
+Every op works on any device. For CUDA tensors, farthest point sampling uses the
+compiled ``pointnet2_ops`` kernel when that optional package imports; otherwise (and
+always on CPU) the pure-PyTorch path runs. Both start from index 0 and give the same
+indices (tested where the extension exists).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+__all__ = [
+    "furthest_point_sample",
+    "knn",
+    "gather_points",
+    "scatter_mean",
+    "scatter_max",
+    "compact_ids",
+    "pointnet2_ops_available",
+]
+
+
+@functools.lru_cache(maxsize=1)
+def _pointnet2_fps():
+    """The compiled FPS kernel, imported lazily once; None when the package is absent."""
+    try:
+        from pointnet2_ops.pointnet2_utils import furthest_point_sample as fps  # type: ignore
+    except Exception:  # ImportError, or a build that fails to load its .so
+        return None
+    return fps
+
+
+def pointnet2_ops_available() -> bool:
+    return _pointnet2_fps() is not None
+
+
+def furthest_point_sample(xyz: torch.Tensor, n: int, start: int | torch.Tensor = 0,
+                          use_extension: bool = True) -> torch.Tensor:
+    """Indices (B, n) of ``n`` points picked greedily, each the farthest from those picked.
+
+    ``start`` is the first index: an int shared by the batch or a LongTensor (B,).
+    """
+    if xyz.dim() != 3 or xyz.shape[-1] != 3:
+        raise ValueError(f"furthest_point_sample expects xyz of shape (B, N, 3), got {tuple(xyz.shape)}")
+    B, N, _ = xyz.shape
+    if not 0 < n <= N:
+        raise ValueError(f"furthest_point_sample: cannot pick n={n} points out of N={N}")
+    fixed_zero_start = isinstance(start, int) and start == 0
+    if use_extension and xyz.is_cuda and fixed_zero_start and _pointnet2_fps() is not None:
+        return _pointnet2_fps()(xyz.float().contiguous(), n).long()
+    return _fps_torch(xyz, n, start)
+
+
+def _fps_torch(xyz: torch.Tensor, n: int, start: int | torch.Tensor) -> torch.Tensor:
+    B, N, _ = xyz.shape
+    pts = xyz.detach().float()
+    idx = torch.empty(B, n, dtype=torch.long, device=xyz.device)
+    if isinstance(start, torch.Tensor):
+        cur = start.to(device=xyz.device, dtype=torch.long).expand(B).clone()
+    else:
+        cur = torch.full((B,), int(start), dtype=torch.long, device=xyz.device)
+    mindist = torch.full((B, N), float("inf"), device=xyz.device)
+    batch = torch.arange(B, device=xyz.device)
+    for i in range(n):
+        idx[:, i] = cur
+        d = (pts - pts[batch, cur].unsqueeze(1)).square().sum(-1)
+        torch.minimum(mindist, d, out=mindist)
+        cur = mindist.argmax(-1)
+    return idx
+
+
+def knn(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (B, M, k) into ``ref`` of each query's k nearest points, nearest first."""
+    if query.dim() != 3 or ref.dim() != 3 or query.shape[0] != ref.shape[0]:
+        raise ValueError(f"knn expects query (B, M, 3) and ref (B, N, 3), got {tuple(query.shape)} and {tuple(ref.shape)}")
+    if not 0 < k <= ref.shape[1]:
+        raise ValueError(f"knn: k={k} must be in [1, {ref.shape[1]}]")
+    q, r = query.detach().float(), ref.detach().float()
+    # |q - r|^2 expanded as a matmul: memory O(B*M*N), no (B, M, N, 3) intermediate.
+    d = q.square().sum(-1, keepdim=True) - 2.0 * q @ r.transpose(1, 2) + r.square().sum(-1).unsqueeze(1)
+    return d.topk(k, dim=-1, largest=False, sorted=True).indices
+
+
+def gather_points(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` (B, N, C) at ``idx`` (B, ...) -> (B, ..., C)."""
+    B = x.shape[0]
+    flat = idx.reshape(B, -1)
+    out = torch.gather(x, 1, flat.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return out.reshape(*idx.shape, x.shape[-1])
+
+
+def compact_ids(ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Relabel arbitrary integer ids to 0..U-1 (same shape); returns (labels, U)."""
+    uniq, inverse = torch.unique(ids, return_inverse=True)
+    return inverse, int(uniq.numel())
+
+
+def scatter_mean(src: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Mean of the rows of ``src`` (R, C) per segment ``index`` (R,) -> (num_segments, C).
+
+    Empty segments get zeros."""
+    out = src.new_zeros(num_segments, src.shape[-1])
+    out = out.index_add(0, index, src)
+    count = torch.bincount(index, minlength=num_segments).clamp_min(1).to(src.dtype)
+    return out / count.unsqueeze(-1)
+
+
+def scatter_max(src: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Max of the rows of ``src`` (R, C) per segment ``index`` (R,) -> (num_segments, C).
+
+    Empty segments get zeros. The gradient flows to the arg-max rows."""
+    out = src.new_zeros(num_segments, src.shape[-1])
+    return out.scatter_reduce(0, index.unsqueeze(-1).expand_as(src), src, reduce="amax", include_self=False)

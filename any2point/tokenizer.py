@@ -1,0 +1,137 @@
+"""The 3D tokenizer: a parametric Point-PN that turns a cloud into G tokens of the source's
+width D plus their 3D centres.
+
+Per stage: FPS picks centres, kNN groups neighbours, offsets are normalised, features are
+concat(neighbour, centre) (channels double), a sinusoidal encoding of the offsets is added,
+residual 1x1 bottleneck blocks run on the grouped features, and a max over the neighbours
+gives the next stage's features.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .ops import furthest_point_sample, gather_points, knn
+
+__all__ = ["TokenizerConfig", "PointTokenizer"]
+
+
+@dataclass
+class TokenizerConfig:
+    """Sizes of the tokenizer; the defaults are the paper's (1024 -> 512 -> 256 -> 128)."""
+
+    centres: list[int] = field(default_factory=lambda: [512, 256, 128])
+    k: int = 81
+    blocks: list[int] = field(default_factory=lambda: [2, 1, 1])
+    # Hidden width of each stage's bottleneck blocks; null means half the stage width.
+    bottleneck: list[int | None] = field(default_factory=lambda: [None, None, 32])
+    alpha: float = 1000.0
+    beta: float = 100.0
+    # 'scan': divide offsets by the group's max |offset| per axis (ScanObjectNN);
+    # 'modelnet': divide by the std of the cloud's offsets + 1e-5 (ModelNet40).
+    normalize: str = "scan"
+
+
+class SinusoidalOffsetEncoding(nn.Module):
+    """sin/cos(beta * offset / alpha^(i/F)) per axis, F = C/6 frequencies -> C channels."""
+
+    def __init__(self, channels: int, alpha: float, beta: float):
+        super().__init__()
+        if channels % 6:
+            raise ValueError(f"the offset encoding needs a width divisible by 6, got {channels}")
+        freqs = channels // 6
+        inv = beta / alpha ** (torch.arange(freqs, dtype=torch.float32) / freqs)
+        self.register_buffer("inv_freq", inv, persistent=False)
+
+    def forward(self, offsets: torch.Tensor) -> torch.Tensor:  # (..., 3) -> (..., C)
+        angles = offsets.unsqueeze(-1) * self.inv_freq.to(offsets.dtype)  # (..., 3, F)
+        return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+
+
+class Bottleneck(nn.Module):
+    """Residual 1x1 block C -> m -> C with BatchNorm, on (B, C, L) grouped features."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv1d(channels, hidden, 1, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Conv1d(hidden, channels, 1, bias=False), nn.BatchNorm1d(channels),
+        )
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.net(x))
+
+
+class TokenizerStage(nn.Module):
+    def __init__(self, in_channels: int, num_centres: int, k: int, num_blocks: int, hidden: int | None,
+                 alpha: float, beta: float, normalize: str):
+        super().__init__()
+        if normalize not in ("scan", "modelnet"):
+            raise ValueError(f"tokenizer.normalize must be 'scan' or 'modelnet', got {normalize!r}")
+        self.num_centres, self.k, self.normalize = num_centres, k, normalize
+        out = 2 * in_channels
+        self.encode = SinusoidalOffsetEncoding(out, alpha, beta)
+        self.blocks = nn.Sequential(*[Bottleneck(out, hidden or out // 2) for _ in range(num_blocks)])
+
+    def forward(self, xyz: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, N, C = feats.shape
+        k = min(self.k, N)
+        centre_idx = furthest_point_sample(xyz, self.num_centres)
+        centres = gather_points(xyz, centre_idx)  # (B, G, 3)
+        centre_feats = gather_points(feats, centre_idx)  # (B, G, C)
+        group_idx = knn(centres, xyz, k)  # (B, G, k)
+        offsets = gather_points(xyz, group_idx) - centres.unsqueeze(2)
+        if self.normalize == "scan":
+            offsets = offsets / offsets.abs().amax(dim=2, keepdim=True).clamp_min(1e-5)
+        else:  # per cloud, so a cloud's tokens never depend on the rest of the batch
+            offsets = offsets / (offsets.flatten(1).std(dim=1).view(B, 1, 1, 1) + 1e-5)
+        grouped = torch.cat([gather_points(feats, group_idx),
+                             centre_feats.unsqueeze(2).expand(-1, -1, k, -1)], dim=-1)
+        grouped = grouped + self.encode(offsets.to(grouped.dtype))  # (B, G, k, 2C)
+        h = self.blocks(grouped.reshape(B, -1, 2 * C).transpose(1, 2))  # (B, 2C, G*k)
+        h = h.reshape(B, 2 * C, self.num_centres, k).amax(dim=-1)
+        return centres, h.transpose(1, 2).contiguous()
+
+
+class PointTokenizer(nn.Module):
+    """(B, N, 3) points -> tokens (B, G, width) and their centres (B, G, 3)."""
+
+    def __init__(self, width: int, config: TokenizerConfig | None = None, **overrides):
+        super().__init__()
+        cfg = config or TokenizerConfig()
+        if overrides:
+            cfg = TokenizerConfig(**{**cfg.__dict__, **overrides})
+        stages = len(cfg.centres)
+        if not (len(cfg.blocks) == len(cfg.bottleneck) == stages):
+            raise ValueError("tokenizer.centres, tokenizer.blocks and tokenizer.bottleneck need one entry per stage")
+        if width % 2 ** stages:
+            raise ValueError(f"width {width} must be divisible by 2**stages = {2 ** stages}")
+        self.config, self.width = cfg, width
+        raw = width // 2 ** stages
+        self.embed = nn.Sequential(nn.Conv1d(3, raw, 1), nn.BatchNorm1d(raw), nn.ReLU(inplace=True))
+        self.stages = nn.ModuleList()
+        channels = raw
+        for centres, blocks, hidden in zip(cfg.centres, cfg.blocks, cfg.bottleneck):
+            self.stages.append(TokenizerStage(channels, centres, cfg.k, blocks, hidden,
+                                              cfg.alpha, cfg.beta, cfg.normalize))
+            channels *= 2
+
+    @property
+    def num_tokens(self) -> int:
+        return self.config.centres[-1]
+
+    def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if points.dim() != 3 or points.shape[-1] != 3:
+            raise ValueError(f"the tokenizer expects points of shape (B, N, 3), got {tuple(points.shape)}")
+        if points.shape[1] < self.config.centres[0]:
+            raise ValueError(f"clouds have {points.shape[1]} points but the tokenizer's first stage "
+                             f"picks {self.config.centres[0]} centres")
+        xyz = points
+        feats = self.embed(points.transpose(1, 2)).transpose(1, 2)
+        for stage in self.stages:
+            xyz, feats = stage(xyz, feats)
+        return feats, xyz
+

