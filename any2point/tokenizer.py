@@ -20,9 +20,12 @@ __all__ = ["TokenizerConfig", "PointTokenizer"]
 
 @dataclass
 class TokenizerConfig:
-    """Sizes of the tokenizer; the defaults are the paper's (1024 -> 512 -> 256 -> 128)."""
+    """Sizes of the tokenizer; the defaults are the paper's (1024 -> 512 -> 256 -> 128, k=81)."""
 
-    centres: list[int] = field(default_factory=lambda: [512, 256, 128])
+    # Centres picked per stage; null halves the point count at every stage (1024 in ->
+    # 512, 256, 128), so the tokenizer follows data.num_points. A list fixes the sizes.
+    centres: list[int] | None = None
+    stages: int = 3
     k: int = 81
     blocks: list[int] = field(default_factory=lambda: [2, 1, 1])
     # Hidden width of each stage's bottleneck blocks; null means half the stage width.
@@ -66,20 +69,20 @@ class Bottleneck(nn.Module):
 
 
 class TokenizerStage(nn.Module):
-    def __init__(self, in_channels: int, num_centres: int, k: int, num_blocks: int, hidden: int | None,
+    def __init__(self, in_channels: int, k: int, num_blocks: int, hidden: int | None,
                  alpha: float, beta: float, normalize: str):
         super().__init__()
         if normalize not in ("scan", "modelnet"):
             raise ValueError(f"tokenizer.normalize must be 'scan' or 'modelnet', got {normalize!r}")
-        self.num_centres, self.k, self.normalize = num_centres, k, normalize
+        self.k, self.normalize = k, normalize
         out = 2 * in_channels
         self.encode = SinusoidalOffsetEncoding(out, alpha, beta)
         self.blocks = nn.Sequential(*[Bottleneck(out, hidden or out // 2) for _ in range(num_blocks)])
 
-    def forward(self, xyz: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, xyz: torch.Tensor, feats: torch.Tensor, num_centres: int) -> tuple[torch.Tensor, torch.Tensor]:
         B, N, C = feats.shape
         k = min(self.k, N)
-        centre_idx = furthest_point_sample(xyz, self.num_centres)
+        centre_idx = furthest_point_sample(xyz, num_centres)
         centres = gather_points(xyz, centre_idx)  # (B, G, 3)
         centre_feats = gather_points(feats, centre_idx)  # (B, G, C)
         group_idx = knn(centres, xyz, k)  # (B, G, k)
@@ -92,7 +95,7 @@ class TokenizerStage(nn.Module):
                              centre_feats.unsqueeze(2).expand(-1, -1, k, -1)], dim=-1)
         grouped = grouped + self.encode(offsets.to(grouped.dtype))  # (B, G, k, 2C)
         h = self.blocks(grouped.reshape(B, -1, 2 * C).transpose(1, 2))  # (B, 2C, G*k)
-        h = h.reshape(B, 2 * C, self.num_centres, k).amax(dim=-1)
+        h = h.reshape(B, 2 * C, num_centres, k).amax(dim=-1)
         return centres, h.transpose(1, 2).contiguous()
 
 
@@ -104,9 +107,11 @@ class PointTokenizer(nn.Module):
         cfg = config or TokenizerConfig()
         if overrides:
             cfg = TokenizerConfig(**{**cfg.__dict__, **overrides})
-        stages = len(cfg.centres)
+        stages = cfg.stages
+        if cfg.centres is not None and len(cfg.centres) != stages:
+            raise ValueError(f"tokenizer.centres needs one entry per stage ({stages}), got {list(cfg.centres)}")
         if not (len(cfg.blocks) == len(cfg.bottleneck) == stages):
-            raise ValueError("tokenizer.centres, tokenizer.blocks and tokenizer.bottleneck need one entry per stage")
+            raise ValueError(f"tokenizer.blocks and tokenizer.bottleneck need one entry per stage ({stages})")
         if width % 2 ** stages:
             raise ValueError(f"width {width} must be divisible by 2**stages = {2 ** stages}")
         self.config, self.width = cfg, width
@@ -114,24 +119,26 @@ class PointTokenizer(nn.Module):
         self.embed = nn.Sequential(nn.Conv1d(3, raw, 1), nn.BatchNorm1d(raw), nn.ReLU(inplace=True))
         self.stages = nn.ModuleList()
         channels = raw
-        for centres, blocks, hidden in zip(cfg.centres, cfg.blocks, cfg.bottleneck):
-            self.stages.append(TokenizerStage(channels, centres, cfg.k, blocks, hidden,
-                                              cfg.alpha, cfg.beta, cfg.normalize))
+        for blocks, hidden in zip(cfg.blocks, cfg.bottleneck):
+            self.stages.append(TokenizerStage(channels, cfg.k, blocks, hidden, cfg.alpha, cfg.beta, cfg.normalize))
             channels *= 2
 
-    @property
-    def num_tokens(self) -> int:
-        return self.config.centres[-1]
+    def centres_for(self, num_points: int) -> list[int]:
+        """Centres per stage for clouds of ``num_points`` points."""
+        if self.config.centres is not None:
+            return list(self.config.centres)
+        return [num_points >> (i + 1) for i in range(self.config.stages)]
 
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if points.dim() != 3 or points.shape[-1] != 3:
             raise ValueError(f"the tokenizer expects points of shape (B, N, 3), got {tuple(points.shape)}")
-        if points.shape[1] < self.config.centres[0]:
-            raise ValueError(f"clouds have {points.shape[1]} points but the tokenizer's first stage "
-                             f"picks {self.config.centres[0]} centres")
+        centres = self.centres_for(points.shape[1])
+        if centres[0] > points.shape[1] or min(centres) < 1 or sorted(centres, reverse=True) != centres:
+            raise ValueError(f"clouds have {points.shape[1]} points; the tokenizer cannot pick {centres} centres "
+                             f"(each stage needs at most as many centres as the previous one has points)")
         xyz = points
         feats = self.embed(points.transpose(1, 2)).transpose(1, 2)
-        for stage in self.stages:
-            xyz, feats = stage(xyz, feats)
+        for stage, n in zip(self.stages, centres):
+            xyz, feats = stage(xyz, feats, n)
         return feats, xyz
 

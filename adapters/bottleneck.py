@@ -1,0 +1,32 @@
+"""The bottleneck adapter that runs parallel to a frozen block's FFN."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["QuickGELU", "BottleneckAdapter"]
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class BottleneckAdapter(nn.Module):
+    """f -> scale * up(dropout(QuickGELU(down(f)))), D -> r -> D.
+
+    The up-projection starts at zero, so at initialisation the adapted block equals the
+    frozen block."""
+
+    def __init__(self, width: int, rank: int, scale: float, dropout: float = 0.1):
+        super().__init__()
+        self.scale = scale
+        self.down = nn.Linear(width, rank)
+        self.act = QuickGELU()
+        self.dropout = nn.Dropout(dropout)
+        self.up = nn.Linear(rank, width)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.up(self.dropout(self.act(self.down(f))))

