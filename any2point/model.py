@@ -86,7 +86,9 @@ class Any2PointModel(nn.Module):
         cls_pos = source.cls_position()
         self.cls_position = nn.Parameter(cls_pos.detach().clone() if cls_pos is not None else torch.zeros(D))
 
-        self.adapters = None
+        self.adapters = self.prompts = None
+        if peft.name == "prompt":  # deep prompt tuning: fresh tokens before every block
+            self.prompts = nn.Parameter(torch.randn(source.depth, peft.prompt_tokens, D) * 0.02)
         if peft.name in ("any2point", "adapter"):
             adapter_cfg = config.adapter if peft.name == "any2point" else dataclasses.replace(config.adapter, guided=False)
             self.adapters = GuidedAdapters(D, source.depth, config.projection.views, adapter_cfg,
@@ -136,6 +138,11 @@ class Any2PointModel(nn.Module):
         return x
 
     def _run_block(self, i: int, block: nn.Module, x: torch.Tensor, context: ForwardContext) -> torch.Tensor:
+        if self.prompts is not None:
+            P = self.prompts.shape[1]
+            prompts = self.prompts[i].to(x.dtype).expand(x.shape[0], -1, -1)
+            y = block(torch.cat([x[:, :1], prompts, x[:, 1:]], dim=1))
+            return torch.cat([y[:, :1], y[:, 1 + P:]], dim=1)
         if self.adapters is None:
             return block(x)
         if context.cells is None:  # plain bottleneck adapters: nothing to aggregate

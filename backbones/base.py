@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, ClassVar, Optional
 
 import torch
 from torch import nn
@@ -65,7 +65,12 @@ class FrozenSource(nn.Module, abc.ABC):
     ``openai`` or ``random``), ``stem`` (what the source applies to its input embeddings
     before the first block, e.g. BERT's embedding LayerNorm; identity for most),
     ``blocks`` (ModuleList of SourceBlock) and ``final_norm``.
+
+    ``lora_targets`` names, per part ('attention', 'mlp'), the module-name suffixes inside
+    the source that the LoRA baseline adapts (HF peft ``target_modules``).
     """
+
+    lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, name: str, width: int, heads: int, position: PositionTable,
                  blocks: nn.ModuleList, final_norm: nn.Module, weights_tag: str,

@@ -59,6 +59,9 @@ class BertStem(nn.Module):
 
 
 class BertSource(FrozenSource):
+    lora_targets = {"attention": ("query", "key", "value", "attention.output.dense"),
+                    "mlp": ("intermediate.dense", "output.dense")}
+
     def __init__(self, name: str, model: nn.Module, weights_tag: str):
         cfg = model.config
         emb = model.embeddings

@@ -32,6 +32,8 @@ class TimmBlock(SourceBlock):
 
 
 class TimmViTSource(FrozenSource):
+    lora_targets = {"attention": ("attn.qkv", "attn.proj"), "mlp": ("mlp.fc1", "mlp.fc2")}
+
     def __init__(self, name: str, vit: nn.Module, weights_tag: str):
         grid = tuple(vit.patch_embed.grid_size)
         position = PositionTable("2d", grid, canvas=tuple(vit.patch_embed.img_size),
