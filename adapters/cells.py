@@ -1,9 +1,11 @@
 """Which tokens share a cell: per view (1D segments / 2D pixel cells) and in 3D (voxels).
 
 Computed once per forward pass from the view positions and the token centres, then shared
-by every block's adapter. Cells are numbered per (cloud, view) and relabelled to one
-compact range over the batch, so pooling is a single scatter over all clouds and views and
-never mixes two clouds.
+by every block's adapter. Cells are numbered per (view, cloud) and relabelled to one
+compact range over the batch, view-major, so pooling is a single scatter over all clouds
+and views, never mixes two clouds, and the rows of one view are contiguous.
+
+Per-view tensors are laid out view-major: token-view ``t = m * (B * G) + b * G + g``.
 """
 from __future__ import annotations
 
@@ -15,19 +17,31 @@ import torch
 from any2point.ops import compact_ids
 from any2point.projections import ViewPositions
 
-__all__ = ["CellAssignment", "view_cells", "voxel_cells", "batch_segments"]
+__all__ = ["CellAssignment", "view_cells", "voxel_cells", "batch_segments", "same_cell_pairs"]
 
 
 @dataclass(frozen=True)
 class CellAssignment:
-    """``view_segments`` (B, M, G) and ``voxel_segments`` (B, G): compact ids over the batch;
-    ``same_cell`` (B, M, 1, G, G) bool: token i may attend to token j (same cloud, view, cell)."""
+    """Everything the adapters of one forward pass need to know about cells.
 
+    view_segments: (M * B * G,) compact cell id of every token-view, view-major.
+    segment_view: (U,) the view each of the U cells belongs to.
+    pair_query, pair_key: (P,) token-view indices of every (query, key) pair that share a
+        cloud, a view and a cell (the mini attention's sparsity pattern), sorted by query.
+    voxel_segments: (B * G,) compact voxel id of every token; ``num_voxels`` of them.
+    """
+
+    views: int
     view_segments: torch.Tensor | None
-    num_view_segments: int
-    same_cell: torch.Tensor | None
+    segment_view: torch.Tensor | None
+    pair_query: torch.Tensor | None
+    pair_key: torch.Tensor | None
     voxel_segments: torch.Tensor | None
-    num_voxel_segments: int
+    num_voxels: int
+
+    @property
+    def num_view_segments(self) -> int:
+        return 0 if self.segment_view is None else int(self.segment_view.numel())
 
 
 def view_cells(where: ViewPositions, cell: float, canvas: tuple[int, int] | None) -> torch.Tensor:
@@ -35,10 +49,8 @@ def view_cells(where: ViewPositions, cell: float, canvas: tuple[int, int] | None
     idx = torch.div(where.source_units, cell, rounding_mode="floor").long()  # (B, M, G, P)
     if where.kind == "2d":
         cols = math.ceil(canvas[1] / cell)
-        local = idx[..., 0] * cols + idx[..., 1]
-    else:
-        local = idx[..., 0]
-    return local
+        return idx[..., 0] * cols + idx[..., 1]
+    return idx[..., 0]
 
 
 def voxel_cells(centres: torch.Tensor, size: float) -> torch.Tensor:
@@ -50,8 +62,23 @@ def voxel_cells(centres: torch.Tensor, size: float) -> torch.Tensor:
 
 
 def batch_segments(local: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Local ids (B, ..., G) -> compact ids unique to each leading (cloud[, view]) slice."""
+    """Local ids (S1, ..., G) -> compact ids unique to each leading slice, in slice order."""
     lead = local.shape[:-1]
     span = int(local.max()) + 1 if local.numel() else 1
     slice_id = torch.arange(math.prod(lead), device=local.device).view(*lead, 1)
     return compact_ids(slice_id * span + local)
+
+
+def same_cell_pairs(segments: torch.Tensor, num_segments: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All (query, key) index pairs of elements with the same segment id, sorted by query.
+
+    For a segment of n elements this lists its n * n pairs; no Python loop."""
+    order = torch.argsort(segments, stable=True)
+    counts = torch.bincount(segments, minlength=num_segments)
+    starts = torch.cumsum(counts, 0) - counts
+    per_query = counts[segments]  # keys each element attends to
+    query = torch.repeat_interleave(torch.arange(segments.numel(), device=segments.device), per_query)
+    first_pair = torch.cumsum(per_query, 0) - per_query
+    rank = torch.arange(query.numel(), device=segments.device) - first_pair[query]
+    key = order[starts[segments[query]] + rank]
+    return query, key

@@ -4,8 +4,9 @@ Inside block l (h = x + Attn(LN x), f = FFN(LN h)):
   1. a bottleneck adapter parallel to the FFN: x = h + f + s * A(f)   (the FFN hook);
   2. after the block, on the point tokens X (cls set aside), for each view j:
      Y = X + MiniAttn_j(LN X) masked to same cloud and cell; pool Y per cell (mean + max),
-     BN + GELU (per block and view), broadcast back -> F_j;
-  3. a 3D reference: X pooled per voxel of the token centres (mean + max), BN + GELU -> X3d;
+     BN + GELU over the cells (per block and view), broadcast back -> F_j;
+  3. a 3D reference: X pooled per voxel of the token centres (mean + max), BN + GELU over
+     the voxels -> X3d;
   4. w_j = (cos(F_j, X3d) + 1) / 2 normalised over views; X = X + c * sum_j w_j F_j.
 
 Ablation switches: ``view_cells=False`` keeps the adapter and the 3D reference only
@@ -24,8 +25,9 @@ from any2point.ops import scatter_max, scatter_mean
 from any2point.projections import ViewPositions
 
 from .bottleneck import BottleneckAdapter
-from .cells import CellAssignment, batch_segments, view_cells, voxel_cells
+from .cells import CellAssignment, batch_segments, same_cell_pairs, view_cells, voxel_cells
 from .mini_attention import ViewMiniAttention
+from .norm import GroupedBatchNorm
 
 __all__ = ["AdapterConfig", "GuidedAdapters", "BlockAdapter"]
 
@@ -45,11 +47,9 @@ class AdapterConfig:
     reference: str = "voxel"  # 'voxel' | 'uniform' (ablation: no 3D reference, equal view weights)
 
 
-def _pool_broadcast(values: torch.Tensor, segments: torch.Tensor, num: int) -> torch.Tensor:
-    """Mean + max of ``values`` (..., D) per segment (...), given back to every member."""
-    flat, seg = values.reshape(-1, values.shape[-1]), segments.reshape(-1)
-    pooled = scatter_mean(flat, seg, num) + scatter_max(flat, seg, num)
-    return pooled[seg].view_as(values)
+def _pool(values: torch.Tensor, segments: torch.Tensor, num: int) -> torch.Tensor:
+    """Mean + max of the rows of ``values`` (R, D) per segment (R,) -> (num, D)."""
+    return scatter_mean(values, segments, num) + scatter_max(values, segments, num)
 
 
 class BlockAdapter(nn.Module):
@@ -58,21 +58,10 @@ class BlockAdapter(nn.Module):
     def __init__(self, width: int, views: int, config: AdapterConfig):
         super().__init__()
         self.bottleneck = BottleneckAdapter(width, config.rank, config.scale, config.dropout)
-        self.views = views
         if config.guided and config.view_cells:
-            self.view_norm = nn.BatchNorm1d(views * width)
+            self.view_norm = GroupedBatchNorm(views, width)  # per view, over that view's cells
         if config.guided and config.reference == "voxel":
-            self.reference_norm = nn.BatchNorm1d(width)
-
-    def views_feature(self, pooled: torch.Tensor) -> torch.Tensor:
-        """BN + GELU per view on (B, M, G, D), statistics per view and channel."""
-        B, M, G, D = pooled.shape
-        z = self.view_norm(pooled.permute(0, 2, 1, 3).reshape(B * G, M * D))
-        return F.gelu(z).view(B, G, M, D).permute(0, 2, 1, 3)
-
-    def reference_feature(self, pooled: torch.Tensor) -> torch.Tensor:
-        B, G, D = pooled.shape
-        return F.gelu(self.reference_norm(pooled.reshape(B * G, D))).view(B, G, D)
+            self.reference_norm = nn.BatchNorm1d(width)  # over the voxels
 
 
 class GuidedAdapters(nn.Module):
@@ -92,19 +81,24 @@ class GuidedAdapters(nn.Module):
             self.mini_attention = ViewMiniAttention(width, views, config.mini_heads, config.mini_head_dim)
 
     def assign(self, where: ViewPositions, centres: torch.Tensor) -> CellAssignment | None:
-        """Cells and voxels of this forward pass, shared by all blocks."""
+        """Cells, attention pairs and voxels of this forward pass, shared by all blocks."""
         cfg = self.config
         if not cfg.guided:
             return None
-        view_seg = same = vox_seg = None
-        n_view = n_vox = 0
+        view_seg = seg_view = query = key = vox_seg = None
+        n_vox = 0
         if cfg.view_cells:
-            local = view_cells(where, cfg.cell, self.canvas)  # (B, M, G)
-            view_seg, n_view = batch_segments(local)
-            same = (local.unsqueeze(-1) == local.unsqueeze(-2)).unsqueeze(2)  # (B, M, 1, G, G)
+            local = view_cells(where, cfg.cell, self.canvas).transpose(0, 1)  # (M, B, G), view-major
+            view_seg, n_view = batch_segments(local.reshape(self.views * local.shape[1], -1))
+            view_seg = view_seg.reshape(-1)
+            per_view = view_seg.numel() // self.views
+            seg_view = torch.zeros(n_view, dtype=torch.long, device=view_seg.device)
+            seg_view[view_seg] = torch.arange(view_seg.numel(), device=view_seg.device) // per_view
+            query, key = same_cell_pairs(view_seg, n_view)
         if cfg.reference == "voxel":
             vox_seg, n_vox = batch_segments(voxel_cells(centres, cfg.voxel))
-        return CellAssignment(view_seg, n_view, same, vox_seg, n_vox)
+            vox_seg = vox_seg.reshape(-1)
+        return CellAssignment(self.views, view_seg, seg_view, query, key, vox_seg, n_vox)
 
     def ffn_hook(self, index: int):
         return self.blocks[index].bottleneck
@@ -114,16 +108,25 @@ class GuidedAdapters(nn.Module):
         if cells is None:
             return x
         block, c = self.blocks[index], self.config.coef
+        B, G, D = x.shape
         reference = None
         if cells.voxel_segments is not None:
-            reference = block.reference_feature(_pool_broadcast(x, cells.voxel_segments, cells.num_voxel_segments))
+            pooled = _pool(x.reshape(B * G, D), cells.voxel_segments, cells.num_voxels)
+            reference = F.gelu(block.reference_norm(pooled))  # (V, D), one row per voxel
         if cells.view_segments is None:
-            return x + c * reference
-        y = self.mini_attention(x, cells.same_cell)  # (B, M, G, D)
-        views = block.views_feature(_pool_broadcast(y, cells.view_segments, cells.num_view_segments))
+            return x + c * reference.index_select(0, cells.voxel_segments).view(B, G, D)
+        y = self.mini_attention(x, cells.pair_query, cells.pair_key)  # (M, B*G, D)
+        pooled = _pool(y.reshape(-1, D), cells.view_segments, cells.num_view_segments)
+        views = F.gelu(block.view_norm(pooled, cells.segment_view))  # (U, D), one row per cell
+        cell_of = cells.view_segments.view(self.views, B * G).t()  # (B*G, M)
         if reference is None:
-            weights = views.new_full(views.shape[:3], 1.0 / self.views)
+            weights = views.new_full(cell_of.shape, 1.0 / self.views)
         else:
-            weights = (F.cosine_similarity(views, reference.unsqueeze(1), dim=-1) + 1) / 2  # (B, M, G)
+            ref = F.normalize(reference, dim=-1).index_select(0, cells.voxel_segments)  # (B*G, D)
+            unit = F.normalize(views, dim=-1).index_select(0, cell_of.reshape(-1)).view(B * G, self.views, D)
+            cos = torch.bmm(unit, ref.unsqueeze(-1)).squeeze(-1)  # (B*G, M)
+            weights = (cos + 1) / 2
             weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-6)
-        return x + c * (weights.unsqueeze(-1) * views).sum(dim=1)
+        # sum_j w_j F_j without building the (B*G, M, D) stack: a weighted embedding bag.
+        guided = F.embedding_bag(cell_of, views, per_sample_weights=weights.to(views.dtype), mode="sum")
+        return x + c * guided.view(B, G, D)

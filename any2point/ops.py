@@ -102,8 +102,7 @@ def scatter_mean(src: torch.Tensor, index: torch.Tensor, num_segments: int) -> t
     """Mean of the rows of ``src`` (R, C) per segment ``index`` (R,) -> (num_segments, C).
 
     Empty segments get zeros."""
-    out = src.new_zeros(num_segments, src.shape[-1])
-    out = out.index_add(0, index, src)
+    out = src.new_zeros(num_segments, src.shape[-1]).index_add(0, index, src)
     count = torch.bincount(index, minlength=num_segments).clamp_min(1).to(src.dtype)
     return out / count.unsqueeze(-1)
 
@@ -111,6 +110,22 @@ def scatter_mean(src: torch.Tensor, index: torch.Tensor, num_segments: int) -> t
 def scatter_max(src: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:
     """Max of the rows of ``src`` (R, C) per segment ``index`` (R,) -> (num_segments, C).
 
-    Empty segments get zeros. The gradient flows to the arg-max rows."""
-    out = src.new_zeros(num_segments, src.shape[-1])
-    return out.scatter_reduce(0, index.unsqueeze(-1).expand_as(src), src, reduce="amax", include_self=False)
+    Empty segments get zeros. The gradient flows to the arg-max rows, split evenly between
+    tied rows (as ``torch.scatter_reduce`` does), in one gather-compare pass."""
+    return _ScatterMax.apply(src, index, num_segments)
+
+
+class _ScatterMax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, src: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:
+        out = src.new_zeros(num_segments, src.shape[-1]).scatter_reduce_(
+            0, index.unsqueeze(-1).expand_as(src), src, reduce="amax", include_self=False)
+        ctx.save_for_backward(src, index, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        src, index, out = ctx.saved_tensors
+        hit = src == out.index_select(0, index)
+        ties = torch.zeros_like(out).index_add_(0, index, hit.to(out.dtype)).clamp_min_(1)
+        return (grad_out / ties).index_select(0, index) * hit, None, None

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import any2point
-from any2point.adapters import AdapterConfig, GuidedAdapters, batch_segments
+from any2point.adapters import AdapterConfig, GuidedAdapters, batch_segments, same_cell_pairs
+from any2point.adapters.mini_attention import pair_attention
+from any2point.adapters.norm import GroupedBatchNorm
 from any2point.backbones.base import PositionTable
 from any2point.projections import ProjectionConfig, VirtualProjection, sample_grid, sample_rows
 from any2point.weights import package_dir
@@ -41,24 +43,68 @@ def test_forward_shapes_and_dtype(source):
     assert out.shape == (3, 5) and out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
+def _pairs(cells: torch.Tensor):
+    """cells (M, B, G) local cell ids -> view-major segments and same-cell pairs."""
+    seg, n = batch_segments(cells.reshape(-1, cells.shape[-1]))
+    return same_cell_pairs(seg.reshape(-1), n)
+
+
 def test_masked_mini_attention_stays_within_cloud_and_cell():
     torch.manual_seed(0)
-    D, M, G = 48, 2, 16
+    D, M, B, G = 48, 2, 2, 16
     adapters = GuidedAdapters(D, depth=1, views=M, config=AdapterConfig(cell=2))
-    # Two clouds, cells chosen by hand: view 0 has four cells of four tokens, view 1 two of eight.
+    # Cells chosen by hand: view 0 has four cells of four tokens, view 1 two of eight.
     cells = torch.stack([torch.arange(G) // 4, torch.arange(G) % 2])  # (M, G)
-    local = cells.expand(2, M, G)
-    same = (local.unsqueeze(-1) == local.unsqueeze(-2)).unsqueeze(2)
-    x = torch.randn(2, G, D)
-    y = adapters.mini_attention(x, same)
+    query, key = _pairs(cells.unsqueeze(1).expand(M, B, G))
+    x = torch.randn(B, G, D)
+    y = adapters.mini_attention(x, query, key).view(M, B, G, D)
 
     changed = x.clone()
     changed[0, 4:8] += torch.randn(4, D)  # cloud 0, view-0 cell 1
-    y2 = adapters.mini_attention(changed, same)
-    other_cells = (cells[0] != 1)
+    y2 = adapters.mini_attention(changed, query, key).view(M, B, G, D)
+    other_cells = cells[0] != 1
     assert torch.equal(y2[0, 0, other_cells], y[0, 0, other_cells])  # other cells of view 0 untouched
     assert not torch.allclose(y2[0, 0, 4:8], y[0, 0, 4:8])
-    assert torch.equal(y2[1], y[1])  # the other cloud untouched in every view
+    assert torch.equal(y2[:, 1], y[:, 1])  # the other cloud untouched in every view
+
+
+def test_pair_attention_equals_dense_masked_attention():
+    torch.manual_seed(0)
+    M, B, G, H, E = 3, 2, 10, 6, 2
+    cells = torch.randint(0, 4, (M, B, G))
+    query, key = _pairs(cells)
+    q, k, v = (torch.randn(M * B * G, H, E, requires_grad=True) for _ in range(3))
+    ours = pair_attention(q, k, v, query, key)
+    flat = cells.reshape(M * B, G)
+    mask = (flat.unsqueeze(-1) == flat.unsqueeze(-2)).unsqueeze(1)  # (MB, 1, G, G)
+    dense = torch.nn.functional.scaled_dot_product_attention(
+        *(t.view(M * B, G, H, E).transpose(1, 2) for t in (q, k, v)), attn_mask=mask).transpose(1, 2)
+    torch.testing.assert_close(ours, dense.reshape(M * B * G, H, E), rtol=1e-5, atol=1e-6)
+    g_ours = torch.autograd.grad(ours.square().sum(), (q, k, v))
+    g_dense = torch.autograd.grad(dense.square().sum(), (q, k, v))
+    for a, b in zip(g_ours, g_dense):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_grouped_batch_norm_equals_one_batch_norm_per_group():
+    torch.manual_seed(0)
+    x, group = torch.randn(30, 8), torch.randint(0, 3, (30,))
+    ours = GroupedBatchNorm(3, 8)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ours.bias.uniform_(-1, 1)
+    refs = [torch.nn.BatchNorm1d(8) for _ in range(3)]
+    for j, ref in enumerate(refs):
+        with torch.no_grad():
+            ref.weight.copy_(ours.weight[j])
+            ref.bias.copy_(ours.bias[j])
+    for mode in ("train", "eval"):
+        ours.train(mode == "train")
+        out = ours(x, group)
+        for j, ref in enumerate(refs):
+            ref.train(mode == "train")
+            torch.testing.assert_close(out[group == j], ref(x[group == j]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.running_var[1], refs[1].running_var)
 
 
 def test_batch_segments_never_share_ids_across_clouds_or_views():
