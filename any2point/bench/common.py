@@ -1,0 +1,80 @@
+"""Shared benchmark helpers: common flags, thread and device setup, and robust timing
+(warm-up runs, then the median of repeated runs, with device synchronisation)."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+__all__ = ["add_common_arguments", "apply_common_arguments", "resolve_device", "set_threads", "synchronize",
+           "time_call", "environment", "ratio"]
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (for CI)")
+
+
+def apply_common_arguments(args: argparse.Namespace) -> None:
+    """Set threads and resolve the device once, before a subcommand runs."""
+    args.threads = set_threads(args.threads)
+    args.device = resolve_device(args.device)
+
+
+def set_threads(n: int | None) -> int:
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"--threads must be >= 1, got {n}")
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device, *, warmup: int = 1, repeats: int = 5) -> dict:
+    """Milliseconds per call of ``fn``: median and minimum over ``repeats`` after ``warmup`` runs."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        synchronize(device)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats}
+
+
+def ratio(reference_ms: float, ours_ms: float) -> float:
+    """How many times faster ours is than the reference (> 1: faster)."""
+    return reference_ms / ours_ms if ours_ms > 0 else float("inf")
+
+
+def environment(device: torch.device) -> dict:
+    """What the timings depend on; the load average shows whether other work shared the CPU."""
+    load = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    return {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "load_average": load, "machine": platform.machine(),
+            "python": platform.python_version()}

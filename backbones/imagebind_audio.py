@@ -1,0 +1,288 @@
+"""The ImageBind-Huge audio trunk as a 2D source (``imagebind_audio``).
+
+Licence: ImageBind's code and weights are CC BY-NC-SA 4.0 (non-commercial, share-alike).
+
+ImageBind ships no pip package, so the trunk is rebuilt here with torch modules: 12 pre-LN
+blocks of width 768 with 12 heads, MLP ratio 4, LayerNorm eps 1e-6, no drop path, and
+``nn.MultiheadAttention(add_bias_kv=True)``: every attention appends one learnable key and
+one learnable value token (``bias_k`` / ``bias_v``), loaded from the checkpoint and used.
+The audio stem (a 16x16 conv, stride 10, over 128 mel bins x 204 frames) gives a 12 (mel)
+x 19 (time) patch grid; the position embedding stores a cls row and then that grid row by
+row, so table[r, c] = pos_embed[1 + 19 r + c]. The grid is placed on a virtual 192 x 304 px
+canvas of 16 px patches. The final norm is the head's LayerNorm (``modality_heads.audio.0``).
+
+Weights come from the official ``imagebind_huge.pth`` (all modalities, ~4.5 GB), read by its
+public key names. The first load copies just the audio part into any2point's cache as
+safetensors (written atomically), so the big file is read once; later loads read the cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import torch
+from torch import nn
+
+from any2point.registry import register_source
+from any2point.weights import cache_dir, hub_offline, local_weights, unavailable
+
+from .base import FrozenSource, PositionTable, SourceBlock
+
+__all__ = ["ImageBindAudioBlock", "ImageBindAudioSource", "build_imagebind_audio", "official_layout",
+           "extract_audio_state", "URL", "CHECKPOINT"]
+
+URL = "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"
+CHECKPOINT = "imagebind_huge.pth"
+CACHE_NAME = "imagebind_huge_audio.safetensors"
+LICENCE = "CC BY-NC-SA 4.0"
+WIDTH, DEPTH, HEADS, MLP_RATIO, EPS = 768, 12, 12, 4, 1e-6
+GRID, CANVAS, PATCH = (12, 19), (192, 304), (16, 16)
+
+PRE = "modality_preprocessors.audio."
+TRUNK = "modality_trunks.audio."
+HEAD = "modality_heads.audio.0."
+# Tensors of the audio part that points never use (the spectrogram stem, the projection).
+_UNUSED_PREFIXES = (PRE + "rgbt_stem.", "modality_heads.audio.2.")
+
+
+class AudioMlp(nn.Module):
+    """ImageBind's two-layer MLP (names ``fc1`` / ``fc2`` as in its checkpoint)."""
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class ImageBindAudioBlock(SourceBlock):
+    """ImageBind's ``BlockWithMasking`` (pre-LN, attention with bias tokens), batch-first."""
+
+    def __init__(self, width: int = WIDTH, heads: int = HEADS, mlp_ratio: int = MLP_RATIO):
+        super().__init__()
+        self.norm_1 = nn.LayerNorm(width, eps=EPS)
+        self.attn = nn.MultiheadAttention(width, heads, bias=True, add_bias_kv=True, batch_first=True)
+        self.norm_2 = nn.LayerNorm(width, eps=EPS)
+        self.mlp = AudioMlp(width, mlp_ratio * width)
+
+    def forward(self, x: torch.Tensor, ffn_hook=None) -> torch.Tensor:
+        y = self.norm_1(x)
+        h = x + self.attn(y, y, y, need_weights=False)[0]
+        f = self.mlp(self.norm_2(h))
+        return h + f if ffn_hook is None else h + f + ffn_hook(f)
+
+
+def _official_name(own: str) -> str:
+    """Checkpoint key of one of our parameters."""
+    if own == "pos_embed":
+        return PRE + "pos_embedding_helper.pos_embed"
+    if own == "cls":
+        return PRE + "cls_token"
+    if own.startswith("blocks."):
+        return TRUNK + own
+    if own.startswith("final_norm."):
+        return HEAD + own[len("final_norm."):]
+    raise KeyError(f"imagebind_audio: no checkpoint name for parameter {own!r}")
+
+
+class ImageBindAudioSource(FrozenSource):
+    def __init__(self, name: str = "imagebind_audio", depth: int = DEPTH, weights_tag: str = "random"):
+        if not 1 <= depth <= DEPTH:
+            raise ValueError(f"{name}: depth must be in [1, {DEPTH}], got {depth}")
+        position = PositionTable("2d", GRID, canvas=CANVAS, patch=PATCH)
+        super().__init__(name, WIDTH, HEADS, position, nn.ModuleList(ImageBindAudioBlock() for _ in range(depth)),
+                         nn.LayerNorm(WIDTH, eps=EPS), weights_tag)
+        rows, cols = GRID
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + rows * cols, WIDTH))
+        self.cls = nn.Parameter(torch.zeros(1, 1, WIDTH))
+        self._init_random()
+
+    @torch.no_grad()
+    def _init_random(self) -> None:
+        """ImageBind's own initialisation (open_clip-style embeddings, jax-style linears)."""
+        for p in (self.pos_embed, self.cls):
+            nn.init.normal_(p).mul_(WIDTH ** -0.5)
+        for m in self.blocks.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def position_table(self) -> torch.Tensor:
+        rows, cols = GRID
+        return self.pos_embed[0, 1:].reshape(rows, cols, WIDTH)
+
+    def cls_position(self) -> torch.Tensor:
+        return self.pos_embed[0, 0]
+
+    def cls_token(self) -> torch.Tensor:
+        return self.cls[0, 0]
+
+    def official_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Checkpoint key -> shape of every tensor this source reads."""
+        return {_official_name(k): tuple(v.shape) for k, v in self.state_dict().items()}
+
+    def load_official(self, state: Mapping[str, torch.Tensor], origin: str) -> None:
+        """Load tensors named as in ImageBind's checkpoint; every mismatch is reported by name."""
+        own = {_official_name(k): k for k in self.state_dict()}
+        check_audio_keys(set(state), set(own), origin)
+        state = {k: state[k] for k in own}  # tensors outside the audio namespace are not ours
+        shapes = self.official_shapes()
+        bad = [f"{k}: {tuple(v.shape)} (expected {shapes[k]})" for k, v in state.items() if tuple(v.shape) != shapes[k]]
+        if bad:
+            raise ValueError(f"imagebind_audio: {origin} has tensors of the wrong shape: {_shorten(bad, sep='; ')}")
+        self.load_state_dict({own[k]: v.float() for k, v in state.items()}, strict=True)
+
+
+def official_layout(depth: int = DEPTH) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the audio tensors in ``imagebind_huge.pth`` that this source reads."""
+    with torch.device("meta"):
+        return ImageBindAudioSource(depth=depth).official_shapes()
+
+
+def _in_audio_namespace(key: str) -> bool:
+    """Keys the source is responsible for: the trunk, position/cls embeddings, the final norm."""
+    return key.startswith((TRUNK, HEAD, PRE + "pos_embedding_helper.")) or key == PRE + "cls_token"
+
+
+def _shorten(keys: list[str], limit: int = 12, sep: str = ", ") -> str:
+    return sep.join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def check_audio_keys(found: set[str], expected: set[str], origin: str) -> None:
+    """Raise naming the missing keys and the unexpected keys of the audio namespace."""
+    missing = sorted(expected - found)
+    unexpected = sorted(k for k in found - expected if _in_audio_namespace(k))
+    if missing or unexpected:
+        parts = [f"{what} keys: {_shorten(keys)}" for what, keys in (("missing", missing), ("unexpected", unexpected))
+                 if keys]
+        raise ValueError(f"imagebind_audio: {origin} does not match the ImageBind-Huge audio layout "
+                         f"({len(expected)} tensors, e.g. {TRUNK}blocks.N.attn.bias_k); " + "; ".join(parts))
+
+
+@contextmanager
+def _open_checkpoint(path: Path) -> Iterator[Mapping[str, torch.Tensor]]:
+    """Lazy access to a checkpoint's tensors: safetensors or a memory-mapped torch.save file."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            yield _SafeMapping(f)
+        return
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"imagebind_audio: {path} does not hold a state dict (found {type(state).__name__})")
+    yield state
+
+
+class _SafeMapping(Mapping):
+    def __init__(self, handle):
+        self._h, self._keys = handle, dict.fromkeys(handle.keys())
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._h.get_tensor(key)
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def extract_audio_state(path: Path, depth: int = DEPTH) -> dict[str, torch.Tensor]:
+    """The audio tensors of a checkpoint, checked against the layout (no other tensor is read)."""
+    expected = official_layout(depth)
+    with _open_checkpoint(path) as state:
+        check_audio_keys(set(state), set(expected), str(path))
+        return {k: state[k].detach().to(torch.float32).contiguous().clone() for k in expected}
+
+
+def _write_atomic(tensors: dict[str, torch.Tensor], dest: Path, metadata: dict[str, str]) -> None:
+    """Write safetensors to a temporary file in the same folder, then rename it into place."""
+    from safetensors.torch import save_file
+
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _cache_for(checkpoint: Path) -> Path:
+    """Cache file of one local checkpoint, keyed by its path, size and modification time."""
+    st = checkpoint.stat()
+    key = hashlib.sha1(f"{checkpoint.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_dir() / f"imagebind_huge_audio-{key}.safetensors"
+
+
+def _cached_audio(checkpoint: Path, cache: Path, depth: int) -> Path:
+    """The audio cache of ``checkpoint``, extracted on first use."""
+    if not cache.exists():
+        tensors = extract_audio_state(checkpoint, depth)
+        _write_atomic(tensors, cache, {"source": str(checkpoint), "licence": LICENCE})
+    return cache
+
+
+def _hub_checkpoint() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / CHECKPOINT
+
+
+def _weights_on_disk() -> bool:
+    return (cache_dir() / CACHE_NAME).exists() or _hub_checkpoint().exists()
+
+
+def _official_audio(name: str, depth: int) -> Path:
+    """The audio cache of the official checkpoint, downloading the checkpoint if needed."""
+    cache = cache_dir() / CACHE_NAME
+    if cache.exists():
+        return cache
+    ckpt = _hub_checkpoint()
+    if not ckpt.exists():
+        try:
+            if hub_offline():
+                raise ConnectionError("offline mode is set (HF_HUB_OFFLINE / ANY2POINT_OFFLINE)")
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(URL, str(ckpt), progress=True)
+        except Exception as exc:
+            raise unavailable(name, what=f"{CHECKPOINT} (~4.5 GB, {LICENCE})", url=URL,
+                              extra=f"or place it at {ckpt}; the first load keeps only its audio part in {cache_dir()}",
+                              cause=exc) from exc
+    return _cached_audio(ckpt, cache, depth)
+
+
+def build_imagebind_audio(name: str = "imagebind_audio", *, pretrained: bool = True, weights: str | None = None,
+                          depth: int = DEPTH) -> ImageBindAudioSource:
+    """Random, a local checkpoint (``source.weights``: full .pth or audio .safetensors), or the official one."""
+    if not pretrained:
+        return ImageBindAudioSource(name, depth)
+    local = local_weights(weights, name)
+    if local is None:
+        path, tag = _official_audio(name, depth), "imagebind_huge"
+    else:
+        path = local if local.suffix == ".safetensors" else _cached_audio(local, _cache_for(local), depth)
+        tag = f"file:{local.name}"
+    source = ImageBindAudioSource(name, depth, weights_tag=tag)
+    with _open_checkpoint(path) as state:
+        source.load_official(state, str(path))
+    return source
+
+
+@register_source("imagebind_audio", family="imagebind", position="2d", width=WIDTH, depth=DEPTH, heads=HEADS,
+                 table="12x19 (+cls) on 192x304 px", origin=f"official {CHECKPOINT} ({URL})", licence=LICENCE,
+                 weights_available=_weights_on_disk)
+def imagebind_audio(pretrained: bool = True, weights: str | None = None, depth: int = DEPTH) -> ImageBindAudioSource:
+    """ImageBind-Huge audio trunk (audio spectrograms; key/value bias tokens kept)."""
+    return build_imagebind_audio("imagebind_audio", pretrained=pretrained, weights=weights, depth=depth)
