@@ -5,7 +5,6 @@ classifier head are dropped (points never pass through them).
 """
 from __future__ import annotations
 
-import timm
 import torch
 from torch import nn
 
@@ -60,6 +59,8 @@ class TimmViTSource(FrozenSource):
 def build_timm_vit(name: str, timm_name: str, *, pretrained: bool, weights: str | None = None,
                    **timm_kwargs) -> TimmViTSource:
     """Create ``timm_name`` (random, from a local file, or from the hub) and wrap it."""
+    import timm  # imported here: timm pulls in torchvision, seconds that listing sources should not pay
+
     timm_kwargs.setdefault("drop_path_rate", 0.0)
     local = local_weights(weights, name)
     if not pretrained:
