@@ -1,0 +1,66 @@
+"""Point-cloud datasets and file readers.
+
+``build_dataset(cfg.data, split, seed)`` is the one entry point of training and
+evaluation; ``read_points(path)`` turns any supported file into a normalised cloud for
+prediction. Loaders read (or generate) a source split once into FPS-ordered pools;
+``PointCloudDataset`` applies the point protocol and the augmentations per sample.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .base import LoadedSplit, PointCloudDataset
+from .folder import load_folder
+from .modelnet40 import load_modelnet40
+from .modelnet40_resampled import load_modelnet40_resampled
+from .options import as_dict, protocol_of
+from .pointfile import read_points
+from .protocol import SPLITS
+from .readers import SUPPORTED_EXTENSIONS, Geometry, read_geometry
+from .scanobjectnn import load_scanobjectnn
+from .shapes import load_shapes
+from .splits import stratified_split
+from .transforms import build_transforms
+
+__all__ = ["build_dataset", "PointCloudDataset", "read_points", "read_geometry", "Geometry",
+           "SUPPORTED_EXTENSIONS", "LOADERS"]
+
+# data.format -> loader(cfg dict, source split 'train' | 'test', pool size) -> LoadedSplit
+LOADERS: dict[str, Callable[[dict, str, int], LoadedSplit]] = {
+    "modelnet40_h5": load_modelnet40,
+    "modelnet40_resampled": load_modelnet40_resampled,
+    "scanobjectnn": load_scanobjectnn,
+    "folder": load_folder,
+    "shapes": load_shapes,
+}
+
+# Datasets whose stored clouds are not already centred and scaled: normalise each sample.
+_NORMALIZE_BY_DEFAULT = {"modelnet40_resampled", "folder", "shapes"}
+
+
+def build_dataset(cfg: Any, split: str, seed: int = 0) -> PointCloudDataset:
+    """The ``split`` ('train', 'val' or 'test') of the dataset described by the ``data`` config.
+
+    'val' is a seeded, class-stratified ``data.val_fraction`` of the training split, and
+    'train' then excludes it."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    options = as_dict(cfg)
+    fmt = str(options.get("format") or options.get("name"))
+    if fmt not in LOADERS:
+        raise ValueError(f"unknown data.format {fmt!r}; known: {sorted(LOADERS)}")
+    val_fraction = float(options.get("val_fraction") or 0.0)
+    if split == "val" and val_fraction <= 0:
+        raise ValueError("split 'val' needs data.val_fraction > 0 (it is carved from the training split)")
+    protocol = protocol_of(options, split)
+    source_split = "test" if split == "test" else "train"
+    loaded = LOADERS[fmt](options, source_split, protocol.pool_size(split))
+    rows = None
+    if source_split == "train" and val_fraction > 0:
+        train_rows, val_rows = stratified_split(loaded.labels, val_fraction, seed)
+        rows = val_rows if split == "val" else train_rows
+    transforms = build_transforms(options.get("augment"), str(options.get("up_axis", "y")))
+    return PointCloudDataset(loaded.pools, loaded.labels, loaded.class_names, split, protocol, rows=rows,
+                             transforms=transforms, seed=seed,
+                             normalize=bool(options.get("normalize", fmt in _NORMALIZE_BY_DEFAULT)),
+                             name=str(options.get("name", fmt)), skipped=loaded.skipped)

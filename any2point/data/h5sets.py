@@ -1,0 +1,70 @@
+"""Labelled HDF5 collections (the ModelNet40 and ScanObjectNN releases): read, check, pool.
+
+A file holds ``data`` (n, P, >=3) and ``label`` (n,) or (n, 1). Every problem (unreadable
+file, wrong shapes, NaN / infinite coordinates, a label outside the class list) is a
+``DataError`` naming the file and, where it applies, the sample index.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .fps_cache import ArrayCache, cached_fps_indices, file_digest
+
+__all__ = ["read_labelled_h5", "pool_points", "check_labels"]
+
+
+def read_labelled_h5(path: Path, data_key: str = "data", label_key: str = "label") -> tuple[np.ndarray, np.ndarray]:
+    """(points (n, P, 3) float32, labels (n,) int64) of one file."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in (data_key, label_key) if k not in f]
+            if missing:
+                raise DataError(f"missing dataset(s) {missing}; found {sorted(f.keys())}, expected "
+                                f"'{data_key}' (n, P, 3) and '{label_key}' (n,)", str(path))
+            data, label = f[data_key], f[label_key]
+            if data.ndim != 3 or data.shape[2] < 3:
+                raise DataError(f"'{data_key}' has shape {data.shape}; expected (num_clouds, num_points, 3)", str(path))
+            if label.ndim not in (1, 2) or (label.ndim == 2 and label.shape[1] != 1):
+                raise DataError(f"'{label_key}' has shape {label.shape}; expected (num_clouds,) or (num_clouds, 1)",
+                                str(path))
+            if label.shape[0] != data.shape[0]:
+                raise DataError(f"'{data_key}' holds {data.shape[0]} clouds but '{label_key}' holds "
+                                f"{label.shape[0]} labels", str(path))
+            points = data[:, :, :3] if data.shape[2] > 3 else data[()]
+            labels = label[()].reshape(-1)
+    except OSError as exc:  # h5py reports truncated / corrupt files and failed reads as OSError
+        raise DataError(f"not a readable HDF5 file (truncated or corrupt?): {exc}", str(path)) from None
+    if not np.issubdtype(points.dtype, np.floating):
+        raise DataError(f"'{data_key}' holds {points.dtype}; expected floating-point coordinates", str(path))
+    bad = ~np.isfinite(points).all(axis=(1, 2))
+    if bad.any():
+        raise DataError(f"NaN or infinite coordinates ({int(bad.sum())} cloud(s) affected)", str(path),
+                        int(np.argmax(bad)))
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.issubdtype(labels.dtype, np.floating) or not np.all(labels == np.round(labels)):
+            raise DataError(f"'{label_key}' holds {labels.dtype} values that are not class indices", str(path))
+    return np.ascontiguousarray(points, dtype=np.float32), labels.astype(np.int64)
+
+
+def check_labels(labels: np.ndarray, class_names: list[str], path: Path) -> None:
+    bad = (labels < 0) | (labels >= len(class_names))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"label {int(labels[i])} is outside the class list (0..{len(class_names) - 1}, "
+                        f"{len(class_names)} classes)", str(path), i)
+
+
+def pool_points(points: np.ndarray, pool_size: int, cache: ArrayCache, path: Path, tag: str) -> np.ndarray:
+    """The first ``pool_size`` FPS points of every cloud (cached per file content).
+
+    Clouds with at most ``pool_size`` points are kept whole, without FPS."""
+    if points.shape[1] <= pool_size:
+        return points
+    key = f"{tag}-{file_digest(path)[:40]}"
+    indices = cached_fps_indices(points, pool_size, cache, key)
+    return np.take_along_axis(points, indices.astype(np.int64)[..., None], axis=1)

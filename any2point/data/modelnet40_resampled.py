@@ -1,0 +1,57 @@
+"""ModelNet40, ``modelnet40_normal_resampled`` release (10,000 points with normals per shape).
+
+Layout: ``modelnet40_shape_names.txt``, ``modelnet40_{train,test}.txt`` listing
+``<class>_NNNN``, and ``<class>/<class>_NNNN.txt`` with rows "x,y,z,nx,ny,nz" (normals
+ignored). Every shape is pre-sampled once to ``presample_points`` (8,192) by FPS and
+cached; the train pool and the test FPS are prefixes of that order.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .base import LoadedSplit
+from .file_clouds import pool_files
+from .options import cache_of, class_names_of, existing_root
+from .readers import read_geometry
+
+__all__ = ["load_modelnet40_resampled", "DOWNLOAD"]
+
+DOWNLOAD = ("https://shapenet.cs.stanford.edu/media/modelnet40_normal_resampled.zip (historical URL; "
+            "ModelNet itself: https://modelnet.cs.princeton.edu/)")
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DataError(f"missing {path.name}. Download: {DOWNLOAD}", str(path))
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _read_shape(path: Path) -> np.ndarray:
+    return read_geometry(path).vertices
+
+
+def load_modelnet40_resampled(cfg: dict, source_split: str, pool_size: int) -> LoadedSplit:
+    listing_name = f"modelnet40_{source_split}.txt"
+    root = existing_root(cfg, f"modelnet40_shape_names.txt, {listing_name} and <class>/<class>_NNNN.txt files",
+                         DOWNLOAD)
+    class_names = class_names_of(cfg) or _read_lines(root / "modelnet40_shape_names.txt")
+    index = {name: i for i, name in enumerate(class_names)}
+    listing = root / listing_name
+    files, labels = [], []
+    for number, shape_id in enumerate(_read_lines(listing), start=1):
+        cls = shape_id.rsplit("_", 1)[0]
+        if cls not in index:
+            raise DataError(f"line {number}: shape {shape_id!r} has class {cls!r}, which is not in the class list "
+                            f"({len(class_names)} classes)", str(listing))
+        files.append(root / cls / f"{shape_id}.txt")
+        labels.append(index[cls])
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} listed shape file(s) are missing, e.g. {missing[0]}", str(listing))
+    pools, kept = pool_files(files, _read_shape, pool_size=pool_size,
+                             presample=int(cfg.get("presample_points", 8192)), cache=cache_of(cfg),
+                             recipe="mn40resampled-xyz")
+    return LoadedSplit(pools, np.asarray(labels, dtype=np.int64)[kept], class_names)
