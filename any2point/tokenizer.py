@@ -54,13 +54,16 @@ class SinusoidalOffsetEncoding(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """Residual 1x1 block C -> m -> C with BatchNorm, on (B, C, L) grouped features."""
+    """Residual pointwise block C -> m -> C with BatchNorm, on channels-last rows (R, C).
+
+    A pointwise (1x1) convolution is a Linear on channels-last rows; this layout runs the
+    matmuls and BatchNorms about twice as fast on CPU as Conv1d on (B, C, L)."""
 
     def __init__(self, channels: int, hidden: int):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv1d(channels, hidden, 1, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-            nn.Conv1d(hidden, channels, 1, bias=False), nn.BatchNorm1d(channels),
+            nn.Linear(channels, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, channels, bias=False), nn.BatchNorm1d(channels),
         )
         self.act = nn.ReLU(inplace=True)
 
@@ -94,9 +97,8 @@ class TokenizerStage(nn.Module):
         grouped = torch.cat([gather_points(feats, group_idx),
                              centre_feats.unsqueeze(2).expand(-1, -1, k, -1)], dim=-1)
         grouped = grouped + self.encode(offsets.to(grouped.dtype))  # (B, G, k, 2C)
-        h = self.blocks(grouped.reshape(B, -1, 2 * C).transpose(1, 2))  # (B, 2C, G*k)
-        h = h.reshape(B, 2 * C, num_centres, k).amax(dim=-1)
-        return centres, h.transpose(1, 2).contiguous()
+        h = self.blocks(grouped.view(-1, 2 * C))  # (B*G*k, 2C)
+        return centres, h.view(B, num_centres, k, 2 * C).amax(dim=2)
 
 
 class PointTokenizer(nn.Module):
@@ -116,7 +118,7 @@ class PointTokenizer(nn.Module):
             raise ValueError(f"width {width} must be divisible by 2**stages = {2 ** stages}")
         self.config, self.width = cfg, width
         raw = width // 2 ** stages
-        self.embed = nn.Sequential(nn.Conv1d(3, raw, 1), nn.BatchNorm1d(raw), nn.ReLU(inplace=True))
+        self.embed = nn.Sequential(nn.Linear(3, raw), nn.BatchNorm1d(raw), nn.ReLU(inplace=True))
         self.stages = nn.ModuleList()
         channels = raw
         for blocks, hidden in zip(cfg.blocks, cfg.bottleneck):
@@ -137,7 +139,8 @@ class PointTokenizer(nn.Module):
             raise ValueError(f"clouds have {points.shape[1]} points; the tokenizer cannot pick {centres} centres "
                              f"(each stage needs at most as many centres as the previous one has points)")
         xyz = points
-        feats = self.embed(points.transpose(1, 2)).transpose(1, 2)
+        B, N, _ = points.shape
+        feats = self.embed(points.reshape(B * N, 3)).view(B, N, -1)
         for stage, n in zip(self.stages, centres):
             xyz, feats = stage(xyz, feats, n)
         return feats, xyz
