@@ -8,7 +8,9 @@ indices (tested where the extension exists).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -51,7 +53,40 @@ def furthest_point_sample(xyz: torch.Tensor, n: int, start: int | torch.Tensor =
     fixed_zero_start = isinstance(start, int) and start == 0
     if use_extension and xyz.is_cuda and fixed_zero_start and _pointnet2_fps() is not None:
         return _pointnet2_fps()(xyz.float().contiguous(), n).long()
+    if xyz.device.type == "cpu":
+        return _fps_cpu(xyz, n, start)
     return _fps_torch(xyz, n, start)
+
+
+@contextlib.contextmanager
+def _one_intra_op_thread():
+    """torch ops on one thread inside the block (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fps_cpu(xyz: torch.Tensor, n: int, start: int | torch.Tensor) -> torch.Tensor:
+    """FPS on the CPU, parallel over clouds rather than inside each step.
+
+    Each FPS step is a few small ops, for which OpenMP hand-offs cost more than they save
+    (and on a busy machine an oversubscribed pool is 10-20x slower). So every op runs on
+    one thread and the clouds are split over Python threads (torch releases the GIL in
+    its kernels)."""
+    with _one_intra_op_thread() as threads:
+        B = xyz.shape[0]
+        parts = min(threads, B)
+        if parts <= 1:
+            return _fps_torch(xyz, n, start)
+        bounds = [B * i // parts for i in range(parts + 1)]
+        starts = [start if not isinstance(start, torch.Tensor) or start.numel() == 1 else start[a:b]
+                  for a, b in zip(bounds, bounds[1:])]
+        with ThreadPoolExecutor(max_workers=parts) as pool:
+            chunks = pool.map(lambda i: _fps_torch(xyz[bounds[i]:bounds[i + 1]], n, starts[i]), range(parts))
+            return torch.cat(list(chunks))
 
 
 def _fps_torch(xyz: torch.Tensor, n: int, start: int | torch.Tensor) -> torch.Tensor:

@@ -10,13 +10,11 @@ runs and interrupted writes never leave a half-written entry behind.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -97,24 +95,9 @@ class ArrayCache:
             raise
 
 
-@contextlib.contextmanager
-def _one_intra_op_thread():
-    """torch ops on one thread inside the block (restored after): each FPS step is a few
-    small ops, for which OpenMP hand-offs cost more than they save, and on a busy machine
-    an oversubscribed OpenMP pool is 10-20x slower. Parallelism comes from batches instead."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield threads
-    finally:
-        torch.set_num_threads(threads)
-
-
 def fps_indices(clouds: np.ndarray, n: int) -> np.ndarray:
-    """FPS indices (B, n) of clouds (B, N, 3), computed in batches with ``ops.furthest_point_sample``.
-
-    Batches run on as many Python threads as torch had intra-op threads (torch releases the
-    GIL inside its kernels), each batch on one thread."""
+    """FPS indices (B, n) of clouds (B, N, 3), computed in batches with ``ops.furthest_point_sample``
+    (which spreads each batch's clouds over the CPU threads)."""
     count, size = clouds.shape[0], clouds.shape[1]
     dtype = np.uint16 if size <= np.iinfo(np.uint16).max + 1 else np.int64
     out = np.empty((count, n), dtype=dtype)
@@ -127,12 +110,11 @@ def fps_indices(clouds: np.ndarray, n: int) -> np.ndarray:
         return start
 
     started = last_report = time.perf_counter()
-    with _one_intra_op_thread() as threads:
-        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(starts)))) as pool:
-            for done, _ in enumerate(pool.map(one_batch, starts), start=1):
-                if time.perf_counter() - last_report > 30:  # long one-time runs say how far they are
-                    last_report = time.perf_counter()
-                    log.info("FPS %d -> %d points: %d / %d clouds", size, n, min(done * step, count), count)
+    for done, start in enumerate(starts, start=1):
+        one_batch(start)
+        if time.perf_counter() - last_report > 30:  # long one-time runs say how far they are
+            last_report = time.perf_counter()
+            log.info("FPS %d -> %d points: %d / %d clouds", size, n, min(done * step, count), count)
     if len(starts) > 1:
         log.info("FPS of %d clouds (%d -> %d points) took %.1f s", count, size, n, time.perf_counter() - started)
     return out
