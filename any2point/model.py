@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from any2point.adapters import AdapterConfig, CellAssignment, GuidedAdapters
 from any2point.backbones.base import FrozenSource
@@ -71,6 +72,9 @@ class Any2PointModel(nn.Module):
         config = config or ModelConfig()
         peft = peft or PeftConfig()
         self.config, self.peft_config, self.num_classes = config, peft, num_classes
+        # Recompute the frozen blocks' activations in backward instead of storing them
+        # (trades about one extra forward of the blocks for their activation memory).
+        self.activation_checkpointing = False
         D = source.width
         if config.projection.inject not in ("input", "every", "none"):
             raise ValueError(f"projection.inject must be 'input', 'every' or 'none', got {config.projection.inject!r}")
@@ -138,18 +142,24 @@ class Any2PointModel(nn.Module):
         return x
 
     def _run_block(self, i: int, block: nn.Module, x: torch.Tensor, context: ForwardContext) -> torch.Tensor:
+        hook = self.adapters.ffn_hook(i) if self.adapters is not None else None
         if self.prompts is not None:
             P = self.prompts.shape[1]
             prompts = self.prompts[i].to(x.dtype).expand(x.shape[0], -1, -1)
-            y = block(torch.cat([x[:, :1], prompts, x[:, 1:]], dim=1))
+            y = self._frozen_block(block, torch.cat([x[:, :1], prompts, x[:, 1:]], dim=1), hook)
             return torch.cat([y[:, :1], y[:, 1 + P:]], dim=1)
-        if self.adapters is None:
-            return block(x)
-        if context.cells is None:  # plain bottleneck adapters: nothing to aggregate
-            return block(x, ffn_hook=self.adapters.ffn_hook(i))
-        x = block(x, ffn_hook=self.adapters.ffn_hook(i))
+        x = self._frozen_block(block, x, hook)
+        if context.cells is None:  # no adapters, or plain bottleneck adapters: nothing to aggregate
+            return x
         points = self.adapters.aggregate(i, x[:, 1:], context.cells)
         return torch.cat([x[:, :1], points], dim=1)
+
+    def _frozen_block(self, block: nn.Module, x: torch.Tensor, hook) -> torch.Tensor:
+        """One source block (with the adapter's FFN hook); its activations are recomputed in
+        the backward pass instead of stored when ``activation_checkpointing`` is on."""
+        if self.activation_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, hook, use_reentrant=False)
+        return block(x, hook)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm, then concat(max over point tokens, cls) -> (B, 2D)."""

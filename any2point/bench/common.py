@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 __all__ = ["add_common_arguments", "apply_common_arguments", "resolve_device", "set_threads", "synchronize",
-           "time_call", "environment", "ratio"]
+           "time_call", "environment", "ratio", "matmul_peak"]
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,11 +50,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], object], device: torch.device, *, warmup: int = 1, repeats: int = 5) -> dict:
-    """Milliseconds per call of ``fn``: median and minimum over ``repeats`` after ``warmup`` runs."""
+def time_call(fn: Callable[[], object], device: torch.device, *, warmup: int = 1, repeats: int = 5,
+              grad: bool = False) -> dict:
+    """Milliseconds per call of ``fn``: median and minimum over ``repeats`` after ``warmup`` runs.
+
+    ``grad=False`` runs under inference mode; training steps pass ``grad=True``."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    with torch.inference_mode():
+    with torch.inference_mode(not grad):
         for _ in range(warmup):
             fn()
         synchronize(device)
@@ -65,6 +68,21 @@ def time_call(fn: Callable[[], object], device: torch.device, *, warmup: int = 1
             synchronize(device)
             times.append((time.perf_counter() - start) * 1e3)
     return {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats}
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, size: int | None = None,
+                repeats: int = 5) -> dict:
+    """The machine's dense matrix-multiply throughput (the MFU reference), measured here.
+
+    Square matmuls large enough to be compute-bound (2048 on CPU, 8192 on CUDA); the best of
+    ``repeats`` runs, since the peak is what the hardware can do, not what it did on average."""
+    n = size or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    timing = time_call(lambda: a @ b, device, warmup=2, repeats=repeats)
+    flops = 2.0 * n ** 3
+    return {"dtype": str(dtype).replace("torch.", ""), "size": n, "tflops": flops / (timing["min_ms"] / 1e3) / 1e12,
+            "median_tflops": flops / (timing["median_ms"] / 1e3) / 1e12}
 
 
 def ratio(reference_ms: float, ours_ms: float) -> float:
