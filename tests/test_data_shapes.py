@@ -38,7 +38,7 @@ def test_every_class_present_in_the_unit_sphere():
         np.testing.assert_allclose(norms, 1.0, atol=1e-5)
         np.testing.assert_allclose(ds._pools.mean(axis=1), 0.0, atol=1e-5)
     points = np.stack([test[i][0].numpy() for i in range(len(test))])
-    assert points.shape == (len(test), 1024, 3) and np.linalg.norm(points, axis=-1).max() <= 1 + 1e-5
+    assert points.shape == (len(test), cfg.num_points, 3) and np.linalg.norm(points, axis=-1).max() <= 1 + 1e-5
 
 
 def test_generation_is_deterministic_per_seed_and_splits_differ():

@@ -20,12 +20,18 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (for CI)")
+    parser.add_argument("--glibc-malloc-defaults", action="store_true",
+                        help="keep glibc's allocator defaults instead of the training runs' host-memory reuse "
+                             "(any2point.runtime.reuse_host_memory), to measure what that setting brings")
 
 
 def apply_common_arguments(args: argparse.Namespace) -> None:
     """Set threads and resolve the device once, before a subcommand runs."""
     args.threads = set_threads(args.threads)
     args.device = resolve_device(args.device)
+    from ..runtime import reuse_host_memory
+
+    args.reuse_host_memory = False if args.glibc_malloc_defaults else reuse_host_memory()
 
 
 def set_threads(n: int | None) -> int:
@@ -92,7 +98,10 @@ def ratio(reference_ms: float, ours_ms: float) -> float:
 
 def environment(device: torch.device) -> dict:
     """What the timings depend on; the load average shows whether other work shared the CPU."""
+    from ..runtime import host_memory_reused
+
     load = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     return {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
+            "reuse_host_memory": host_memory_reused(),
             "cpu_count": os.cpu_count(), "load_average": load, "machine": platform.machine(),
             "python": platform.python_version()}

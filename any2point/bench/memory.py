@@ -1,0 +1,115 @@
+"""``memory``: peak memory of a training step, PEFT against full fine-tuning of the same model.
+
+Each configuration runs in a fresh process (spawned), so one cannot inherit another's
+high-water mark. On the CPU the figure is the growth of the process's peak resident set
+during the steps over its resident set just before them (weights, data and the Python
+runtime excluded; optimizer state, gradients and activations included); on CUDA it is
+``torch.cuda.max_memory_allocated`` over the same span.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+
+import torch
+
+from .common import environment
+
+HELP = "peak memory of a training step: the PEFT method against full fine-tuning (and with checkpointing)"
+
+FULL = {"source": "minilm", "batch": 32, "points": 1024, "steps": 2}
+QUICK = {"source": "tiny_1d", "batch": 2, "points": 256, "steps": 1}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", default=None, help="registered source (default minilm; quick: tiny_1d)")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--points", type=int, default=None)
+    parser.add_argument("--peft", default="any2point")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--weights", default="auto", choices=["auto", "pretrained", "random"])
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _measure(config: dict) -> dict:
+    """Runs in a fresh process: build, then ``steps`` training steps; memory of the steps."""
+    import any2point
+
+    from .model import NUM_CLASSES, build, training_step, unit_clouds
+
+    torch.set_num_threads(config["threads"])
+    device = torch.device(config["device"])
+    torch.manual_seed(config["seed"])
+    model = build(config["source"], config["peft"], config["pretrained"], device,
+                  checkpointing=config["checkpointing"])
+    points = unit_clouds(config["batch"], config["points"], device, config["seed"])
+    labels = torch.randint(0, NUM_CLASSES, (config["batch"],), device=device)
+    step, _ = training_step(model, points, labels, config["dtype"])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device) / 2 ** 20
+    else:
+        before, peak_before = _rss_mb(), _peak_rss_mb()
+    for _ in range(config["steps"]):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        step_mb = torch.cuda.max_memory_allocated(device) / 2 ** 20 - before
+        total_mb = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    else:
+        total_mb = _peak_rss_mb()
+        # The high-water mark only moves if the steps exceed every earlier peak (model loading).
+        step_mb = max(total_mb - before, 0.0) if total_mb > peak_before else float("nan")
+    report = any2point.parameter_report(model)
+    return {"peft": config["peft"], "checkpointing": config["checkpointing"], "step_mb": step_mb,
+            "peak_total_mb": total_mb, "trainable_params": report["trainable"]}
+
+
+def _in_fresh_process(config: dict) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(_measure, (config,))
+
+
+def run(args: argparse.Namespace) -> dict:
+    import any2point
+
+    base = QUICK if args.quick else FULL
+    s = {key: getattr(args, key, None) or base[key] for key in base}
+    spec = any2point.get_source_spec(s["source"])
+    pretrained = args.weights == "pretrained" or (args.weights == "auto" and spec.weights_available())
+    common = {**s, "device": str(args.device), "threads": args.threads, "dtype": args.dtype, "seed": args.seed,
+              "pretrained": pretrained}
+    rows = [_in_fresh_process({**common, "peft": peft, "checkpointing": ckpt})
+            for peft, ckpt in [(args.peft, False), (args.peft, True), ("full", False)]]
+    peft_row, ckpt_row, full_row = rows
+    return {
+        "subcommand": "memory", "settings": {**s, "peft": args.peft, "dtype": args.dtype, "pretrained": pretrained},
+        "environment": environment(args.device), "rows": rows,
+        "ratio_vs_full": peft_row["step_mb"] / full_row["step_mb"],
+        "ratio_vs_full_with_checkpointing": ckpt_row["step_mb"] / full_row["step_mb"],
+    }
+
+
+def report(r: dict) -> str:
+    s = r["settings"]
+    lines = [f"source {s['source']}, batch {s['batch']} x {s['points']} points, {s['dtype']}, "
+             f"{r['environment']['device']} (load {r['environment']['load_average']})",
+             "", f"{'method':<34}{'step peak MB':>14}{'process peak MB':>18}{'trainable':>12}"]
+    for row in r["rows"]:
+        name = row["peft"] + (" + checkpointing" if row["checkpointing"] else "")
+        lines.append(f"{name:<34}{row['step_mb']:>14.0f}{row['peak_total_mb']:>18.0f}{row['trainable_params']:>12,}")
+    lines += ["", f"{s['peft']} / full fine-tuning: {r['ratio_vs_full']:.2f}x "
+                  f"(with activation checkpointing: {r['ratio_vs_full_with_checkpointing']:.2f}x)"]
+    return "\n".join(lines)

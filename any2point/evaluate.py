@@ -1,0 +1,136 @@
+"""``any2point-eval``: metrics of a trained checkpoint on any dataset config (Hydra app).
+
+    any2point-eval checkpoint=RUN_DIR                       # the data the checkpoint trained on
+    any2point-eval checkpoint=RUN_DIR/best_val.safetensors data=modelnet40 data.root=/data/mn40
+    any2point-eval checkpoint=RUN_DIR eval.votes=10         # test-time voting
+
+The number of points and the tokenizer's offset normalisation come from the checkpoint unless
+``eval.num_points`` / ``eval.normalize`` say otherwise. Loading against another source
+(``expect.source=NAME``) or a data config with another class list fails, saying which. Writes
+``metrics.json``, per-class accuracies and the confusion matrix to the run directory.
+
+The helpers :func:`evaluate_dataset` and :func:`write_split_results` are shared with training.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from . import distributed, runtime
+from .checkpoint import atomic_write, load_checkpoint, read_checkpoint_info
+from .config import CONFIG_MODULE, check_required
+from .engine import make_loader, predict
+from .metrics import ClassificationResult, classification_metrics
+from .plots import plot_confusion_matrix
+from .run_data import load_eval_split
+
+__all__ = ["evaluate_dataset", "write_split_results", "write_json", "run_eval", "main", "METRICS_JSON"]
+
+log = logging.getLogger(__name__)
+
+METRICS_JSON = "metrics.json"
+
+
+def write_json(path: str | Path, obj) -> None:
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text)
+
+    atomic_write(Path(path), write)
+
+
+def evaluate_dataset(model, dataset, ctx: distributed.DistContext, *, batch_size: int, precision: str = "32",
+                     num_workers: int = 0, votes: int = 1, vote_scale=(0.85, 1.15), seed: int = 0,
+                     progress: bool = False) -> ClassificationResult:
+    """OA / mAcc / per-class / confusion of ``model`` on the whole ``dataset`` (all ranks' shares)."""
+    loader = make_loader(dataset, batch_size, ctx, train=False, seed=seed, num_workers=num_workers)
+    out = predict(model, loader, ctx, precision=precision, votes=votes, vote_scale=tuple(vote_scale), seed=seed,
+                  progress=progress, desc=f"{dataset.split}")
+    return classification_metrics(out.preds, out.targets, len(dataset.class_names))
+
+
+def write_split_results(run_dir: str | Path, split: str, result: ClassificationResult, class_names: list[str],
+                        title: str = "") -> list[str]:
+    """``per_class_<split>.csv`` / ``.json`` and ``confusion_<split>.png``; returns the file names."""
+    run_dir = Path(run_dir)
+    rows = result.per_class_rows(class_names)
+    lines = ["class,accuracy,support"] + [
+        f"{r['class']},{'' if r['accuracy'] is None else format(r['accuracy'], '.4f')},{r['support']}" for r in rows]
+    names = [f"per_class_{split}.csv", f"per_class_{split}.json", f"confusion_{split}.png"]
+    (run_dir / names[0]).write_text("\n".join(lines) + "\n")
+    write_json(run_dir / names[1], {"split": split, "oa": result.oa, "macc": result.macc, "classes": rows,
+                                    "confusion": result.confusion.tolist()})
+    plot_confusion_matrix(result.confusion, class_names, run_dir / names[2],
+                          title=title or f"{split}: OA {result.oa:.2f}  mAcc {result.macc:.2f}")
+    return names
+
+
+def run_eval(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Evaluate ``cfg.checkpoint``; returns the metrics written to ``run_dir/metrics.json``."""
+    check_required(cfg)
+    run_dir = Path(run_dir)
+    ctx = distributed.setup(cfg.trainer)
+    try:
+        runtime.configure(cfg.trainer, ctx.device)
+        start = time.perf_counter()
+        info = read_checkpoint_info(cfg.checkpoint)
+        trained = info.get("config") or {}
+        data_cfg = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True) if cfg.data is not None
+                                    else trained.get("data"))
+        if data_cfg is None:
+            raise ValueError(f"{cfg.checkpoint}: the checkpoint stores no data config; choose one with data=NAME")
+        data_cfg.num_points = int(cfg.eval.num_points or info["num_points"])
+        seed = int(cfg.seed if cfg.seed is not None else trained.get("seed", 0))
+        dataset = load_eval_split(data_cfg, cfg.eval.split, seed)
+        overrides = {"tokenizer": {"normalize": cfg.eval.normalize}} if cfg.eval.normalize else None
+        loaded = load_checkpoint(cfg.checkpoint, source=cfg.expect.source, weights_tag=cfg.expect.weights_tag,
+                                 class_names=dataset.class_names, weights=cfg.weights, model_overrides=overrides,
+                                 map_location=ctx.device)
+        result = evaluate_dataset(loaded.model, dataset, ctx, batch_size=cfg.eval.batch_size,
+                                  precision=cfg.trainer.precision, num_workers=cfg.trainer.num_workers,
+                                  votes=cfg.eval.votes, vote_scale=cfg.eval.vote_scale, seed=seed,
+                                  progress=cfg.trainer.progress)
+        metrics = {
+            "checkpoint": str(loaded.path),
+            "source": loaded.info["source"]["name"],
+            "weights_tag": loaded.info["source"]["weights_tag"],
+            "data": str(data_cfg.get("name")),
+            "peft": loaded.info["peft"].get("name"),
+            "split": dataset.split,
+            "oa": result.oa,
+            "macc": result.macc,
+            "samples": result.samples,
+            "votes": cfg.eval.votes,
+            "num_points": data_cfg.num_points,
+            "normalize": loaded.model.config.tokenizer.normalize,
+            "seconds": time.perf_counter() - start,
+        }
+        if ctx.is_main:
+            write_json(run_dir / METRICS_JSON, metrics)
+            write_split_results(run_dir, dataset.split, result, dataset.class_names)
+            log.info("%s split of %s (%d samples, %d votes): OA %.2f  mAcc %.2f  -> %s", dataset.split,
+                     metrics["data"], result.samples, cfg.eval.votes, result.oa, result.macc, run_dir / METRICS_JSON)
+        return metrics
+    finally:
+        distributed.cleanup()
+
+
+@hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="eval", version_base="1.3")
+def _app(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    run_eval(cfg, HydraConfig.get().runtime.output_dir)
+
+
+def main() -> None:
+    _app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Optimizer and learning-rate schedule of the training recipe (METHOD.md section 6).
+
+- AdamW over the trainable parameters only, in two groups: weight decay on matrices and
+  kernels, none on 1-D parameters (biases, norm scales, the cls token and its position).
+- Learning rate per optimizer step: linear warm-up from ``warmup_lr`` to ``lr`` over
+  ``warmup_epochs`` epochs' worth of steps, then a cosine from ``lr`` down to ``min_lr`` at
+  the last step. Stepping per step (not per epoch) keeps the warm-up smooth when an epoch
+  has few steps; at epoch boundaries it gives the same values as a per-epoch schedule
+  evaluated at fractional epochs.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["parameter_groups", "build_optimizer", "lr_at", "build_scheduler"]
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters split into decayed (ndim >= 2) and not decayed (ndim <= 1) groups."""
+    decay, no_decay = [], []
+    seen: set[int] = set()
+    for _, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    if not decay and not no_decay:
+        raise ValueError("the model has no trainable parameters: check the peft config")
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999)) -> torch.optim.AdamW:
+    if lr <= 0:
+        raise ValueError(f"train.lr must be positive, got {lr}")
+    return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, betas=tuple(betas))
+
+
+def lr_at(step: int, *, total_steps: int, warmup_steps: int, lr: float, warmup_lr: float, min_lr: float) -> float:
+    """Learning rate used by optimizer step ``step`` (0-based)."""
+    warmup_steps = min(warmup_steps, total_steps)
+    if step < warmup_steps:
+        return warmup_lr + (lr - warmup_lr) * step / warmup_steps
+    decay_steps = max(total_steps - warmup_steps - 1, 1)
+    progress = min((step - warmup_steps) / decay_steps, 1.0)
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, epochs: int, warmup_epochs: float,
+                    lr: float, warmup_lr: float, min_lr: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step LambdaLR following :func:`lr_at` (call ``scheduler.step()`` after every optimizer step)."""
+    if steps_per_epoch < 1:
+        raise ValueError("an epoch has no optimizer step: the training split is smaller than train.batch_size")
+    total = steps_per_epoch * epochs
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+
+    def factor(step: int) -> float:
+        return lr_at(step, total_steps=total, warmup_steps=warmup, lr=lr, warmup_lr=warmup_lr, min_lr=min_lr) / lr
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,81 @@
+"""Which splits of the data config a run uses, and which one its reported metrics refer to.
+
+The test split is optional: a dataset folder may hold only training files (the shared
+ModelNet40 copy does). When it cannot be read, the run goes on, says so, and reports the
+validation split instead. Validation exists when ``data.val_fraction > 0``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .data import PointCloudDataset, build_dataset
+from .errors import DataError
+
+__all__ = ["RunSplits", "load_splits", "load_eval_split", "EVAL_SPLITS"]
+
+log = logging.getLogger(__name__)
+
+EVAL_SPLITS = ("auto", "test", "val", "train")
+
+
+@dataclass
+class RunSplits:
+    train: PointCloudDataset
+    val: PointCloudDataset | None
+    test: PointCloudDataset | None
+    test_skipped: str | None  # why there is no test split
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.train.class_names
+
+    @property
+    def report(self) -> str | None:
+        """The split the run's final ``oa`` / ``macc`` refer to: test when present, else val."""
+        return "test" if self.test is not None else "val" if self.val is not None else None
+
+
+def _val_fraction(data_cfg) -> float:
+    return float(data_cfg.get("val_fraction") or 0.0)
+
+
+def _try_test(data_cfg, seed: int) -> tuple[PointCloudDataset | None, str | None]:
+    try:
+        return build_dataset(data_cfg, "test", seed), None
+    except DataError as exc:
+        return None, str(exc)
+
+
+def _check_classes(reference: PointCloudDataset, other: PointCloudDataset | None) -> None:
+    if other is not None and other.class_names != reference.class_names:
+        raise DataError(f"the {other.split} split of {reference.name!r} has classes {other.class_names}, "
+                        f"the training split {reference.class_names}")
+
+
+def load_splits(data_cfg, seed: int) -> RunSplits:
+    """train, val (when ``data.val_fraction > 0``) and test (when readable) of a training run."""
+    train = build_dataset(data_cfg, "train", seed)
+    val = build_dataset(data_cfg, "val", seed) if _val_fraction(data_cfg) > 0 else None
+    test, skipped = _try_test(data_cfg, seed)
+    if test is None:
+        log.warning("test split skipped: %s", skipped)
+    for split in (val, test):
+        _check_classes(train, split)
+    return RunSplits(train=train, val=val, test=test, test_skipped=skipped)
+
+
+def load_eval_split(data_cfg, split: str, seed: int) -> PointCloudDataset:
+    """One split for evaluation; ``auto`` is the test split, else validation when configured."""
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"eval.split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+    if split != "auto":
+        return build_dataset(data_cfg, split, seed)
+    test, skipped = _try_test(data_cfg, seed)
+    if test is not None:
+        return test
+    if _val_fraction(data_cfg) > 0:
+        log.warning("no test split (%s): evaluating the validation split", skipped)
+        return build_dataset(data_cfg, "val", seed)
+    raise DataError(f"no test split to evaluate ({skipped}) and data.val_fraction is 0: set eval.split=train, "
+                    f"or data.val_fraction to what the training run used")

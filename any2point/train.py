@@ -1,0 +1,267 @@
+"""``any2point-train`` (also ``python -m any2point.train``): the training app (Hydra).
+
+    any2point-train                                      # quickstart: minilm on procedural shapes, CPU
+    any2point-train experiment=dinov2_scanobjectnn data.root=/data/ScanObjectNN/h5_files trainer=gpu
+    any2point-train -m source=tiny_1d,tiny_2d            # a sweep, one job per source
+    torchrun --nproc_per_node=4 -m any2point.train trainer=ddp ...
+
+Everything a run writes goes to its Hydra run directory: ``.hydra/`` (the composed config),
+``train.log``, ``history.csv`` and ``tensorboard/`` (per epoch), ``last.pt`` (resumable state,
+replaced atomically after every epoch), ``best_val.safetensors/.json`` (best epoch on the
+validation split), ``checkpoint.safetensors/.json`` (the final model, the one reported),
+``per_class_<split>.csv/.json``, ``confusion_<split>.png`` and ``metrics.json``.
+
+Rerunning the same command on the same run directory (``hydra.run.dir=...``) continues from
+the last completed epoch; on CPU the result is bitwise that of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import distributed, runtime
+from .checkpoint import (BEST_VAL, CHECKPOINT, TRAINING_STATE, build_model, load_training_state, save_checkpoint,
+                         save_training_state, trained_keys, trained_state_dict)
+from .config import CONFIG_MODULE, check_required
+from .engine import autocast, make_loader, train_one_epoch
+from .evaluate import METRICS_JSON, evaluate_dataset, write_json, write_split_results
+from .history import EpochHistory
+from .metrics import ClassificationResult
+from .optim import build_optimizer, build_scheduler
+from .params import parameter_report
+from .run_data import RunSplits, load_splits
+
+__all__ = ["run_training", "main"]
+
+log = logging.getLogger(__name__)
+
+# Config sections that must not change when a run resumes (trainer settings may: e.g. workers).
+_RESUME_SECTIONS = ("source", "data", "model", "peft", "train", "seed")
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def _fingerprint(cfg: DictConfig, world_size: int) -> dict:
+    sections = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+                for k in _RESUME_SECTIONS}
+    sections["train"].pop("resume", None)
+    return {**_flatten(sections), "world_size": world_size}
+
+
+def _check_resumable(saved: dict, now: dict, path: Path) -> None:
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
+        raise ValueError(f"{path} was written by a run with other settings ({detail}{' ...' if len(changed) > 6 else ''}); "
+                         f"rerun with the same settings to resume, use another hydra.run.dir, or set train.resume=false "
+                         f"to start this directory over")
+
+
+def _source_section(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg.source, resolve=True)
+
+
+class _Run:
+    """The state of one training run between epochs."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, ctx: distributed.DistContext, peft_config: str | None = None):
+        self.cfg, self.run_dir, self.ctx = cfg, run_dir, ctx
+        self.peft_config = peft_config  # the peft option chosen, e.g. an ablation of the same method
+        self.started = time.perf_counter()
+        autocast(ctx.device, cfg.trainer.precision)  # an unusable precision fails before any work
+        runtime.configure(cfg.trainer, ctx.device)
+        runtime.seed_everything(cfg.seed)
+        self.splits: RunSplits = load_splits(cfg.data, cfg.seed)
+        self.class_names = self.splits.class_names
+        self.model = build_model(_source_section(cfg), len(self.class_names), OmegaConf.to_object(cfg.model),
+                                 OmegaConf.to_object(cfg.peft)).to(ctx.device)
+        self.params = parameter_report(self.model)
+        t = cfg.train
+        self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay, t.betas)
+        self.train_loader = make_loader(self.splits.train, t.batch_size, ctx, train=True, seed=cfg.seed,
+                                        num_workers=cfg.trainer.num_workers)
+        self.scheduler = build_scheduler(self.optimizer, steps_per_epoch=len(self.train_loader), epochs=t.epochs,
+                                         warmup_epochs=t.warmup_epochs, lr=t.lr, warmup_lr=t.warmup_lr,
+                                         min_lr=t.min_lr)
+        self.fingerprint = _fingerprint(cfg, ctx.world_size)
+        self.epoch = 0  # completed epochs
+        self.best = {"oa": None, "macc": None, "epoch": None}
+        self.seconds_before = 0.0
+        self.last_val: tuple[int, ClassificationResult] | None = None
+        runtime.seed_everything(cfg.seed + ctx.rank)  # each rank its own dropout stream
+        if cfg.train.resume:
+            self._resume()
+        self.model.activation_checkpointing = bool(cfg.trainer.activation_checkpointing)
+        self.net = self.model
+        if ctx.distributed:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, static_graph=True)
+        if cfg.trainer.compile:
+            self.net = torch.compile(self.net)  # shares the parameters; saving and evaluation use self.model
+
+    # -- resume ---------------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        path = self.run_dir / TRAINING_STATE
+        state = load_training_state(path)
+        if state is None:
+            return
+        _check_resumable(state["fingerprint"], self.fingerprint, path)
+        expected = trained_keys(self.model)
+        if set(state["model"]) != expected:
+            raise ValueError(f"{path} holds other tensors than this model trains; set train.resume=false to start over")
+        self.model.load_state_dict(state["model"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.best, self.seconds_before = state["epoch"], state["best"], state["seconds"]
+        runtime.set_rng_state(state["rng"][self.ctx.rank])
+        log.info("resuming %s after epoch %d of %d", self.run_dir, self.epoch, self.cfg.train.epochs)
+
+    def _save_state(self) -> None:
+        rng = distributed.gather_objects(runtime.rng_state(), self.ctx)
+        if self.ctx.is_main:
+            save_training_state(self.run_dir / TRAINING_STATE, {
+                "epoch": self.epoch, "model": trained_state_dict(self.model),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": rng, "best": self.best, "seconds": self.elapsed(), "fingerprint": self.fingerprint})
+
+    def elapsed(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.started
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _evaluate(self, dataset) -> ClassificationResult:
+        c = self.cfg
+        distributed.sync_buffers(self.model, self.ctx)  # every rank evaluates rank 0's model, the one saved
+        return evaluate_dataset(self.model, dataset, self.ctx, batch_size=c.train.eval_batch_size,
+                                precision=c.trainer.precision, num_workers=c.trainer.num_workers, seed=c.seed)
+
+    def _save(self, stem: str, extra: dict) -> None:
+        if self.ctx.is_main:
+            save_checkpoint(self.model, self.run_dir / stem, source=_source_section(self.cfg),
+                            class_names=self.class_names, num_points=int(self.cfg.data.num_points), config=self.cfg,
+                            extra=extra)
+
+    def fit(self) -> None:
+        c, ctx = self.cfg, self.ctx
+        epochs = c.train.epochs
+        history = EpochHistory(self.run_dir, done_epochs=self.epoch, enabled=ctx.is_main)
+        try:
+            while self.epoch < epochs:
+                e = self.epoch
+                self.splits.train.set_epoch(e)
+                self.train_loader.sampler.set_epoch(e)
+                stats = train_one_epoch(self.net, self.train_loader, self.optimizer, self.scheduler, ctx, epoch=e,
+                                        epochs=epochs, grad_clip=c.train.grad_clip,
+                                        label_smoothing=c.train.label_smoothing, precision=c.trainer.precision,
+                                        progress=c.trainer.progress)
+                val = None
+                if self.splits.val is not None and ((e + 1) % c.train.val_every == 0 or e + 1 == epochs):
+                    val = self._evaluate(self.splits.val)
+                    self.last_val = (e + 1, val)
+                    if self.best["oa"] is None or val.oa > self.best["oa"]:
+                        self.best = {"oa": val.oa, "macc": val.macc, "epoch": e + 1}
+                        self._save(BEST_VAL, {"epoch": e + 1, "val_oa": val.oa, "val_macc": val.macc})
+                self.epoch = e + 1
+                history.log(self.epoch, {"lr": stats.lr, "train_loss": stats.loss, "train_acc": stats.accuracy,
+                                         "val_oa": val.oa if val else None, "val_macc": val.macc if val else None,
+                                         "seconds": stats.seconds, "samples_per_s": stats.samples_per_second})
+                if ctx.is_main:
+                    log.info("epoch %d/%d  loss %.4f  train acc %.2f%s  lr %.2e  %.1f samples/s", self.epoch, epochs,
+                             stats.loss, stats.accuracy,
+                             f"  val OA {val.oa:.2f} mAcc {val.macc:.2f}" if val else "", stats.lr,
+                             stats.samples_per_second)
+                self._save_state()
+        finally:
+            history.close()
+
+    # -- the end --------------------------------------------------------------------------------
+
+    def finish(self) -> dict:
+        c, splits = self.cfg, self.splits
+        results: dict[str, ClassificationResult] = {}
+        if splits.val is not None:
+            results["val"] = (self.last_val[1] if self.last_val and self.last_val[0] == self.epoch
+                              else self._evaluate(splits.val))
+        if splits.test is not None:
+            results["test"] = self._evaluate(splits.test)
+        report = splits.report
+        metrics = {
+            "source": c.source.name, "weights_tag": self.model.source.weights_tag, "data": c.data.name,
+            "peft": c.peft.name, "peft_config": self.peft_config or c.peft.name, "split": report,
+            "oa": results[report].oa if report else None, "macc": results[report].macc if report else None,
+        }
+        for name, r in results.items():
+            metrics[f"{name}_oa"], metrics[f"{name}_macc"], metrics[f"{name}_samples"] = r.oa, r.macc, r.samples
+        if splits.val is not None:
+            metrics.update(best_val_oa=self.best["oa"], best_val_macc=self.best["macc"],
+                           best_val_epoch=self.best["epoch"])
+        metrics.update(
+            test_skipped=splits.test_skipped, classes=len(self.class_names), num_points=int(c.data.num_points),
+            train_samples=len(splits.train), trainable_params=self.params["trainable"],
+            trainable_params_without_head=self.params["trainable_without_head"], total_params=self.params["total"],
+            trainable_percent=100.0 * self.params["trainable_fraction"], epochs=self.epoch,
+            world_size=self.ctx.world_size)
+        self._save(CHECKPOINT, {"epoch": self.epoch, "metrics": {k: metrics[k] for k in ("split", "oa", "macc")}})
+        metrics["seconds"] = self.elapsed()
+        if self.ctx.is_main:
+            for name, r in results.items():
+                write_split_results(self.run_dir, name, r, self.class_names)
+            write_json(self.run_dir / METRICS_JSON, metrics)
+            if report:
+                log.info("final model (epoch %d) on the %s split of %s: OA %.2f%%  mAcc %.2f%%  (%d samples, %d "
+                         "classes, chance %.1f%%)%s", self.epoch, report, c.data.name, metrics["oa"], metrics["macc"],
+                         results[report].samples, len(self.class_names), 100.0 / len(self.class_names),
+                         f"; best val OA {self.best['oa']:.2f}% at epoch {self.best['epoch']}" if splits.val else "")
+            else:
+                log.warning("no validation or test split: nothing evaluated (set data.val_fraction > 0)")
+            if splits.test_skipped:
+                log.info("test split skipped: %s", splits.test_skipped)
+            log.info("run directory: %s", self.run_dir)
+        return metrics
+
+
+def run_training(cfg: DictConfig, run_dir: str | Path, peft_config: str | None = None) -> dict:
+    """Train as ``cfg`` says, writing everything to ``run_dir``; returns the final metrics.
+    ``peft_config``: the name of the ``peft`` config option, recorded to tell ablations apart."""
+    check_required(cfg)
+    ctx = distributed.setup(cfg.trainer)
+    try:
+        shared = Path(distributed.broadcast_object(str(run_dir), ctx))  # rank 0's directory for all
+        if shared != Path(run_dir):
+            log.warning("rank %d: writing to rank 0's run directory %s (pass hydra.run.dir to torchrun jobs)",
+                        ctx.rank, shared)
+        shared.mkdir(parents=True, exist_ok=True)
+        run = _Run(cfg, shared, ctx, peft_config)
+        run.fit()
+        return run.finish()
+    finally:
+        distributed.cleanup()
+
+
+@hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="train", version_base="1.3")
+def _app(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    runtime_info = HydraConfig.get().runtime
+    return run_training(cfg, runtime_info.output_dir, runtime_info.choices.get("peft")).get("oa")
+
+
+def main() -> None:
+    _app()
+
+
+if __name__ == "__main__":
+    main()

