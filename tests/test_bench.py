@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -44,3 +45,38 @@ def test_unavailable_device_is_a_clear_error(capsys):
         bench_main(["ops", "--quick", "--device", "cuda"])
     assert exit_.value.code == 2
     assert "--device cuda: CUDA is not available" in capsys.readouterr().err
+
+
+def _quick_json(subcommand: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "any2point.bench", subcommand, "--quick", "--json", "--threads", "1"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def test_model_quick_reports_every_figure_against_its_reference():
+    r = _quick_json("model")
+    assert r["matmul_peak"]["float32"]["tflops"] > 0 and r["step_tflop"] > 0 and 0 < r["mfu"] < 1
+    assert abs(r["mfu"] - r["achieved_tflops"] / r["matmul_peak"]["float32"]["tflops"]) < 1e-9
+    parts = r["parts_ms"]
+    assert {"tokenizer", "fps_knn", "blocks_with_adapters", "frozen_blocks", "guided_aggregation",
+            "mini_attention"} <= set(parts) and all(v > 0 for v in parts.values())
+    assert abs(r["adapter_overhead"] - parts["blocks_with_adapters"] / parts["frozen_blocks"]) < 1e-9
+    assert abs(r["tokenizer_share"] - parts["tokenizer"] / r["step_ms"]) < 1e-9
+    assert abs(r["fps_knn_share"] - parts["fps_knn"] / r["step_ms"]) < 1e-9
+    assert r["full_finetune_step_ms"] > 0 and abs(r["step_time_vs_full"] - r["step_ms"] / r["full_finetune_step_ms"]) < 1e-9
+    assert r["environment"]["reuse_host_memory"] in (True, False)
+
+
+def test_memory_quick_compares_with_full_fine_tuning():
+    r = _quick_json("memory")
+    rows = {(row["peft"], row["checkpointing"]): row for row in r["rows"]}
+    assert set(rows) == {("any2point", False), ("any2point", True), ("full", False)}
+    assert rows[("full", False)]["trainable_params"] > rows[("any2point", False)]["trainable_params"]
+    assert r["ratio_vs_full"] == rows[("any2point", False)]["step_mb"] / rows[("full", False)]["step_mb"]
+
+
+def test_tokenizer_quick_reports_mfu_and_geometry_share():
+    r = _quick_json("tokenizer")
+    assert r["fwd_bwd_ms"] > r["fwd_ms"] > 0 and r["params"] > 0 and 0 < r["mfu"] < 1
+    assert abs(r["fps_knn_share"] - r["fps_knn_ms"] / r["fwd_bwd_ms"]) < 1e-9

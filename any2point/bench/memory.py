@@ -48,6 +48,10 @@ def _measure(config: dict) -> dict:
     from .model import NUM_CLASSES, build, training_step, unit_clouds
 
     torch.set_num_threads(config["threads"])
+    if config["reuse_host_memory"]:  # as the training runs do (a spawned process starts without it)
+        from ..runtime import reuse_host_memory
+
+        reuse_host_memory()
     device = torch.device(config["device"])
     torch.manual_seed(config["seed"])
     model = build(config["source"], config["peft"], config["pretrained"], device,
@@ -90,7 +94,7 @@ def run(args: argparse.Namespace) -> dict:
     spec = any2point.get_source_spec(s["source"])
     pretrained = args.weights == "pretrained" or (args.weights == "auto" and spec.weights_available())
     common = {**s, "device": str(args.device), "threads": args.threads, "dtype": args.dtype, "seed": args.seed,
-              "pretrained": pretrained}
+              "pretrained": pretrained, "reuse_host_memory": args.reuse_host_memory}
     rows = [_in_fresh_process({**common, "peft": peft, "checkpointing": ckpt})
             for peft, ckpt in [(args.peft, False), (args.peft, True), ("full", False)]]
     peft_row, ckpt_row, full_row = rows

@@ -136,10 +136,28 @@ def _parts(model, points: torch.Tensor, device: torch.device, repeats: int) -> d
     def head():
         model.head(model.features(h)).sum().backward()
 
-    for name, fn, grad_mode in [("tokenizer", tokenizer, True), ("fps_knn", geometry, False),
-                                ("position_and_cells", position, False), ("blocks_with_adapters", blocks, True),
-                                ("frozen_blocks", frozen_blocks, True), ("head", head, True)]:
+    parts = [("tokenizer", tokenizer, True), ("fps_knn", geometry, False), ("position_and_cells", position, False),
+             ("blocks_with_adapters", blocks, True), ("frozen_blocks", frozen_blocks, True), ("head", head, True)]
+    cells, depth = context.cells, len(model.source.blocks)
+    if cells is not None:  # where the adapters' extra time goes: block 0's aggregation, times the depth
+        point_tokens = x[:, 1:].detach().requires_grad_(True)
+
+        def aggregation():
+            point_tokens.grad = None
+            model.adapters.aggregate(0, point_tokens, cells).backward(grad[:, 1:])
+
+        parts.append(("guided_aggregation", aggregation, True))
+        if cells.view_segments is not None:
+            def mini_attention():
+                point_tokens.grad = None
+                y = model.adapters.mini_attention(point_tokens, cells.pair_query, cells.pair_key)
+                y.backward(torch.ones_like(y))
+
+            parts.append(("mini_attention", mini_attention, True))
+    for name, fn, grad_mode in parts:
         timed[name] = time_call(fn, device, repeats=repeats, grad=grad_mode)["median_ms"]
+        if name in ("guided_aggregation", "mini_attention"):
+            timed[name] *= depth
     return timed
 
 
@@ -206,6 +224,10 @@ def report(r: dict) -> str:
             ("position encoding + cells (fwd)", p["position_and_cells"]),
             ("blocks with adapters (fwd+bwd)", p["blocks_with_adapters"]), ("head (fwd+bwd)", p["head"]),
             ("frozen blocks alone (fwd+bwd)", p["frozen_blocks"])]
+    if "guided_aggregation" in p:
+        rows.insert(4, ("  of which guided aggregation", p["guided_aggregation"]))
+    if "mini_attention" in p:
+        rows.insert(5, ("    of which mini attention", p["mini_attention"]))
     lines += [f"{name:<34}{ms:>10.0f}{100 * ms / r['step_ms']:>15.1f}%" for name, ms in rows]
     lines += ["", f"blocks with adapters / frozen blocks alone: {r['adapter_overhead']:.2f}x",
               f"FPS + kNN share of the step: {100 * r['fps_knn_share']:.1f} %"]
