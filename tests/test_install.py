@@ -21,8 +21,9 @@ def wheel(tmp_path_factory) -> Path:
     """A wheel built from a clean copy of the checkout (the build writes into its source tree)."""
     root = tmp_path_factory.mktemp("wheel")
     src = root / "src"
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__",
-                                                              ".pytest_cache", "outputs", "multirun"))
+    # not the virtual environment of the README's set-up commands (.venv, inside the checkout)
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "*.egg-info",
+                                                              "__pycache__", ".pytest_cache", "outputs", "multirun"))
     out = root / "dist"
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                            "-w", str(out), str(src)], capture_output=True, text=True, timeout=600)
