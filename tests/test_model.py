@@ -233,22 +233,34 @@ def test_minilm_real_weights_forward_and_backward():
     assert all(p.grad is None for p in model.source.parameters())
 
 
-@pytest.mark.parametrize("peft", ["any2point", "prompt"])
-def test_activation_checkpointing_gives_the_same_gradients(peft):
+def _without_dropout(peft: str = "any2point"):
+    """tiny_2d in training mode with dropout off (two passes must draw the same masks), and its
+    initial state to restart every pass from."""
     torch.manual_seed(0)
     model = any2point.create_model("tiny_2d", num_classes=3, peft=peft).train()
-    for m in model.modules():  # dropout would draw different masks between the two runs
+    for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
+    return model, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _logits_and_grads(model, state, net, points, labels):
+    """One training pass of ``net`` (the model or a wrapper of it) from ``state``."""
+    model.load_state_dict(state)
+    model.zero_grad(set_to_none=True)
+    logits = net(points)
+    torch.nn.functional.cross_entropy(logits, labels).backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("peft", ["any2point", "prompt"])
+def test_activation_checkpointing_gives_the_same_gradients(peft):
+    model, state = _without_dropout(peft)
     points, labels = _cloud(3, seed=4), torch.tensor([0, 1, 2])
-    state = {k: v.clone() for k, v in model.state_dict().items()}
 
     def grads(checkpointing: bool):
-        model.load_state_dict(state)
         model.activation_checkpointing = checkpointing
-        model.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(points), labels).backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return _logits_and_grads(model, state, model, points, labels)[1]
 
     plain, recomputed = grads(False), grads(True)
     assert plain.keys() == recomputed.keys()
@@ -259,23 +271,10 @@ def test_activation_checkpointing_gives_the_same_gradients(peft):
 def test_compiled_model_agrees_with_eager(caplog):
     """trainer.compile=true runs the training forward through torch.compile: same logits, same gradients."""
     caplog.set_level(logging.WARNING, logger="torch.__trace")  # pytest's log capture would switch on tracing
-    torch.manual_seed(0)
-    model = any2point.create_model("tiny_2d", num_classes=3).train()
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
+    model, state = _without_dropout()
     points, labels = _cloud(3, seed=5), torch.tensor([0, 1, 2])
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-
-    def run(net):
-        model.load_state_dict(state)
-        model.zero_grad(set_to_none=True)
-        logits = net(points)
-        torch.nn.functional.cross_entropy(logits, labels).backward()
-        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-
-    eager_logits, eager_grads = run(model)
-    compiled_logits, compiled_grads = run(torch.compile(model))
+    eager_logits, eager_grads = _logits_and_grads(model, state, model, points, labels)
+    compiled_logits, compiled_grads = _logits_and_grads(model, state, torch.compile(model), points, labels)
     torch.testing.assert_close(compiled_logits, eager_logits, rtol=1e-4, atol=1e-5)
     # compared by norm: fused kernels round differently, and some gradients are exactly 0 in
     # theory (biases in front of a BatchNorm), i.e. pure rounding noise in both

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 __all__ = ["add_common_arguments", "apply_common_arguments", "resolve_device", "set_threads", "synchronize",
-           "time_call", "environment", "ratio", "matmul_peak"]
+           "time_call", "environment", "ratio", "matmul_peak", "tokenizer_forward_backward", "tokenizer_geometry"]
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,3 +105,20 @@ def environment(device: torch.device) -> dict:
             "reuse_host_memory": host_memory_reused(),
             "cpu_count": os.cpu_count(), "load_average": load, "machine": platform.machine(),
             "python": platform.python_version()}
+
+
+def tokenizer_forward_backward(tokenizer: torch.nn.Module, points: torch.Tensor) -> None:
+    """One training pass through the 3D tokenizer alone."""
+    tokens, _ = tokenizer(points)
+    tokens.backward(torch.ones_like(tokens))
+
+
+def tokenizer_geometry(tokenizer: torch.nn.Module, points: torch.Tensor) -> None:
+    """The FPS and kNN the tokenizer runs on ``points``, without its learned layers."""
+    from ..ops import furthest_point_sample, gather_points, knn
+
+    xyz = points
+    for n in tokenizer.centres_for(points.shape[1]):
+        centres = gather_points(xyz, furthest_point_sample(xyz, n))
+        knn(centres, xyz, min(tokenizer.config.k, xyz.shape[1]))
+        xyz = centres

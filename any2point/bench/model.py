@@ -19,10 +19,9 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import any2point
-from any2point.ops import furthest_point_sample, gather_points, knn
 from any2point.optim import build_optimizer
 
-from .common import environment, matmul_peak, time_call
+from .common import environment, matmul_peak, time_call, tokenizer_forward_backward, tokenizer_geometry
 
 HELP = "time a training step by part, against frozen blocks alone, full fine-tuning and the matmul peak"
 
@@ -95,15 +94,10 @@ def _parts(model, points: torch.Tensor, device: torch.device, repeats: int) -> d
     timed = {}
 
     def tokenizer():
-        tokens, centres = model.tokenizer(points)
-        tokens.backward(torch.ones_like(tokens))
+        tokenizer_forward_backward(model.tokenizer, points)
 
     def geometry():  # what the tokenizer spends on FPS and kNN
-        xyz = points
-        for n in model.tokenizer.centres_for(points.shape[1]):
-            centres = gather_points(xyz, furthest_point_sample(xyz, n))
-            knn(centres, xyz, min(model.tokenizer.config.k, xyz.shape[1]))
-            xyz = centres
+        tokenizer_geometry(model.tokenizer, points)
 
     with torch.no_grad():
         tokens, centres = model.tokenizer(points)

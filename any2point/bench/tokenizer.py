@@ -12,10 +12,9 @@ import torch
 
 from any2point.model import ModelConfig
 from any2point.factory import model_config
-from any2point.ops import furthest_point_sample, gather_points, knn
 from any2point.tokenizer import PointTokenizer
 
-from .common import environment, matmul_peak, time_call
+from .common import environment, matmul_peak, time_call, tokenizer_forward_backward, tokenizer_geometry
 from .model import count_flops, unit_clouds
 
 HELP = "time the 3D tokenizer (forward + backward) and its FPS/kNN share against the matmul peak"
@@ -51,15 +50,10 @@ def run(args: argparse.Namespace) -> dict:
     points = unit_clouds(s["batch"], s["points"], device, args.seed)
 
     def forward_backward():
-        tokens, _ = tokenizer(points)
-        tokens.backward(torch.ones_like(tokens))
+        tokenizer_forward_backward(tokenizer, points)
 
     def geometry():
-        xyz = points
-        for n in tokenizer.centres_for(points.shape[1]):
-            centres = gather_points(xyz, furthest_point_sample(xyz, n))
-            knn(centres, xyz, min(s["k"], xyz.shape[1]))
-            xyz = centres
+        tokenizer_geometry(tokenizer, points)
 
     step = time_call(forward_backward, device, repeats=s["repeats"], grad=True)
     fwd = time_call(lambda: tokenizer(points), device, repeats=s["repeats"])
