@@ -56,11 +56,12 @@ class ViewMiniAttention(nn.Module):
         M, H, E = self.views, self.heads, self.head_dim
         flat = x.reshape(B * G, D)
         xn = F.layer_norm(flat, (D,))
-        # (xn * w_m + b_m) @ W_m + c_m == xn @ (w_m[:, None] * W_m) + (b_m @ W_m + c_m)
-        weight = self.norm_weight.unsqueeze(-1) * self.qkv_weight  # (M, D, 3HE)
+        # (xn * w_m + b_m) @ W_m + c_m == xn @ (w_m[:, None] * W_m) + (b_m @ W_m + c_m), all
+        # views in one matmul (BG, D) @ (D, M * 3HE): its backward never builds a (M, BG, D) gradient
+        weight = (self.norm_weight.unsqueeze(-1) * self.qkv_weight).permute(1, 0, 2).reshape(D, -1)
         bias = torch.einsum("md,mde->me", self.norm_bias, self.qkv_weight) + self.qkv_bias
-        qkv = torch.baddbmm(bias.unsqueeze(1), xn.unsqueeze(0).expand(M, -1, -1), weight)  # (M, BG, 3HE)
-        q, k, v = qkv.view(M * B * G, 3, H, E).unbind(1)
+        qkv = torch.addmm(bias.reshape(-1), xn, weight).view(B * G, M, -1).transpose(0, 1)  # (M, BG, 3HE)
+        q, k, v = qkv.reshape(M * B * G, 3, H, E).unbind(1)
         o = pair_attention(q, k, v, pair_query, pair_key).view(M, B * G, H * E)
         # x + o @ W_out + b_out in one pass: the bias rides on a column of ones.
         o = torch.cat([o, o.new_ones(M, B * G, 1)], dim=-1)

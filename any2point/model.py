@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from any2point.adapters import AdapterConfig, CellAssignment, GuidedAdapters
 from any2point.backbones.base import FrozenSource
 from any2point.projections import LearnedPositionEncoding, ProjectionConfig, VirtualProjection
 
 from .peft import PeftConfig, apply_peft, frozen_modules
+from .recompute import recompute_in_backward
 from .tokenizer import PointTokenizer, TokenizerConfig
 
 __all__ = ["HeadConfig", "ModelConfig", "Any2PointModel", "ClassifierHead"]
@@ -72,9 +72,6 @@ class Any2PointModel(nn.Module):
         config = config or ModelConfig()
         peft = peft or PeftConfig()
         self.config, self.peft_config, self.num_classes = config, peft, num_classes
-        # Recompute the frozen blocks' activations in backward instead of storing them
-        # (trades about one extra forward of the blocks for their activation memory).
-        self.activation_checkpointing = False
         D = source.width
         if config.projection.inject not in ("input", "every", "none"):
             raise ValueError(f"projection.inject must be 'input', 'every' or 'none', got {config.projection.inject!r}")
@@ -102,6 +99,20 @@ class Any2PointModel(nn.Module):
         self.norm = copy.deepcopy(source.final_norm) if has_norm else nn.LayerNorm(D)
         self.head = ClassifierHead(2 * D, num_classes, config.head)
         apply_peft(self, peft)
+        self.activation_checkpointing = False
+
+    @property
+    def activation_checkpointing(self) -> bool:
+        """Recompute activations in backward instead of storing them: each tokenizer stage's
+        grouped features and each block with its adapter (one extra forward of those parts for
+        most of the step's activation memory; BatchNorm statistics are updated once)."""
+        return self._activation_checkpointing
+
+    @activation_checkpointing.setter
+    def activation_checkpointing(self, on: bool) -> None:
+        self._activation_checkpointing = bool(on)
+        for stage in self.tokenizer.stages:
+            stage.activation_checkpointing = bool(on)
 
     def train(self, mode: bool = True) -> "Any2PointModel":
         """Frozen parts stay in eval mode (their BatchNorm statistics and dropout never change)."""
@@ -142,24 +153,23 @@ class Any2PointModel(nn.Module):
         return x
 
     def _run_block(self, i: int, block: nn.Module, x: torch.Tensor, context: ForwardContext) -> torch.Tensor:
+        if self.activation_checkpointing and torch.is_grad_enabled():
+            return recompute_in_backward(self, self._adapted_block, i, block, x, context)
+        return self._adapted_block(i, block, x, context)
+
+    def _adapted_block(self, i: int, block: nn.Module, x: torch.Tensor, context: ForwardContext) -> torch.Tensor:
+        """Source block ``i`` with its FFN hook (adapter) or prompts, then the guided aggregation."""
         hook = self.adapters.ffn_hook(i) if self.adapters is not None else None
         if self.prompts is not None:
             P = self.prompts.shape[1]
             prompts = self.prompts[i].to(x.dtype).expand(x.shape[0], -1, -1)
-            y = self._frozen_block(block, torch.cat([x[:, :1], prompts, x[:, 1:]], dim=1), hook)
+            y = block(torch.cat([x[:, :1], prompts, x[:, 1:]], dim=1), hook)
             return torch.cat([y[:, :1], y[:, 1 + P:]], dim=1)
-        x = self._frozen_block(block, x, hook)
+        x = block(x, hook)
         if context.cells is None:  # no adapters, or plain bottleneck adapters: nothing to aggregate
             return x
         points = self.adapters.aggregate(i, x[:, 1:], context.cells)
         return torch.cat([x[:, :1], points], dim=1)
-
-    def _frozen_block(self, block: nn.Module, x: torch.Tensor, hook) -> torch.Tensor:
-        """One source block (with the adapter's FFN hook); its activations are recomputed in
-        the backward pass instead of stored when ``activation_checkpointing`` is on."""
-        if self.activation_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, x, hook, use_reentrant=False)
-        return block(x, hook)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm, then concat(max over point tokens, cls) -> (B, 2D)."""

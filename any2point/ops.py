@@ -151,16 +151,25 @@ def scatter_max(src: torch.Tensor, index: torch.Tensor, num_segments: int) -> to
 
 
 class _ScatterMax(torch.autograd.Function):
+    """Saves which rows hit the max (a bool mask, a quarter of ``src``) rather than ``src``, and
+    counts ties only when there are any (then the gradient is split between them)."""
+
     @staticmethod
     def forward(ctx, src: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:
         out = src.new_zeros(num_segments, src.shape[-1]).scatter_reduce_(
             0, index.unsqueeze(-1).expand_as(src), src, reduce="amax", include_self=False)
-        ctx.save_for_backward(src, index, out)
+        hit = src == out.index_select(0, index)
+        # without ties every (non-empty segment, channel) has exactly one hit
+        occupied = int(torch.bincount(index, minlength=num_segments).count_nonzero())
+        ties = None
+        if int(hit.sum()) != occupied * src.shape[-1]:
+            ties = torch.zeros_like(out).index_add_(0, index, hit.to(out.dtype)).clamp_min_(1)
+        ctx.save_for_backward(hit, index, ties)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        src, index, out = ctx.saved_tensors
-        hit = src == out.index_select(0, index)
-        ties = torch.zeros_like(out).index_add_(0, index, hit.to(out.dtype)).clamp_min_(1)
-        return (grad_out / ties).index_select(0, index) * hit, None, None
+        hit, index, ties = ctx.saved_tensors
+        if ties is not None:
+            grad_out = grad_out / ties
+        return grad_out.index_select(0, index).mul_(hit), None, None

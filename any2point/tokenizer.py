@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .ops import furthest_point_sample, gather_points, knn
+from .recompute import recompute_in_backward
 
 __all__ = ["TokenizerConfig", "PointTokenizer"]
 
@@ -78,27 +79,41 @@ class TokenizerStage(nn.Module):
         if normalize not in ("scan", "modelnet"):
             raise ValueError(f"tokenizer.normalize must be 'scan' or 'modelnet', got {normalize!r}")
         self.k, self.normalize = k, normalize
+        # Recompute grouped_features in backward instead of storing its activations.
+        self.activation_checkpointing = False
         out = 2 * in_channels
         self.encode = SinusoidalOffsetEncoding(out, alpha, beta)
         self.blocks = nn.Sequential(*[Bottleneck(out, hidden or out // 2) for _ in range(num_blocks)])
 
     def forward(self, xyz: torch.Tensor, feats: torch.Tensor, num_centres: int) -> tuple[torch.Tensor, torch.Tensor]:
-        B, N, C = feats.shape
+        B, N = feats.shape[:2]
         k = min(self.k, N)
         centre_idx = furthest_point_sample(xyz, num_centres)
         centres = gather_points(xyz, centre_idx)  # (B, G, 3)
-        centre_feats = gather_points(feats, centre_idx)  # (B, G, C)
         group_idx = knn(centres, xyz, k)  # (B, G, k)
         offsets = gather_points(xyz, group_idx) - centres.unsqueeze(2)
         if self.normalize == "scan":
             offsets = offsets / offsets.abs().amax(dim=2, keepdim=True).clamp_min(1e-5)
         else:  # per cloud, so a cloud's tokens never depend on the rest of the batch
             offsets = offsets / (offsets.flatten(1).std(dim=1).view(B, 1, 1, 1) + 1e-5)
+        if self.activation_checkpointing and torch.is_grad_enabled():
+            pooled = recompute_in_backward(self, self.grouped_features, feats, centre_idx, group_idx, offsets)
+        else:
+            pooled = self.grouped_features(feats, centre_idx, group_idx, offsets)
+        return centres, pooled
+
+    def grouped_features(self, feats: torch.Tensor, centre_idx: torch.Tensor, group_idx: torch.Tensor,
+                         offsets: torch.Tensor) -> torch.Tensor:
+        """concat(neighbour, centre) + offset encoding -> blocks -> max over the k neighbours:
+        (B, G, 2C). The stage's largest activations (G x k x 2C per cloud) all live in here."""
+        B, G, k = group_idx.shape
+        C = feats.shape[-1]
+        centre_feats = gather_points(feats, centre_idx)  # (B, G, C)
         grouped = torch.cat([gather_points(feats, group_idx),
                              centre_feats.unsqueeze(2).expand(-1, -1, k, -1)], dim=-1)
         grouped = grouped + self.encode(offsets.to(grouped.dtype))  # (B, G, k, 2C)
         h = self.blocks(grouped.view(-1, 2 * C))  # (B*G*k, 2C)
-        return centres, h.view(B, num_centres, k, 2 * C).amax(dim=2)
+        return h.view(B, G, k, 2 * C).amax(dim=2)
 
 
 class PointTokenizer(nn.Module):

@@ -103,6 +103,10 @@ class _Run:
         runtime.seed_everything(cfg.seed + ctx.rank)  # each rank its own dropout stream
         if cfg.train.resume:
             self._resume()
+        if cfg.trainer.compile and cfg.trainer.activation_checkpointing:
+            raise ValueError("trainer.compile=true and trainer.activation_checkpointing=true cannot be combined: "
+                             "checkpointing keeps BatchNorm statistics right by re-running regions eagerly, "
+                             "which torch.compile does not trace; set one of them to false")
         self.model.activation_checkpointing = bool(cfg.trainer.activation_checkpointing)
         self.net = self.model
         if ctx.distributed:

@@ -69,6 +69,36 @@ def test_masked_mini_attention_stays_within_cloud_and_cell():
     assert torch.equal(y2[:, 1], y[:, 1])  # the other cloud untouched in every view
 
 
+def test_view_mini_attention_equals_one_layer_norm_and_attention_per_view():
+    """The batched, LayerNorm-folded mini attention is, per view, x + Out(Attn(QKV(LN(x)))) masked
+    to same-cell tokens of the same cloud; its gradients agree too."""
+    torch.manual_seed(0)
+    D, M, B, G, H, E = 24, 3, 2, 10, 6, 2
+    attention = GuidedAdapters(D, depth=1, views=M, config=AdapterConfig(mini_heads=H, mini_head_dim=E)).mini_attention
+    attention.double()  # compared in float64, so only a wrong formula can exceed the tolerance
+    with torch.no_grad():
+        for p in attention.parameters():
+            p.add_(torch.randn_like(p) * 0.5)  # no trivial LayerNorm affine or zero biases
+    cells = torch.randint(0, 4, (M, B, G))
+    query, key = _pairs(cells)
+    x = torch.randn(B, G, D, dtype=torch.float64, requires_grad=True)
+    ours = attention(x, query, key)  # (M, B*G, D)
+
+    refs = []
+    for m in range(M):
+        xn = torch.nn.functional.layer_norm(x, (D,), attention.norm_weight[m], attention.norm_bias[m])
+        q, k, v = (xn @ attention.qkv_weight[m] + attention.qkv_bias[m]).view(B, G, 3, H, E).unbind(2)
+        mask = (cells[m].unsqueeze(-1) == cells[m].unsqueeze(-2)).unsqueeze(1)  # (B, 1, G, G)
+        o = torch.nn.functional.scaled_dot_product_attention(
+            *(t.transpose(1, 2) for t in (q, k, v)), attn_mask=mask).transpose(1, 2).reshape(B, G, H * E)
+        refs.append((x + o @ attention.out_weight[m] + attention.out_bias[m]).reshape(B * G, D))
+    ref = torch.stack(refs)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+    inputs = (x, *attention.parameters())
+    for a, b in zip(torch.autograd.grad(ours.sin().sum(), inputs), torch.autograd.grad(ref.sin().sum(), inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
 def test_pair_attention_equals_dense_masked_attention():
     torch.manual_seed(0)
     M, B, G, H, E = 3, 2, 10, 6, 2
@@ -254,18 +284,28 @@ def _logits_and_grads(model, state, net, points, labels):
 
 
 @pytest.mark.parametrize("peft", ["any2point", "prompt"])
-def test_activation_checkpointing_gives_the_same_gradients(peft):
+def test_activation_checkpointing_gives_the_same_gradients_and_statistics(peft):
+    """Recomputing the tokenizer stages and the blocks with their adapters in backward changes
+    nothing a step produces: gradients, and BatchNorm running statistics updated once."""
     model, state = _without_dropout(peft)
     points, labels = _cloud(3, seed=4), torch.tensor([0, 1, 2])
 
-    def grads(checkpointing: bool):
+    def step(checkpointing: bool):
         model.activation_checkpointing = checkpointing
-        return _logits_and_grads(model, state, model, points, labels)[1]
+        grads = _logits_and_grads(model, state, model, points, labels)[1]
+        return grads, {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "batches" in k}
 
-    plain, recomputed = grads(False), grads(True)
+    (plain, plain_stats), (recomputed, recomputed_stats) = step(False), step(True)
+    assert all(s.activation_checkpointing for s in model.tokenizer.stages)
     assert plain.keys() == recomputed.keys()
     for name in plain:
         torch.testing.assert_close(recomputed[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert any(k.startswith("tokenizer.") for k in plain_stats) and plain_stats.keys() == recomputed_stats.keys()
+    if peft == "any2point":
+        assert any(k.startswith("adapters.") for k in plain_stats)
+    for name in plain_stats:
+        torch.testing.assert_close(recomputed_stats[name], plain_stats[name], rtol=1e-6, atol=1e-7, msg=name)
+        assert not torch.equal(plain_stats[name], state[name]), f"{name} did not move in the step"
 
 
 def test_compiled_model_agrees_with_eager(caplog):

@@ -149,6 +149,20 @@ def test_scatter_max_matches_loop_and_gradient_goes_to_argmax_rows():
     assert torch.equal(src.grad, expected_grad)
 
 
+def test_scatter_max_splits_the_gradient_between_tied_rows_like_scatter_reduce():
+    src = torch.tensor([[1.0, 5.0], [3.0, 5.0], [3.0, 2.0], [7.0, 7.0], [7.0, 7.0]], requires_grad=True)
+    index = torch.tensor([0, 0, 0, 2, 2])  # segment 1 empty; ties in both channels of 0 and 2
+    ref_src = src.detach().clone().requires_grad_(True)
+    ref = torch.zeros(3, 2).scatter_reduce(0, index.unsqueeze(-1).expand(-1, 2), ref_src, "amax", include_self=False)
+    got = ops.scatter_max(src, index, 3)
+    assert torch.equal(got, ref)
+    weights = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    (got * weights).sum().backward()
+    (ref * weights).sum().backward()
+    assert torch.equal(src.grad, ref_src.grad)
+    assert src.grad[1, 0] == src.grad[2, 0] == 0.5 and src.grad[3, 1] == 3.0
+
+
 # ---------------------------------------------------------------- optional compiled path
 def _no_compiled_path() -> str:
     missing = [] if torch.cuda.is_available() else ["no CUDA device"]

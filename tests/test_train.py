@@ -128,6 +128,12 @@ def test_bf16_on_cpu_is_refused_clearly(tmp_path):
         run_training(compose_config("train", TINY + ["trainer.precision=bf16"]), tmp_path)
 
 
+def test_compile_with_activation_checkpointing_is_refused_clearly(tmp_path):
+    with pytest.raises(ValueError, match="trainer.compile=true and trainer.activation_checkpointing=true"):
+        run_training(compose_config("train", TINY + ["trainer.compile=true", "trainer.activation_checkpointing=true"]),
+                     tmp_path)
+
+
 def test_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():
     kw = dict(total_steps=100, warmup_steps=10, lr=1e-3, warmup_lr=1e-6, min_lr=1e-5)
     assert lr_at(0, **kw) == 1e-6

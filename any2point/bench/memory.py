@@ -1,4 +1,6 @@
-"""``memory``: peak memory of a training step, PEFT against full fine-tuning of the same model.
+"""``memory``: peak memory of a training step, PEFT against full fine-tuning of the same model,
+each with and without activation checkpointing, and the trainable tokenizer alone (the part
+every variant shares, so the floor of any ratio).
 
 Each configuration runs in a fresh process (spawned), so one cannot inherit another's
 high-water mark. On the CPU the figure is the growth of the process's peak resident set
@@ -16,7 +18,7 @@ import torch
 
 from .common import environment
 
-HELP = "peak memory of a training step: the PEFT method against full fine-tuning (and with checkpointing)"
+HELP = "peak memory of a training step: the PEFT method against full fine-tuning, each with and without checkpointing"
 
 FULL = {"source": "minilm", "batch": 32, "points": 1024, "steps": 2}
 QUICK = {"source": "tiny_1d", "batch": 2, "points": 256, "steps": 1}
@@ -45,6 +47,7 @@ def _measure(config: dict) -> dict:
     """Runs in a fresh process: build, then ``steps`` training steps; memory of the steps."""
     import any2point
 
+    from .common import tokenizer_forward_backward
     from .model import NUM_CLASSES, build, training_step, unit_clouds
 
     torch.set_num_threads(config["threads"])
@@ -58,7 +61,13 @@ def _measure(config: dict) -> dict:
                   checkpointing=config["checkpointing"])
     points = unit_clouds(config["batch"], config["points"], device, config["seed"])
     labels = torch.randint(0, NUM_CLASSES, (config["batch"],), device=device)
-    step, _ = training_step(model, points, labels, config["dtype"])
+    if config["part"] == "tokenizer":  # the floor every variant shares: the trainable tokenizer alone
+        model.train()
+
+        def step():
+            tokenizer_forward_backward(model.tokenizer, points)
+    else:
+        step, _ = training_step(model, points, labels, config["dtype"])
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -76,8 +85,10 @@ def _measure(config: dict) -> dict:
         # The high-water mark only moves if the steps exceed every earlier peak (model loading).
         step_mb = max(total_mb - before, 0.0) if total_mb > peak_before else float("nan")
     report = any2point.parameter_report(model)
-    return {"peft": config["peft"], "checkpointing": config["checkpointing"], "step_mb": step_mb,
-            "peak_total_mb": total_mb, "trainable_params": report["trainable"]}
+    trainable = (sum(p.numel() for p in model.tokenizer.parameters()) if config["part"] == "tokenizer"
+                 else report["trainable"])
+    return {"part": config["part"], "peft": config["peft"], "checkpointing": config["checkpointing"],
+            "step_mb": step_mb, "peak_total_mb": total_mb, "trainable_params": trainable}
 
 
 def _in_fresh_process(config: dict) -> dict:
@@ -95,14 +106,21 @@ def run(args: argparse.Namespace) -> dict:
     pretrained = args.weights == "pretrained" or (args.weights == "auto" and spec.weights_available())
     common = {**s, "device": str(args.device), "threads": args.threads, "dtype": args.dtype, "seed": args.seed,
               "pretrained": pretrained, "reuse_host_memory": args.reuse_host_memory}
-    rows = [_in_fresh_process({**common, "peft": peft, "checkpointing": ckpt})
-            for peft, ckpt in [(args.peft, False), (args.peft, True), ("full", False)]]
-    peft_row, ckpt_row, full_row = rows
+    runs = [("model", peft, ckpt) for peft in (args.peft, "full") for ckpt in (False, True)]
+    runs += [("tokenizer", args.peft, ckpt) for ckpt in (False, True)]
+    rows = [_in_fresh_process({**common, "part": part, "peft": peft, "checkpointing": ckpt})
+            for part, peft, ckpt in runs]
+    peft_row, ckpt_row, full_row, full_ckpt_row, _, tokenizer_ckpt_row = rows
     return {
         "subcommand": "memory", "settings": {**s, "peft": args.peft, "dtype": args.dtype, "pretrained": pretrained},
         "environment": environment(args.device), "rows": rows,
         "ratio_vs_full": peft_row["step_mb"] / full_row["step_mb"],
+        # the PEFT run checkpointed, full fine-tuning as usually run (storing its activations)
         "ratio_vs_full_with_checkpointing": ckpt_row["step_mb"] / full_row["step_mb"],
+        # both checkpointed: what is left is what training the source itself costs
+        "ratio_both_checkpointed": ckpt_row["step_mb"] / full_ckpt_row["step_mb"],
+        # the share of the checkpointed step's peak that the tokenizer alone reaches
+        "tokenizer_share_with_checkpointing": tokenizer_ckpt_row["step_mb"] / ckpt_row["step_mb"],
     }
 
 
@@ -112,8 +130,12 @@ def report(r: dict) -> str:
              f"{r['environment']['device']} (load {r['environment']['load_average']})",
              "", f"{'method':<34}{'step peak MB':>14}{'process peak MB':>18}{'trainable':>12}"]
     for row in r["rows"]:
-        name = row["peft"] + (" + checkpointing" if row["checkpointing"] else "")
+        name = (row["peft"] if row["part"] == "model" else "tokenizer alone") + (
+            " + checkpointing" if row["checkpointing"] else "")
         lines.append(f"{name:<34}{row['step_mb']:>14.0f}{row['peak_total_mb']:>18.0f}{row['trainable_params']:>12,}")
-    lines += ["", f"{s['peft']} / full fine-tuning: {r['ratio_vs_full']:.2f}x "
-                  f"(with activation checkpointing: {r['ratio_vs_full_with_checkpointing']:.2f}x)"]
+    lines += ["", f"{s['peft']} / full fine-tuning: {r['ratio_vs_full']:.2f}x; "
+                  f"{s['peft']} with activation checkpointing / full: {r['ratio_vs_full_with_checkpointing']:.2f}x; "
+                  f"both with checkpointing: {r['ratio_both_checkpointed']:.2f}x",
+              f"the tokenizer alone (checkpointed) reaches {r['tokenizer_share_with_checkpointing']:.0%} "
+              f"of the checkpointed {s['peft']} step's peak"]
     return "\n".join(lines)
