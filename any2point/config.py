@@ -90,7 +90,7 @@ class TrainerConfig:
     deterministic: bool = True
     progress: bool = True
     compile: bool = False  # torch.compile the training forward (the saved/evaluated model stays eager)
-    activation_checkpointing: bool = False  # recompute tokenizer stages and blocks+adapters in backward: less memory, more time
+    activation_checkpointing: bool = False  # recompute tokenizer stages, blocks+adapters in backward: less memory
     reuse_host_memory: bool = True  # glibc: recycle freed activation memory (any2point.runtime)
 
 

@@ -3,8 +3,8 @@
 ``torch.utils.checkpoint`` runs a region's forward a second time during backward. A
 BatchNorm in training mode would then fold the same batch into its running statistics
 twice; here the second run normalises with the batch statistics as before but leaves the
-running statistics (and the batch counter) as the first run left them, so a checkpointed step changes exactly
-the state an ordinary step changes.
+running statistics (and the batch counter) as the first run left them, so a checkpointed
+step changes exactly the state an ordinary step changes.
 """
 from __future__ import annotations
 
