@@ -160,9 +160,9 @@ class _ScatterMax(torch.autograd.Function):
             0, index.unsqueeze(-1).expand_as(src), src, reduce="amax", include_self=False)
         hit = src == out.index_select(0, index)
         # without ties every (non-empty segment, channel) has exactly one hit
-        occupied = int(torch.bincount(index, minlength=num_segments).count_nonzero())
+        occupied = torch.bincount(index, minlength=num_segments).count_nonzero()
         ties = None
-        if int(hit.sum()) != occupied * src.shape[-1]:
+        if bool(hit.sum() != occupied * src.shape[-1]):  # one host sync
             ties = torch.zeros_like(out).index_add_(0, index, hit.to(out.dtype)).clamp_min_(1)
         ctx.save_for_backward(hit, index, ties)
         return out

@@ -86,11 +86,8 @@ class TokenizerStage(nn.Module):
         self.blocks = nn.Sequential(*[Bottleneck(out, hidden or out // 2) for _ in range(num_blocks)])
 
     def forward(self, xyz: torch.Tensor, feats: torch.Tensor, num_centres: int) -> tuple[torch.Tensor, torch.Tensor]:
-        B, N = feats.shape[:2]
-        k = min(self.k, N)
-        centre_idx = furthest_point_sample(xyz, num_centres)
-        centres = gather_points(xyz, centre_idx)  # (B, G, 3)
-        group_idx = knn(centres, xyz, k)  # (B, G, k)
+        B = feats.shape[0]
+        centre_idx, centres, group_idx = self.group(xyz, num_centres)
         offsets = gather_points(xyz, group_idx) - centres.unsqueeze(2)
         if self.normalize == "scan":
             offsets = offsets / offsets.abs().amax(dim=2, keepdim=True).clamp_min(1e-5)
@@ -101,6 +98,13 @@ class TokenizerStage(nn.Module):
         else:
             pooled = self.grouped_features(feats, centre_idx, group_idx, offsets)
         return centres, pooled
+
+    def group(self, xyz: torch.Tensor, num_centres: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The stage's geometry: FPS centres (indices (B, G) and points (B, G, 3)) and the indices
+        of each centre's k nearest points (B, G, k)."""
+        centre_idx = furthest_point_sample(xyz, num_centres)
+        centres = gather_points(xyz, centre_idx)
+        return centre_idx, centres, knn(centres, xyz, min(self.k, xyz.shape[1]))
 
     def grouped_features(self, feats: torch.Tensor, centre_idx: torch.Tensor, group_idx: torch.Tensor,
                          offsets: torch.Tensor) -> torch.Tensor:
@@ -145,6 +149,15 @@ class PointTokenizer(nn.Module):
         if self.config.centres is not None:
             return list(self.config.centres)
         return [num_points >> (i + 1) for i in range(self.config.stages)]
+
+    def geometry(self, points: torch.Tensor) -> list[torch.Tensor]:
+        """FPS and kNN of every stage without the learned layers (what the benches time):
+        each stage's centres (B, G, 3)."""
+        xyz, out = points, []
+        for stage, n in zip(self.stages, self.centres_for(points.shape[1])):
+            xyz = stage.group(xyz, n)[1]
+            out.append(xyz)
+        return out
 
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if points.dim() != 3 or points.shape[-1] != 3:

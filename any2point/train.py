@@ -81,6 +81,10 @@ class _Run:
         self.peft_config = peft_config  # the peft option chosen, e.g. an ablation of the same method
         self.started = time.perf_counter()
         autocast(ctx.device, cfg.trainer.precision)  # an unusable precision fails before any work
+        if cfg.trainer.compile and cfg.trainer.activation_checkpointing:
+            raise ValueError("trainer.compile=true and trainer.activation_checkpointing=true cannot be combined: "
+                             "checkpointing keeps BatchNorm statistics right by re-running regions eagerly, "
+                             "which torch.compile does not trace; set one of them to false")
         runtime.configure(cfg.trainer, ctx.device)
         runtime.seed_everything(cfg.seed)
         self.splits: RunSplits = load_splits(cfg.data, cfg.seed)
@@ -103,10 +107,6 @@ class _Run:
         runtime.seed_everything(cfg.seed + ctx.rank)  # each rank its own dropout stream
         if cfg.train.resume:
             self._resume()
-        if cfg.trainer.compile and cfg.trainer.activation_checkpointing:
-            raise ValueError("trainer.compile=true and trainer.activation_checkpointing=true cannot be combined: "
-                             "checkpointing keeps BatchNorm statistics right by re-running regions eagerly, "
-                             "which torch.compile does not trace; set one of them to false")
         self.model.activation_checkpointing = bool(cfg.trainer.activation_checkpointing)
         self.net = self.model
         if ctx.distributed:

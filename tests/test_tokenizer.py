@@ -123,3 +123,13 @@ def test_tokens_of_a_cloud_do_not_depend_on_the_batch(normalize):
     torch.testing.assert_close(alone[0], together[1], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(with_others[2], together[1], rtol=1e-5, atol=1e-5)
     assert torch.equal(c_alone[0], c_together[1])
+
+
+def test_geometry_alone_gives_the_centres_of_every_stage():
+    """What the benches time as FPS + kNN is the tokenizer's own grouping, stage by stage."""
+    tokenizer = PointTokenizer(48, TokenizerConfig(**SMALL)).eval()
+    points = torch.randn(2, 128, 3)
+    centres = tokenizer.geometry(points)
+    assert [c.shape for c in centres] == [(2, n, 3) for n in SMALL["centres"]]
+    with torch.no_grad():
+        assert torch.equal(centres[-1], tokenizer(points)[1])

@@ -115,10 +115,4 @@ def tokenizer_forward_backward(tokenizer: torch.nn.Module, points: torch.Tensor)
 
 def tokenizer_geometry(tokenizer: torch.nn.Module, points: torch.Tensor) -> None:
     """The FPS and kNN the tokenizer runs on ``points``, without its learned layers."""
-    from ..ops import furthest_point_sample, gather_points, knn
-
-    xyz = points
-    for n in tokenizer.centres_for(points.shape[1]):
-        centres = gather_points(xyz, furthest_point_sample(xyz, n))
-        knn(centres, xyz, min(tokenizer.config.k, xyz.shape[1]))
-        xyz = centres
+    tokenizer.geometry(points)

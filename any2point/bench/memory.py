@@ -84,9 +84,8 @@ def _measure(config: dict) -> dict:
         total_mb = _peak_rss_mb()
         # The high-water mark only moves if the steps exceed every earlier peak (model loading).
         step_mb = max(total_mb - before, 0.0) if total_mb > peak_before else float("nan")
-    report = any2point.parameter_report(model)
     trainable = (sum(p.numel() for p in model.tokenizer.parameters()) if config["part"] == "tokenizer"
-                 else report["trainable"])
+                 else any2point.parameter_report(model)["trainable"])
     return {"part": config["part"], "peft": config["peft"], "checkpointing": config["checkpointing"],
             "step_mb": step_mb, "peak_total_mb": total_mb, "trainable_params": trainable}
 
