@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from any2point.ops import compact_ids
+from any2point.ops import BagTranspose, compact_ids
 from any2point.projections import ViewPositions
 
 __all__ = ["CellAssignment", "view_cells", "voxel_cells", "batch_segments", "same_cell_pairs"]
@@ -29,6 +29,8 @@ class CellAssignment:
     pair_query, pair_key: (P,) token-view indices of every (query, key) pair that share a
         cloud, a view and a cell (the mini attention's sparsity pattern), sorted by query.
     voxel_segments: (B * G,) compact voxel id of every token; ``num_voxels`` of them.
+    token_cells: (B * G, M) the cell of every token in every view (``view_segments``
+        token-major), and ``cell_tokens`` the same index read per cell (for gathered_dots).
     """
 
     views: int
@@ -38,6 +40,8 @@ class CellAssignment:
     pair_key: torch.Tensor | None
     voxel_segments: torch.Tensor | None
     num_voxels: int
+    token_cells: torch.Tensor | None = None
+    cell_tokens: BagTranspose | None = None
 
     @property
     def num_view_segments(self) -> int:

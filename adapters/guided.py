@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from any2point.ops import scatter_max, scatter_mean
+from any2point.ops import BagTranspose, gathered_dots, scatter_max, scatter_mean
 from any2point.projections import ViewPositions
 
 from .bottleneck import BottleneckAdapter
@@ -50,6 +50,18 @@ class AdapterConfig:
 def _pool(values: torch.Tensor, segments: torch.Tensor, num: int) -> torch.Tensor:
     """Mean + max of the rows of ``values`` (R, D) per segment (R,) -> (num, D)."""
     return scatter_mean(values, segments, num) + scatter_max(values, segments, num)
+
+
+def _token_reference(norm: nn.Module, tokens: torch.Tensor, cells: CellAssignment) -> torch.Tensor:
+    """The 3D reference feature of every token (R, D): its voxel's pooled, normalised feature.
+
+    When every voxel holds one token (voxels smaller than the token spacing, as with the
+    MiniLM preset at 128 tokens per cloud) the pooling is 2x the token itself, and BatchNorm's statistics do not depend on the row
+    order, so the voxel scatter and the gather back are skipped; the result is the same."""
+    if cells.num_voxels == tokens.shape[0]:
+        return F.gelu(norm(2 * tokens))
+    pooled = _pool(tokens, cells.voxel_segments, cells.num_voxels)
+    return F.gelu(norm(pooled)).index_select(0, cells.voxel_segments)
 
 
 class BlockAdapter(nn.Module):
@@ -85,7 +97,7 @@ class GuidedAdapters(nn.Module):
         cfg = self.config
         if not cfg.guided:
             return None
-        view_seg = seg_view = query = key = vox_seg = None
+        view_seg = seg_view = query = key = vox_seg = token_cells = cell_tokens = None
         n_vox = 0
         if cfg.view_cells:
             local = view_cells(where, cfg.cell, self.canvas).transpose(0, 1)  # (M, B, G), view-major
@@ -95,10 +107,12 @@ class GuidedAdapters(nn.Module):
             seg_view = torch.zeros(n_view, dtype=torch.long, device=view_seg.device)
             seg_view[view_seg] = torch.arange(view_seg.numel(), device=view_seg.device) // per_view
             query, key = same_cell_pairs(view_seg, n_view)
+            token_cells = view_seg.view(self.views, -1).t().contiguous()  # (B*G, M)
+            cell_tokens = BagTranspose.of(token_cells, n_view)
         if cfg.reference == "voxel":
             vox_seg, n_vox = batch_segments(voxel_cells(centres, cfg.voxel))
             vox_seg = vox_seg.reshape(-1)
-        return CellAssignment(self.views, view_seg, seg_view, query, key, vox_seg, n_vox)
+        return CellAssignment(self.views, view_seg, seg_view, query, key, vox_seg, n_vox, token_cells, cell_tokens)
 
     def ffn_hook(self, index: int):
         return self.blocks[index].bottleneck
@@ -111,20 +125,18 @@ class GuidedAdapters(nn.Module):
         B, G, D = x.shape
         reference = None
         if cells.voxel_segments is not None:
-            pooled = _pool(x.reshape(B * G, D), cells.voxel_segments, cells.num_voxels)
-            reference = F.gelu(block.reference_norm(pooled))  # (V, D), one row per voxel
+            reference = _token_reference(block.reference_norm, x.reshape(B * G, D), cells)  # (B*G, D)
         if cells.view_segments is None:
-            return x + c * reference.index_select(0, cells.voxel_segments).view(B, G, D)
+            return x + c * reference.view(B, G, D)
         y = self.mini_attention(x, cells.pair_query, cells.pair_key)  # (M, B*G, D)
         pooled = _pool(y.reshape(-1, D), cells.view_segments, cells.num_view_segments)
         views = F.gelu(block.view_norm(pooled, cells.segment_view))  # (U, D), one row per cell
-        cell_of = cells.view_segments.view(self.views, B * G).t()  # (B*G, M)
+        cell_of = cells.token_cells  # (B*G, M)
         if reference is None:
             weights = views.new_full(cell_of.shape, 1.0 / self.views)
         else:
-            ref = F.normalize(reference, dim=-1).index_select(0, cells.voxel_segments)  # (B*G, D)
-            unit = F.normalize(views, dim=-1).index_select(0, cell_of.reshape(-1)).view(B * G, self.views, D)
-            cos = (unit * ref.unsqueeze(1)).sum(-1)  # (B*G, M); a bmm with inner size 1 is 1.7x slower
+            cos = gathered_dots(F.normalize(views, dim=-1), cell_of, F.normalize(reference, dim=-1),
+                                cells.cell_tokens)  # (B*G, M)
             weights = (cos + 1) / 2
             weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-6)
         # sum_j w_j F_j without building the (B*G, M, D) stack: a weighted embedding bag.

@@ -138,6 +138,28 @@ def test_grouped_batch_norm_equals_one_batch_norm_per_group():
     torch.testing.assert_close(ours.running_var[1], refs[1].running_var)
 
 
+def test_reference_of_one_token_voxels_skips_pooling_with_the_same_result():
+    from any2point.adapters.cells import CellAssignment
+    from any2point.adapters.guided import _pool, _token_reference
+
+    torch.manual_seed(0)
+    rows, width = 40, 8
+    seg = torch.randperm(rows)  # every token alone in its voxel, voxels numbered in another order
+    cells = CellAssignment(1, None, None, None, None, seg, rows)
+    fast, slow = torch.nn.BatchNorm1d(width), torch.nn.BatchNorm1d(width)
+    x1 = torch.randn(rows, width, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    got = _token_reference(fast, x1, cells)
+    want = torch.nn.functional.gelu(slow(_pool(x2, seg, rows))).index_select(0, seg)
+    torch.testing.assert_close(got, want)
+    grad = torch.randn(rows, width)
+    got.backward(grad)
+    want.backward(grad)
+    torch.testing.assert_close(x1.grad, x2.grad)
+    torch.testing.assert_close(fast.running_mean, slow.running_mean)
+    torch.testing.assert_close(fast.running_var, slow.running_var)
+
+
 def test_batch_segments_never_share_ids_across_clouds_or_views():
     local = torch.zeros(3, 2, 5, dtype=torch.long)  # every token in cell 0 everywhere
     seg, n = batch_segments(local)

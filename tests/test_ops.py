@@ -163,6 +163,23 @@ def test_scatter_max_splits_the_gradient_between_tied_rows_like_scatter_reduce()
     assert src.grad[1, 0] == src.grad[2, 0] == 0.5 and src.grad[3, 1] == 3.0
 
 
+def test_gathered_dots_equal_gather_multiply_sum_in_values_and_gradients():
+    g = torch.Generator().manual_seed(0)
+    T, M, U, D = 11, 3, 7, 5
+    index = torch.randint(0, U - 1, (T, M), generator=g)  # the last table row is never read
+    table = torch.randn(U, D, generator=g, dtype=torch.float64, requires_grad=True)
+    rows = torch.randn(T, D, generator=g, dtype=torch.float64, requires_grad=True)
+    got = ops.gathered_dots(table, index, rows, ops.BagTranspose.of(index, U))
+    want = (table[index] * rows.unsqueeze(1)).sum(-1)
+    torch.testing.assert_close(got, want)
+    grad = torch.randn(T, M, generator=g, dtype=torch.float64)
+    got_grads = torch.autograd.grad(got, (table, rows), grad)
+    want_grads = torch.autograd.grad(want, (table, rows), grad)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b)
+    assert torch.equal(got_grads[0][U - 1], torch.zeros(D, dtype=torch.float64))
+
+
 # ---------------------------------------------------------------- optional compiled path
 def _no_compiled_path() -> str:
     missing = [] if torch.cuda.is_available() else ["no CUDA device"]
