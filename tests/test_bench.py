@@ -87,3 +87,14 @@ def test_tokenizer_quick_reports_mfu_and_geometry_share():
     r = _quick_json("tokenizer")
     assert r["fwd_bwd_ms"] > r["fwd_ms"] > 0 and r["params"] > 0 and 0 < r["mfu"] < 1
     assert abs(r["fps_knn_share"] - r["fps_knn_ms"] / r["fwd_bwd_ms"]) < 1e-9
+
+
+def test_interleaved_timing_alternates_the_functions():
+    from any2point.bench.common import time_interleaved
+
+    calls = []
+    result = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                              torch.device("cpu"), warmup=1, repeats=3)
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-up of each, then in turn
+    assert set(result) == {"a", "b"} and all(r["repeats"] == 3 and r["min_ms"] <= r["median_ms"]
+                                             for r in result.values())

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 __all__ = ["add_common_arguments", "apply_common_arguments", "resolve_device", "set_threads", "synchronize",
-           "time_call", "environment", "ratio", "matmul_peak", "tokenizer_forward_backward", "tokenizer_geometry"]
+           "time_call", "time_interleaved", "environment", "ratio", "matmul_peak", "tokenizer_forward_backward", "tokenizer_geometry"]
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,19 +61,29 @@ def time_call(fn: Callable[[], object], device: torch.device, *, warmup: int = 1
     """Milliseconds per call of ``fn``: median and minimum over ``repeats`` after ``warmup`` runs.
 
     ``grad=False`` runs under inference mode; training steps pass ``grad=True``."""
+    return time_interleaved({"fn": fn}, device, warmup=warmup, repeats=repeats, grad=grad)["fn"]
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, *, warmup: int = 1,
+                     repeats: int = 5, grad: bool = False) -> dict[str, dict]:
+    """Like :func:`time_call` for several functions, run in turn (a, b, a, b, ...) so that a
+    ratio between them is not skewed by the machine getting slower or faster in between."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    times: dict[str, list[float]] = {name: [] for name in fns}
     with torch.inference_mode(not grad):
-        for _ in range(warmup):
-            fn()
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
         synchronize(device)
-        times = []
         for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats}
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                fn()
+                synchronize(device)
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: {"median_ms": statistics.median(t), "min_ms": min(t), "repeats": repeats}
+            for name, t in times.items()}
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, size: int | None = None,

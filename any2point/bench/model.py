@@ -7,7 +7,7 @@ Everything is measured in the same run, on the same inputs:
 - the step's parts: tokenizer (forward + backward), its geometry (FPS + kNN), position
   encoding with cell assignment, blocks with adapters (forward + backward), head;
 - the frozen blocks alone (forward + backward to their input, on the same tokens), so the
-  adapters' overhead is a ratio;
+  adapters' overhead is a ratio; the two are timed in turn, so machine drift cancels out;
 - full fine-tuning of the same model (step time ratio).
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import any2point
 from any2point.optim import build_optimizer
 
-from .common import environment, matmul_peak, time_call, tokenizer_forward_backward, tokenizer_geometry
+from .common import (environment, matmul_peak, time_call, time_interleaved, tokenizer_forward_backward,
+                     tokenizer_geometry)
 
 HELP = "time a training step by part, against frozen blocks alone, full fine-tuning and the matmul peak"
 
@@ -132,7 +133,7 @@ def _parts(model, points: torch.Tensor, device: torch.device, repeats: int) -> d
         model.head(model.features(h)).sum().backward()
 
     parts = [("tokenizer", tokenizer, True), ("fps_knn", geometry, False), ("position_and_cells", position, False),
-             ("blocks_with_adapters", blocks, True), ("frozen_blocks", frozen_blocks, True), ("head", head, True)]
+             ("head", head, True)]
     cells, depth = context.cells, len(model.source.blocks)
     if cells is not None:  # where the adapters' extra time goes: block 0's aggregation, times the depth
         point_tokens = x[:, 1:].detach().requires_grad_(True)
@@ -153,6 +154,10 @@ def _parts(model, points: torch.Tensor, device: torch.device, repeats: int) -> d
         timed[name] = time_call(fn, device, repeats=repeats, grad=grad_mode)["median_ms"]
         if name in ("guided_aggregation", "mini_attention"):
             timed[name] *= depth
+    # the adapter overhead is a ratio of these two: time them in turn
+    pair = time_interleaved({"blocks_with_adapters": blocks, "frozen_blocks": frozen_blocks}, device,
+                            repeats=repeats, grad=True)
+    timed.update({name: t["median_ms"] for name, t in pair.items()})
     return timed
 
 
