@@ -104,8 +104,9 @@ class Any2PointModel(nn.Module):
     @property
     def activation_checkpointing(self) -> bool:
         """Recompute activations in backward instead of storing them: each tokenizer stage's
-        grouped features and each block with its adapter (one extra forward of those parts for
-        most of the step's activation memory; BatchNorm statistics are updated once)."""
+        grouped features (and, within that recomputation, each of the stage's residual blocks)
+        and each block with its adapter; extra forwards of those parts for most of the step's
+        activation memory; BatchNorm statistics are updated once."""
         return self._activation_checkpointing
 
     @activation_checkpointing.setter

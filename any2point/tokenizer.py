@@ -116,7 +116,14 @@ class TokenizerStage(nn.Module):
         grouped = torch.cat([gather_points(feats, group_idx),
                              centre_feats.unsqueeze(2).expand(-1, -1, k, -1)], dim=-1)
         grouped = grouped + self.encode(offsets.to(grouped.dtype))  # (B, G, k, 2C)
-        h = self.blocks(grouped.view(-1, 2 * C))  # (B*G*k, 2C)
+        h = grouped.view(-1, 2 * C)  # (B*G*k, 2C)
+        for block in self.blocks:
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                # nested in the stage's own recomputation: in backward only one block's
+                # internals are alive at a time, next to the block inputs
+                h = recompute_in_backward(block, block, h)
+            else:
+                h = block(h)
         return h.view(B, G, k, 2 * C).amax(dim=2)
 
 

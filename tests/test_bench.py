@@ -98,3 +98,33 @@ def test_interleaved_timing_alternates_the_functions():
     assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-up of each, then in turn
     assert set(result) == {"a", "b"} and all(r["repeats"] == 3 and r["min_ms"] <= r["median_ms"]
                                              for r in result.values())
+
+
+def test_tensor_memory_counts_storages_until_freed_and_ignores_earlier_tensors():
+    from any2point.bench.tensor_memory import TensorMemory
+
+    mib = 2 ** 20
+    before = torch.ones(1024, 1024)  # exists before the block: not counted
+    with TensorMemory() as mem:
+        a = torch.ones(1024, 256)  # 1 MiB
+        b = a + before[:, :256]  # 1 MiB more: 2 MiB live
+        del a  # 1 MiB live
+        view = b.view(-1)  # same storage: nothing new
+        c = torch.empty(2048, 512)  # 4 MiB: 5 MiB live, the peak
+        del b  # the view keeps the storage alive
+        assert mem.live_bytes == 5 * mib
+        del view, c
+    assert mem.peak_bytes == 5 * mib and mem.live_bytes == 0
+
+
+def test_tensor_memory_sees_backward_and_saved_tensors():
+    from any2point.bench.tensor_memory import TensorMemory
+
+    x = torch.randn(512, 512, requires_grad=True)  # 1 MiB leaf, made before
+    with TensorMemory() as mem:
+        y = (x * 2).relu()  # relu keeps its 1 MiB output for backward
+        y.sum().backward()
+        del y
+    assert x.grad is not None
+    assert mem.live_bytes == 2 ** 20  # x.grad, made in backward
+    assert mem.peak_bytes >= 3 * 2 ** 20  # saved output + the gradients flowing back

@@ -8,7 +8,8 @@ subcommand module defines:
 - ``run(args) -> dict``: the measurements, JSON-serialisable;
 - optionally ``report(result) -> str``: the human-readable form (default: indented JSON).
 
-``common`` holds the shared timing helpers and is not a subcommand.
+``common`` (shared timing helpers) and ``tensor_memory`` (the CPU peak-memory counter) are
+not subcommands.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from types import ModuleType
 
 __all__ = ["subcommand_names", "load_subcommand"]
 
-_NOT_SUBCOMMANDS = {"common", "__main__"}
+_NOT_SUBCOMMANDS = {"common", "tensor_memory", "__main__"}
 
 
 def subcommand_names() -> list[str]:

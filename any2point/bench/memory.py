@@ -3,10 +3,12 @@ each with and without activation checkpointing, and the trainable tokenizer alon
 every variant shares, so the floor of any ratio).
 
 Each configuration runs in a fresh process (spawned), so one cannot inherit another's
-high-water mark. On the CPU the figure is the growth of the process's peak resident set
-during the steps over its resident set just before them (weights, data and the Python
-runtime excluded; optimizer state, gradients and activations included); on CUDA it is
-``torch.cuda.max_memory_allocated`` over the same span.
+high-water mark. The figure is the peak of the tensor memory the steps allocate (weights
+and data excluded; activations, saved tensors, gradients and optimizer state included): on
+CUDA ``torch.cuda.max_memory_allocated``, on the CPU the same quantity counted operator by
+operator (``tensor_memory.TensorMemory``), because the process's resident set depends on
+what the allocator keeps (with ``reuse_host_memory``, every freed block). That resident
+peak is reported too, with the growth during the steps over the resident set before them.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import resource
 import torch
 
 from .common import environment
+from .tensor_memory import TensorMemory
 
 HELP = "peak memory of a training step: the PEFT method against full fine-tuning, each with and without checkpointing"
 
@@ -68,26 +71,28 @@ def _measure(config: dict) -> dict:
             tokenizer_forward_backward(model.tokenizer, points)
     else:
         step, _ = training_step(model, points, labels, config["dtype"])
+    rss_before, rss_peak_before = _rss_mb(), _peak_rss_mb()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device) / 2 ** 20
-    else:
-        before, peak_before = _rss_mb(), _peak_rss_mb()
-    for _ in range(config["steps"]):
-        step()
-    if device.type == "cuda":
+        for _ in range(config["steps"]):
+            step()
         torch.cuda.synchronize(device)
         step_mb = torch.cuda.max_memory_allocated(device) / 2 ** 20 - before
-        total_mb = torch.cuda.max_memory_allocated(device) / 2 ** 20
     else:
-        total_mb = _peak_rss_mb()
-        # The high-water mark only moves if the steps exceed every earlier peak (model loading).
-        step_mb = max(total_mb - before, 0.0) if total_mb > peak_before else float("nan")
+        with TensorMemory() as counted:
+            for _ in range(config["steps"]):
+                step()
+        step_mb = counted.peak_bytes / 2 ** 20
+    rss_peak = _peak_rss_mb()
+    # The high-water mark only moves if the steps exceed every earlier peak (model loading).
+    rss_growth = max(rss_peak - rss_before, 0.0) if rss_peak > rss_peak_before else float("nan")
     trainable = (sum(p.numel() for p in model.tokenizer.parameters()) if config["part"] == "tokenizer"
                  else any2point.parameter_report(model)["trainable"])
     return {"part": config["part"], "peft": config["peft"], "checkpointing": config["checkpointing"],
-            "step_mb": step_mb, "peak_total_mb": total_mb, "trainable_params": trainable}
+            "step_mb": step_mb, "process_peak_mb": rss_peak, "process_growth_mb": rss_growth,
+            "trainable_params": trainable}
 
 
 def _in_fresh_process(config: dict) -> dict:
@@ -127,14 +132,17 @@ def report(r: dict) -> str:
     s = r["settings"]
     lines = [f"source {s['source']}, batch {s['batch']} x {s['points']} points, {s['dtype']}, "
              f"{r['environment']['device']} (load {r['environment']['load_average']})",
-             "", f"{'method':<34}{'step peak MB':>14}{'process peak MB':>18}{'trainable':>12}"]
+             "", f"{'method':<34}{'step peak MB':>14}{'resident: peak':>16}{'growth':>9}{'trainable':>12}"]
     for row in r["rows"]:
         name = (row["peft"] if row["part"] == "model" else "tokenizer alone") + (
             " + checkpointing" if row["checkpointing"] else "")
-        lines.append(f"{name:<34}{row['step_mb']:>14.0f}{row['peak_total_mb']:>18.0f}{row['trainable_params']:>12,}")
+        lines.append(f"{name:<34}{row['step_mb']:>14.0f}{row['process_peak_mb']:>16.0f}{row['process_growth_mb']:>9.0f}"
+                     f"{row['trainable_params']:>12,}")
     lines += ["", f"{s['peft']} / full fine-tuning: {r['ratio_vs_full']:.2f}x; "
                   f"{s['peft']} with activation checkpointing / full: {r['ratio_vs_full_with_checkpointing']:.2f}x; "
                   f"both with checkpointing: {r['ratio_both_checkpointed']:.2f}x",
               f"the tokenizer alone (checkpointed) reaches {r['tokenizer_share_with_checkpointing']:.0%} "
-              f"of the checkpointed {s['peft']} step's peak"]
+              f"of the checkpointed {s['peft']} step's peak",
+              "(step peak: tensor memory of the steps; resident: the process's peak resident set and its growth "
+              "during the steps, which depend on what the allocator keeps)"]
     return "\n".join(lines)
