@@ -64,6 +64,18 @@ def _token_reference(norm: nn.Module, tokens: torch.Tensor, cells: CellAssignmen
     return F.gelu(norm(pooled)).index_select(0, cells.voxel_segments)
 
 
+def _cosine_to_cells(views: torch.Tensor, reference: torch.Tensor, cells: CellAssignment) -> torch.Tensor:
+    """cos(F_j, X3d) of every token (R) with its cell in every view j: (R, M).
+
+    The dot products of the raw features divided by the two norms (clamped as F.normalize
+    does) is the same number as the dot of the normalised features, without normalising
+    the (U, D) and (R, D) features themselves (two fewer passes each way)."""
+    index = cells.token_cells
+    dots = gathered_dots(views, index, reference, cells.cell_tokens)
+    view_norm = views.norm(dim=-1).clamp_min(1e-12).index_select(0, index.reshape(-1)).view_as(dots)
+    return dots / (view_norm * reference.norm(dim=-1).clamp_min(1e-12).unsqueeze(-1))
+
+
 class BlockAdapter(nn.Module):
     """The trainable parts of one block: bottleneck adapter and its BatchNorms."""
 
@@ -135,9 +147,7 @@ class GuidedAdapters(nn.Module):
         if reference is None:
             weights = views.new_full(cell_of.shape, 1.0 / self.views)
         else:
-            cos = gathered_dots(F.normalize(views, dim=-1), cell_of, F.normalize(reference, dim=-1),
-                                cells.cell_tokens)  # (B*G, M)
-            weights = (cos + 1) / 2
+            weights = (_cosine_to_cells(views, reference, cells) + 1) / 2  # (B*G, M)
             weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-6)
         # sum_j w_j F_j without building the (B*G, M, D) stack: a weighted embedding bag.
         guided = F.embedding_bag(cell_of, views, per_sample_weights=weights.to(views.dtype), mode="sum")

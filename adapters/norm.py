@@ -24,20 +24,46 @@ class GroupedBatchNorm(nn.Module):
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
     def forward(self, x: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-        if self.training:
+        if not self.training:
+            scale = self.weight * torch.rsqrt(self.running_var + self.eps)  # (Gr, D)
+            shift = self.bias - self.running_mean * scale
+            return torch.addcmul(shift.index_select(0, group), x, scale.index_select(0, group))
+        with torch.no_grad():
             count = torch.bincount(group, minlength=self.groups).to(x.dtype).unsqueeze(-1)  # (Gr, 1)
             mean = x.new_zeros(self.groups, x.shape[-1]).index_add(0, group, x) / count.clamp_min(1)
             centred = x - mean.index_select(0, group)
             var = x.new_zeros(self.groups, x.shape[-1]).index_add(0, group, centred.square()) / count.clamp_min(1)
-            with torch.no_grad():
-                seen = count > 0
-                unbiased = var * count / (count - 1).clamp_min(1)
-                m = self.momentum
-                self.running_mean.copy_(torch.where(seen, (1 - m) * self.running_mean + m * mean, self.running_mean))
-                self.running_var.copy_(torch.where(seen, (1 - m) * self.running_var + m * unbiased, self.running_var))
-                self.num_batches_tracked += 1
-        else:
-            mean, var = self.running_mean, self.running_var
-            centred = x - mean.index_select(0, group)
-        scale = self.weight * torch.rsqrt(var + self.eps)  # (Gr, D)
-        return torch.addcmul(self.bias.index_select(0, group), centred, scale.index_select(0, group))
+            seen = count > 0
+            unbiased = var * count / (count - 1).clamp_min(1)
+            m = self.momentum
+            self.running_mean.copy_(torch.where(seen, (1 - m) * self.running_mean + m * mean, self.running_mean))
+            self.running_var.copy_(torch.where(seen, (1 - m) * self.running_var + m * unbiased, self.running_var))
+            self.num_batches_tracked += 1
+            rstd = torch.rsqrt(var + self.eps)
+            xhat = centred.mul_(rstd.index_select(0, group))
+        return _GroupedNormalizeAffine.apply(x, xhat, group, rstd, count, self.weight, self.bias)
+
+
+class _GroupedNormalizeAffine(torch.autograd.Function):
+    """y = xhat * weight[g] + bias[g] with xhat the per-group standardised x (batch statistics),
+    and BatchNorm's closed-form gradient: six passes over the rows instead of the dozen an
+    autograd graph of the mean, variance and gathers makes."""
+
+    @staticmethod
+    def forward(ctx, x, xhat, group, rstd, count, weight, bias):
+        ctx.save_for_backward(xhat, group, rstd, count, weight)
+        return torch.addcmul(bias.index_select(0, group), xhat, weight.index_select(0, group))
+
+    @staticmethod
+    def backward(ctx, grad):
+        xhat, group, rstd, count, weight = ctx.saved_tensors
+        width = grad.shape[-1]
+        grad_bias = grad.new_zeros(count.shape[0], width).index_add_(0, group, grad)  # (Gr, D)
+        grad_weight = grad.new_zeros(count.shape[0], width).index_add_(0, group, grad * xhat)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            n = count.clamp_min(1)
+            # dx = weight * rstd * (grad - mean(grad) - xhat * mean(grad * xhat)), per group
+            centre = torch.addcmul((grad_bias / n).index_select(0, group), xhat, (grad_weight / n).index_select(0, group))
+            grad_x = (grad - centre).mul_((weight * rstd).index_select(0, group))
+        return grad_x, None, None, None, None, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype)

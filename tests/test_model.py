@@ -160,6 +160,53 @@ def test_reference_of_one_token_voxels_skips_pooling_with_the_same_result():
     torch.testing.assert_close(fast.running_var, slow.running_var)
 
 
+def test_grouped_batch_norm_gradients_equal_one_batch_norm_per_group():
+    torch.manual_seed(0)
+    x, group = torch.randn(40, 6, dtype=torch.float64), torch.randint(0, 3, (40,))
+    ours = GroupedBatchNorm(3, 6).double()
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ours.bias.uniform_(-1, 1)
+    refs = [torch.nn.BatchNorm1d(6).double() for _ in range(3)]
+    for j, ref in enumerate(refs):
+        with torch.no_grad():
+            ref.weight.copy_(ours.weight[j])
+            ref.bias.copy_(ours.bias[j])
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    grad = torch.randn(40, 6, dtype=torch.float64)
+    ours(x1, group).backward(grad)
+    out = torch.empty_like(x)
+    for j, ref in enumerate(refs):
+        out = out.index_put((torch.nonzero(group == j).squeeze(1),), ref(x2[group == j]))
+    out.backward(grad)
+    torch.testing.assert_close(x1.grad, x2.grad)
+    for j, ref in enumerate(refs):
+        torch.testing.assert_close(ours.weight.grad[j], ref.weight.grad)
+        torch.testing.assert_close(ours.bias.grad[j], ref.bias.grad)
+
+
+def test_view_weights_cosine_equals_normalised_features_dot_product():
+    from any2point.adapters.cells import CellAssignment
+    from any2point.adapters.guided import _cosine_to_cells
+    from any2point.ops import BagTranspose
+
+    g = torch.Generator().manual_seed(0)
+    rows, views_per_token, cells_n, width = 9, 3, 5, 4
+    index = torch.randint(0, cells_n, (rows, views_per_token), generator=g)
+    views = torch.randn(cells_n, width, generator=g, dtype=torch.float64)
+    views[2] = 0  # an all-zero cell feature: F.normalize's eps keeps it finite
+    views.requires_grad_(True)
+    reference = torch.randn(rows, width, generator=g, dtype=torch.float64, requires_grad=True)
+    cells = CellAssignment(views_per_token, None, None, None, None, None, 0, index, BagTranspose.of(index, cells_n))
+    got = _cosine_to_cells(views, reference, cells)
+    unit_views = torch.nn.functional.normalize(views, dim=-1)
+    want = (unit_views[index] * torch.nn.functional.normalize(reference, dim=-1).unsqueeze(1)).sum(-1)
+    torch.testing.assert_close(got, want)
+    grad = torch.randn(rows, views_per_token, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(got, (views, reference), grad), torch.autograd.grad(want, (views, reference), grad)):
+        torch.testing.assert_close(a, b)
+
+
 def test_batch_segments_never_share_ids_across_clouds_or_views():
     local = torch.zeros(3, 2, 5, dtype=torch.long)  # every token in cell 0 everywhere
     seg, n = batch_segments(local)
