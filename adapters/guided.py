@@ -56,8 +56,9 @@ def _token_reference(norm: nn.Module, tokens: torch.Tensor, cells: CellAssignmen
     """The 3D reference feature of every token (R, D): its voxel's pooled, normalised feature.
 
     When every voxel holds one token (voxels smaller than the token spacing, as with the
-    MiniLM preset at 128 tokens per cloud) the pooling is 2x the token itself, and BatchNorm's statistics do not depend on the row
-    order, so the voxel scatter and the gather back are skipped; the result is the same."""
+    MiniLM preset at 128 tokens per cloud) the pooling is 2x the token itself, and
+    BatchNorm's statistics do not depend on the row order, so the voxel scatter and the
+    gather back are skipped; the result is the same."""
     if cells.num_voxels == tokens.shape[0]:
         return F.gelu(norm(2 * tokens))
     pooled = _pool(tokens, cells.voxel_segments, cells.num_voxels)

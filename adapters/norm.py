@@ -51,6 +51,7 @@ class _GroupedNormalizeAffine(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, xhat, group, rstd, count, weight, bias):
+        # x is an input only so that its gradient (the closed form below) reaches it
         ctx.save_for_backward(xhat, group, rstd, count, weight)
         return torch.addcmul(bias.index_select(0, group), xhat, weight.index_select(0, group))
 
@@ -64,6 +65,7 @@ class _GroupedNormalizeAffine(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             n = count.clamp_min(1)
             # dx = weight * rstd * (grad - mean(grad) - xhat * mean(grad * xhat)), per group
-            centre = torch.addcmul((grad_bias / n).index_select(0, group), xhat, (grad_weight / n).index_select(0, group))
+            mean_grad, mean_grad_xhat = (grad_bias / n).index_select(0, group), (grad_weight / n).index_select(0, group)
+            centre = torch.addcmul(mean_grad, xhat, mean_grad_xhat)
             grad_x = (grad - centre).mul_((weight * rstd).index_select(0, group))
         return grad_x, None, None, None, None, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype)

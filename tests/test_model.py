@@ -203,7 +203,8 @@ def test_view_weights_cosine_equals_normalised_features_dot_product():
     want = (unit_views[index] * torch.nn.functional.normalize(reference, dim=-1).unsqueeze(1)).sum(-1)
     torch.testing.assert_close(got, want)
     grad = torch.randn(rows, views_per_token, generator=g, dtype=torch.float64)
-    for a, b in zip(torch.autograd.grad(got, (views, reference), grad), torch.autograd.grad(want, (views, reference), grad)):
+    got_grads = torch.autograd.grad(got, (views, reference), grad)
+    for a, b in zip(got_grads, torch.autograd.grad(want, (views, reference), grad)):
         torch.testing.assert_close(a, b)
 
 

@@ -12,7 +12,8 @@ from typing import Callable
 import torch
 
 __all__ = ["add_common_arguments", "apply_common_arguments", "resolve_device", "set_threads", "synchronize",
-           "time_call", "time_interleaved", "environment", "ratio", "matmul_peak", "tokenizer_forward_backward", "tokenizer_geometry"]
+           "time_call", "time_interleaved", "environment", "ratio", "matmul_peak", "tokenizer_forward_backward",
+           "tokenizer_geometry"]
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
