@@ -77,10 +77,9 @@ def same_cell_pairs(segments: torch.Tensor, num_segments: int) -> tuple[torch.Te
     """All (query, key) index pairs of elements with the same segment id, sorted by query.
 
     For a segment of n elements this lists its n * n pairs; no Python loop."""
-    order = torch.argsort(segments, stable=True)
-    counts = torch.bincount(segments, minlength=num_segments)
-    starts = torch.cumsum(counts, 0) - counts
-    per_query = counts[segments]  # keys each element attends to
+    by_segment = BagTranspose.of(segments.unsqueeze(1), num_segments)  # members: elements grouped by segment
+    order, starts = by_segment.members, by_segment.offsets
+    per_query = torch.bincount(segments, minlength=num_segments)[segments]  # keys each element attends to
     query = torch.repeat_interleave(torch.arange(segments.numel(), device=segments.device), per_query)
     first_pair = torch.cumsum(per_query, 0) - per_query
     rank = torch.arange(query.numel(), device=segments.device) - first_pair[query]

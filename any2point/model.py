@@ -24,7 +24,7 @@ from any2point.backbones.base import FrozenSource
 from any2point.projections import LearnedPositionEncoding, ProjectionConfig, VirtualProjection
 
 from .peft import PeftConfig, apply_peft, frozen_modules
-from .recompute import recompute_in_backward
+from .recompute import run_maybe_recomputed
 from .tokenizer import PointTokenizer, TokenizerConfig
 
 __all__ = ["HeadConfig", "ModelConfig", "Any2PointModel", "ClassifierHead"]
@@ -154,9 +154,7 @@ class Any2PointModel(nn.Module):
         return x
 
     def _run_block(self, i: int, block: nn.Module, x: torch.Tensor, context: ForwardContext) -> torch.Tensor:
-        if self.activation_checkpointing and torch.is_grad_enabled():
-            return recompute_in_backward(self, self._adapted_block, i, block, x, context)
-        return self._adapted_block(i, block, x, context)
+        return run_maybe_recomputed(self.activation_checkpointing, self, self._adapted_block, i, block, x, context)
 
     def _adapted_block(self, i: int, block: nn.Module, x: torch.Tensor, context: ForwardContext) -> torch.Tensor:
         """Source block ``i`` with its FFN hook (adapter) or prompts, then the guided aggregation."""

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["recompute_in_backward", "running_stats_frozen"]
+__all__ = ["recompute_in_backward", "run_maybe_recomputed", "running_stats_frozen"]
 
 
 @contextmanager
@@ -47,3 +47,11 @@ def recompute_in_backward(owner: nn.Module, fn: Callable[..., torch.Tensor], *ar
                            "recomputation is eager); switch one of the two off")
     return checkpoint(fn, *args, use_reentrant=False,
                       context_fn=lambda: (nullcontext(), running_stats_frozen(owner)))
+
+
+def run_maybe_recomputed(enabled: bool, owner: nn.Module, fn: Callable[..., torch.Tensor], *args) -> torch.Tensor:
+    """``fn(*args)``, through :func:`recompute_in_backward` when ``enabled`` and a backward can
+    follow (gradients on); a plain call otherwise (evaluation, or checkpointing off)."""
+    if enabled and torch.is_grad_enabled():
+        return recompute_in_backward(owner, fn, *args)
+    return fn(*args)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .ops import furthest_point_sample, gather_points, knn
-from .recompute import recompute_in_backward
+from .recompute import run_maybe_recomputed
 
 __all__ = ["TokenizerConfig", "PointTokenizer"]
 
@@ -93,10 +93,8 @@ class TokenizerStage(nn.Module):
             offsets = offsets / offsets.abs().amax(dim=2, keepdim=True).clamp_min(1e-5)
         else:  # per cloud, so a cloud's tokens never depend on the rest of the batch
             offsets = offsets / (offsets.flatten(1).std(dim=1).view(B, 1, 1, 1) + 1e-5)
-        if self.activation_checkpointing and torch.is_grad_enabled():
-            pooled = recompute_in_backward(self, self.grouped_features, feats, centre_idx, group_idx, offsets)
-        else:
-            pooled = self.grouped_features(feats, centre_idx, group_idx, offsets)
+        pooled = run_maybe_recomputed(self.activation_checkpointing, self, self.grouped_features,
+                                      feats, centre_idx, group_idx, offsets)
         return centres, pooled
 
     def group(self, xyz: torch.Tensor, num_centres: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -118,12 +116,9 @@ class TokenizerStage(nn.Module):
         grouped = grouped + self.encode(offsets.to(grouped.dtype))  # (B, G, k, 2C)
         h = grouped.view(-1, 2 * C)  # (B*G*k, 2C)
         for block in self.blocks:
-            if self.activation_checkpointing and torch.is_grad_enabled():
-                # nested in the stage's own recomputation: in backward only one block's
-                # internals are alive at a time, next to the block inputs
-                h = recompute_in_backward(block, block, h)
-            else:
-                h = block(h)
+            # nested in the stage's own recomputation: in backward only one block's internals
+            # are alive at a time, next to the block inputs
+            h = run_maybe_recomputed(self.activation_checkpointing, block, block, h)
         return h.view(B, G, k, 2 * C).amax(dim=2)
 
 

@@ -117,18 +117,25 @@ def test_pair_attention_equals_dense_masked_attention():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_grouped_batch_norm_equals_one_batch_norm_per_group():
-    torch.manual_seed(0)
-    x, group = torch.randn(30, 8), torch.randint(0, 3, (30,))
-    ours = GroupedBatchNorm(3, 8)
+def _grouped_norm_and_references(groups: int, width: int, dtype=torch.float32):
+    """A GroupedBatchNorm with non-trivial affine parameters, and one BatchNorm1d per group
+    holding the same parameters."""
+    ours = GroupedBatchNorm(groups, width).to(dtype)
     with torch.no_grad():
         ours.weight.uniform_(0.5, 1.5)
         ours.bias.uniform_(-1, 1)
-    refs = [torch.nn.BatchNorm1d(8) for _ in range(3)]
+    refs = [torch.nn.BatchNorm1d(width).to(dtype) for _ in range(groups)]
     for j, ref in enumerate(refs):
         with torch.no_grad():
             ref.weight.copy_(ours.weight[j])
             ref.bias.copy_(ours.bias[j])
+    return ours, refs
+
+
+def test_grouped_batch_norm_equals_one_batch_norm_per_group():
+    torch.manual_seed(0)
+    x, group = torch.randn(30, 8), torch.randint(0, 3, (30,))
+    ours, refs = _grouped_norm_and_references(3, 8)
     for mode in ("train", "eval"):
         ours.train(mode == "train")
         out = ours(x, group)
@@ -163,15 +170,7 @@ def test_reference_of_one_token_voxels_skips_pooling_with_the_same_result():
 def test_grouped_batch_norm_gradients_equal_one_batch_norm_per_group():
     torch.manual_seed(0)
     x, group = torch.randn(40, 6, dtype=torch.float64), torch.randint(0, 3, (40,))
-    ours = GroupedBatchNorm(3, 6).double()
-    with torch.no_grad():
-        ours.weight.uniform_(0.5, 1.5)
-        ours.bias.uniform_(-1, 1)
-    refs = [torch.nn.BatchNorm1d(6).double() for _ in range(3)]
-    for j, ref in enumerate(refs):
-        with torch.no_grad():
-            ref.weight.copy_(ours.weight[j])
-            ref.bias.copy_(ours.bias[j])
+    ours, refs = _grouped_norm_and_references(3, 6, torch.float64)
     x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     grad = torch.randn(40, 6, dtype=torch.float64)
     ours(x1, group).backward(grad)
