@@ -11,37 +11,55 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from any2point.ops import BagTranspose, compact_ids
 from any2point.projections import ViewPositions
 
-__all__ = ["CellAssignment", "view_cells", "voxel_cells", "batch_segments", "same_cell_pairs"]
+__all__ = ["CellAssignment", "CellPairs", "view_cells", "voxel_cells", "batch_segments", "same_cell_pairs"]
+
+
+class CellPairs(NamedTuple):
+    """Every (query, key) pair of token-views that share a cloud, a view and a cell.
+
+    query, key: (P,) token-view indices, sorted by query, so each query's pairs are one run;
+    starts: (R,) where each query's run begins (every query has one: itself);
+    swapped: (P,) the index of pair (key, query), which exists because sharing a cell is
+        symmetric; sums over the pairs of one key are then runs too (mini attention backward).
+    """
+
+    query: torch.Tensor
+    key: torch.Tensor
+    starts: torch.Tensor
+    swapped: torch.Tensor
 
 
 @dataclass(frozen=True)
 class CellAssignment:
     """Everything the adapters of one forward pass need to know about cells.
 
-    view_segments: (M * B * G,) compact cell id of every token-view, view-major.
+    view_segments: (M * B * G,) compact cell id of every token-view, view-major; ``cell_rows``
+        the same read per cell (the token-views of each cell, for pooling).
     segment_view: (U,) the view each of the U cells belongs to.
-    pair_query, pair_key: (P,) token-view indices of every (query, key) pair that share a
-        cloud, a view and a cell (the mini attention's sparsity pattern), sorted by query.
-    voxel_segments: (B * G,) compact voxel id of every token; ``num_voxels`` of them.
+    pairs: the mini attention's sparsity pattern (CellPairs).
+    voxel_segments: (B * G,) compact voxel id of every token; ``num_voxels`` of them, and
+        ``voxel_rows`` the tokens of each voxel.
     token_cells: (B * G, M) the cell of every token in every view (``view_segments``
         token-major), and ``cell_tokens`` the same index read per cell (for gathered_dots).
     """
 
     views: int
-    view_segments: torch.Tensor | None
-    segment_view: torch.Tensor | None
-    pair_query: torch.Tensor | None
-    pair_key: torch.Tensor | None
-    voxel_segments: torch.Tensor | None
-    num_voxels: int
+    view_segments: torch.Tensor | None = None
+    segment_view: torch.Tensor | None = None
+    pairs: CellPairs | None = None
+    voxel_segments: torch.Tensor | None = None
+    num_voxels: int = 0
     token_cells: torch.Tensor | None = None
     cell_tokens: BagTranspose | None = None
+    cell_rows: BagTranspose | None = None
+    voxel_rows: BagTranspose | None = None
 
     @property
     def num_view_segments(self) -> int:
@@ -73,15 +91,19 @@ def batch_segments(local: torch.Tensor) -> tuple[torch.Tensor, int]:
     return compact_ids(slice_id * span + local)
 
 
-def same_cell_pairs(segments: torch.Tensor, num_segments: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """All (query, key) index pairs of elements with the same segment id, sorted by query.
+def same_cell_pairs(segments: torch.Tensor, by_segment: BagTranspose) -> CellPairs:
+    """All (query, key) pairs of elements with the same segment id, sorted by query; no Python
+    loop. ``by_segment`` is ``BagTranspose.of(segments.unsqueeze(1), num_segments)``.
 
-    For a segment of n elements this lists its n * n pairs; no Python loop."""
-    by_segment = BagTranspose.of(segments.unsqueeze(1), num_segments)  # members: elements grouped by segment
-    order, starts = by_segment.members, by_segment.offsets
-    per_query = torch.bincount(segments, minlength=num_segments)[segments]  # keys each element attends to
-    query = torch.repeat_interleave(torch.arange(segments.numel(), device=segments.device), per_query)
-    first_pair = torch.cumsum(per_query, 0) - per_query
-    rank = torch.arange(query.numel(), device=segments.device) - first_pair[query]
-    key = order[starts[segments[query]] + rank]
-    return query, key
+    For a segment of n elements this lists its n * n pairs."""
+    members, offsets = by_segment.members, by_segment.offsets
+    arange = torch.arange(segments.numel(), device=segments.device)
+    counts = torch.diff(offsets, append=offsets.new_tensor([segments.numel()]))
+    per_query = counts[segments]  # keys each element attends to: its segment's size
+    query = torch.repeat_interleave(arange, per_query)
+    starts = torch.cumsum(per_query, 0) - per_query
+    rank = torch.arange(query.numel(), device=segments.device) - starts[query]
+    key = members[offsets[segments[query]] + rank]
+    place = torch.empty_like(arange)  # each element's rank among its segment's members
+    place[members] = arange - offsets[segments[members]]
+    return CellPairs(query, key, starts, starts[key] + place[query])

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from any2point.ops import BagTranspose, gathered_dots, scatter_max, scatter_mean
+from any2point.ops import BagTranspose, gathered_dots, mean_plus_max, weighted_bag
 from any2point.projections import ViewPositions
 
 from .bottleneck import BottleneckAdapter
@@ -47,11 +47,6 @@ class AdapterConfig:
     reference: str = "voxel"  # 'voxel' | 'uniform' (ablation: no 3D reference, equal view weights)
 
 
-def _pool(values: torch.Tensor, segments: torch.Tensor, num: int) -> torch.Tensor:
-    """Mean + max of the rows of ``values`` (R, D) per segment (R,) -> (num, D)."""
-    return scatter_mean(values, segments, num) + scatter_max(values, segments, num)
-
-
 def _token_reference(norm: nn.Module, tokens: torch.Tensor, cells: CellAssignment) -> torch.Tensor:
     """The 3D reference feature of every token (R, D): its voxel's pooled, normalised feature.
 
@@ -61,7 +56,7 @@ def _token_reference(norm: nn.Module, tokens: torch.Tensor, cells: CellAssignmen
     gather back are skipped; the result is the same."""
     if cells.num_voxels == tokens.shape[0]:
         return F.gelu(norm(2 * tokens))
-    pooled = _pool(tokens, cells.voxel_segments, cells.num_voxels)
+    pooled = mean_plus_max(tokens, cells.voxel_segments, cells.voxel_rows)
     return F.gelu(norm(pooled)).index_select(0, cells.voxel_segments)
 
 
@@ -110,8 +105,7 @@ class GuidedAdapters(nn.Module):
         cfg = self.config
         if not cfg.guided:
             return None
-        view_seg = seg_view = query = key = vox_seg = token_cells = cell_tokens = None
-        n_vox = 0
+        parts = {}
         if cfg.view_cells:
             local = view_cells(where, cfg.cell, self.canvas).transpose(0, 1)  # (M, B, G), view-major
             view_seg, n_view = batch_segments(local.reshape(self.views * local.shape[1], -1))
@@ -119,13 +113,17 @@ class GuidedAdapters(nn.Module):
             per_view = view_seg.numel() // self.views
             seg_view = torch.zeros(n_view, dtype=torch.long, device=view_seg.device)
             seg_view[view_seg] = torch.arange(view_seg.numel(), device=view_seg.device) // per_view
-            query, key = same_cell_pairs(view_seg, n_view)
+            cell_rows = BagTranspose.of(view_seg.unsqueeze(1), n_view)
             token_cells = view_seg.view(self.views, -1).t().contiguous()  # (B*G, M)
-            cell_tokens = BagTranspose.of(token_cells, n_view)
+            parts.update(view_segments=view_seg, segment_view=seg_view, cell_rows=cell_rows,
+                         pairs=same_cell_pairs(view_seg, cell_rows), token_cells=token_cells,
+                         cell_tokens=BagTranspose.of(token_cells, n_view))
         if cfg.reference == "voxel":
             vox_seg, n_vox = batch_segments(voxel_cells(centres, cfg.voxel))
             vox_seg = vox_seg.reshape(-1)
-        return CellAssignment(self.views, view_seg, seg_view, query, key, vox_seg, n_vox, token_cells, cell_tokens)
+            parts.update(voxel_segments=vox_seg, num_voxels=n_vox,
+                         voxel_rows=BagTranspose.of(vox_seg.unsqueeze(1), n_vox))
+        return CellAssignment(self.views, **parts)
 
     def ffn_hook(self, index: int):
         return self.blocks[index].bottleneck
@@ -141,8 +139,8 @@ class GuidedAdapters(nn.Module):
             reference = _token_reference(block.reference_norm, x.reshape(B * G, D), cells)  # (B*G, D)
         if cells.view_segments is None:
             return x + c * reference.view(B, G, D)
-        y = self.mini_attention(x, cells.pair_query, cells.pair_key)  # (M, B*G, D)
-        pooled = _pool(y.reshape(-1, D), cells.view_segments, cells.num_view_segments)
+        y = self.mini_attention(x, cells.pairs)  # (M, B*G, D)
+        pooled = mean_plus_max(y.reshape(-1, D), cells.view_segments, cells.cell_rows)
         views = F.gelu(block.view_norm(pooled, cells.segment_view))  # (U, D), one row per cell
         cell_of = cells.token_cells  # (B*G, M)
         if reference is None:
@@ -151,5 +149,5 @@ class GuidedAdapters(nn.Module):
             weights = (_cosine_to_cells(views, reference, cells) + 1) / 2  # (B*G, M)
             weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-6)
         # sum_j w_j F_j without building the (B*G, M, D) stack: a weighted embedding bag.
-        guided = F.embedding_bag(cell_of, views, per_sample_weights=weights.to(views.dtype), mode="sum")
+        guided = weighted_bag(views, cell_of, weights.to(views.dtype), cells.cell_tokens)
         return x + c * guided.view(B, G, D)

@@ -13,6 +13,7 @@ from any2point.adapters import AdapterConfig, GuidedAdapters, batch_segments, sa
 from any2point.adapters.mini_attention import pair_attention
 from any2point.adapters.norm import GroupedBatchNorm
 from any2point.backbones.base import PositionTable
+from any2point.ops import BagTranspose
 from any2point.projections import ProjectionConfig, VirtualProjection, sample_grid, sample_rows
 from any2point.weights import package_dir
 
@@ -47,7 +48,7 @@ def test_forward_shapes_and_dtype(source):
 def _pairs(cells: torch.Tensor):
     """cells (M, B, G) local cell ids -> view-major segments and same-cell pairs."""
     seg, n = batch_segments(cells.reshape(-1, cells.shape[-1]))
-    return same_cell_pairs(seg.reshape(-1), n)
+    return same_cell_pairs(seg.reshape(-1), BagTranspose.of(seg.reshape(-1, 1), n))
 
 
 def test_masked_mini_attention_stays_within_cloud_and_cell():
@@ -56,13 +57,13 @@ def test_masked_mini_attention_stays_within_cloud_and_cell():
     adapters = GuidedAdapters(D, depth=1, views=M, config=AdapterConfig(cell=2))
     # Cells chosen by hand: view 0 has four cells of four tokens, view 1 two of eight.
     cells = torch.stack([torch.arange(G) // 4, torch.arange(G) % 2])  # (M, G)
-    query, key = _pairs(cells.unsqueeze(1).expand(M, B, G))
+    pairs = _pairs(cells.unsqueeze(1).expand(M, B, G))
     x = torch.randn(B, G, D)
-    y = adapters.mini_attention(x, query, key).view(M, B, G, D)
+    y = adapters.mini_attention(x, pairs).view(M, B, G, D)
 
     changed = x.clone()
     changed[0, 4:8] += torch.randn(4, D)  # cloud 0, view-0 cell 1
-    y2 = adapters.mini_attention(changed, query, key).view(M, B, G, D)
+    y2 = adapters.mini_attention(changed, pairs).view(M, B, G, D)
     other_cells = cells[0] != 1
     assert torch.equal(y2[0, 0, other_cells], y[0, 0, other_cells])  # other cells of view 0 untouched
     assert not torch.allclose(y2[0, 0, 4:8], y[0, 0, 4:8])
@@ -80,9 +81,9 @@ def test_view_mini_attention_equals_one_layer_norm_and_attention_per_view():
         for p in attention.parameters():
             p.add_(torch.randn_like(p) * 0.5)  # no trivial LayerNorm affine or zero biases
     cells = torch.randint(0, 4, (M, B, G))
-    query, key = _pairs(cells)
+    pairs = _pairs(cells)
     x = torch.randn(B, G, D, dtype=torch.float64, requires_grad=True)
-    ours = attention(x, query, key)  # (M, B*G, D)
+    ours = attention(x, pairs)  # (M, B*G, D)
 
     refs = []
     for m in range(M):
@@ -103,9 +104,9 @@ def test_pair_attention_equals_dense_masked_attention():
     torch.manual_seed(0)
     M, B, G, H, E = 3, 2, 10, 6, 2
     cells = torch.randint(0, 4, (M, B, G))
-    query, key = _pairs(cells)
+    pairs = _pairs(cells)
     q, k, v = (torch.randn(M * B * G, H, E, requires_grad=True) for _ in range(3))
-    ours = pair_attention(q, k, v, query, key)
+    ours = pair_attention(q, k, v, pairs)
     flat = cells.reshape(M * B, G)
     mask = (flat.unsqueeze(-1) == flat.unsqueeze(-2)).unsqueeze(1)  # (MB, 1, G, G)
     dense = torch.nn.functional.scaled_dot_product_attention(
@@ -147,17 +148,19 @@ def test_grouped_batch_norm_equals_one_batch_norm_per_group():
 
 def test_reference_of_one_token_voxels_skips_pooling_with_the_same_result():
     from any2point.adapters.cells import CellAssignment
-    from any2point.adapters.guided import _pool, _token_reference
+    from any2point.adapters.guided import _token_reference
+    from any2point.ops import scatter_max, scatter_mean
 
     torch.manual_seed(0)
     rows, width = 40, 8
     seg = torch.randperm(rows)  # every token alone in its voxel, voxels numbered in another order
-    cells = CellAssignment(1, None, None, None, None, seg, rows)
+    cells = CellAssignment(1, voxel_segments=seg, num_voxels=rows)
     fast, slow = torch.nn.BatchNorm1d(width), torch.nn.BatchNorm1d(width)
     x1 = torch.randn(rows, width, requires_grad=True)
     x2 = x1.detach().clone().requires_grad_(True)
     got = _token_reference(fast, x1, cells)
-    want = torch.nn.functional.gelu(slow(_pool(x2, seg, rows))).index_select(0, seg)
+    pooled = scatter_mean(x2, seg, rows) + scatter_max(x2, seg, rows)
+    want = torch.nn.functional.gelu(slow(pooled)).index_select(0, seg)
     torch.testing.assert_close(got, want)
     grad = torch.randn(rows, width)
     got.backward(grad)
@@ -187,7 +190,6 @@ def test_grouped_batch_norm_gradients_equal_one_batch_norm_per_group():
 def test_view_weights_cosine_equals_normalised_features_dot_product():
     from any2point.adapters.cells import CellAssignment
     from any2point.adapters.guided import _cosine_to_cells
-    from any2point.ops import BagTranspose
 
     g = torch.Generator().manual_seed(0)
     rows, views_per_token, cells_n, width = 9, 3, 5, 4
@@ -196,7 +198,7 @@ def test_view_weights_cosine_equals_normalised_features_dot_product():
     views[2] = 0  # an all-zero cell feature: F.normalize's eps keeps it finite
     views.requires_grad_(True)
     reference = torch.randn(rows, width, generator=g, dtype=torch.float64, requires_grad=True)
-    cells = CellAssignment(views_per_token, None, None, None, None, None, 0, index, BagTranspose.of(index, cells_n))
+    cells = CellAssignment(views_per_token, token_cells=index, cell_tokens=BagTranspose.of(index, cells_n))
     got = _cosine_to_cells(views, reference, cells)
     unit_views = torch.nn.functional.normalize(views, dim=-1)
     want = (unit_views[index] * torch.nn.functional.normalize(reference, dim=-1).unsqueeze(1)).sum(-1)

@@ -180,6 +180,73 @@ def test_gathered_dots_equal_gather_multiply_sum_in_values_and_gradients():
     assert torch.equal(got_grads[0][U - 1], torch.zeros(D, dtype=torch.float64))
 
 
+def test_mean_plus_max_equals_scatter_mean_plus_scatter_max_with_ties_and_empty_segments():
+    src = torch.tensor([[1.0, 5.0], [3.0, 5.0], [3.0, 2.0], [7.0, 7.0], [7.0, -1.0], [0.5, 4.0]], dtype=torch.float64)
+    index = torch.tensor([0, 0, 0, 3, 3, 1])  # segment 2 empty; ties in segment 0 and 3
+    by_segment = ops.BagTranspose.of(index.unsqueeze(1), 4)
+    ours, ref = src.clone().requires_grad_(True), src.clone().requires_grad_(True)
+    got = ops.mean_plus_max(ours, index, by_segment)
+    want = ops.scatter_mean(ref, index, 4) + ops.scatter_max(ref, index, 4)
+    torch.testing.assert_close(got, want)
+    assert torch.equal(got[2], torch.zeros(2, dtype=torch.float64))
+    weights = torch.arange(8, dtype=torch.float64).view(4, 2)
+    (got * weights).sum().backward()
+    (want * weights).sum().backward()
+    torch.testing.assert_close(ours.grad, ref.grad)
+
+
+def test_mean_plus_max_gradient_without_ties_equals_autograd_of_the_plain_ops():
+    g = torch.Generator().manual_seed(2)
+    R, U, D = 50, 9, 7
+    index = torch.randint(0, U, (R,), generator=g)
+    src = torch.randn(R, D, generator=g, dtype=torch.float64)
+    ours, ref = src.clone().requires_grad_(True), src.clone().requires_grad_(True)
+    got = ops.mean_plus_max(ours, index, ops.BagTranspose.of(index.unsqueeze(1), U))
+    scatter = index.unsqueeze(-1).expand(-1, D)
+    want = (torch.zeros(U, D, dtype=torch.float64).scatter_reduce(0, scatter, ref, "mean", include_self=False)
+            + torch.zeros(U, D, dtype=torch.float64).scatter_reduce(0, scatter, ref, "amax", include_self=False))
+    torch.testing.assert_close(got, want)
+    grad = torch.randn(U, D, generator=g, dtype=torch.float64)
+    got.backward(grad)
+    want.backward(grad)
+    torch.testing.assert_close(ours.grad, ref.grad)
+
+
+def test_weighted_bag_equals_the_weighted_sum_of_gathered_rows_in_values_and_gradients():
+    g = torch.Generator().manual_seed(3)
+    T, M, per_view, D = 12, 3, 4, 5
+    for index in (torch.randint(0, per_view, (T, M), generator=g) + per_view * torch.arange(M),  # increasing rows
+                  torch.randint(0, per_view * M, (T, M), generator=g)):  # any index
+        U = per_view * M
+        table = torch.randn(U, D, generator=g, dtype=torch.float64, requires_grad=True)
+        weights = torch.rand(T, M, generator=g, dtype=torch.float64, requires_grad=True)
+        got = ops.weighted_bag(table, index, weights, ops.BagTranspose.of(index, U))
+        want = (weights.unsqueeze(-1) * table[index]).sum(1)
+        torch.testing.assert_close(got, want)
+        grad = torch.randn(T, D, generator=g, dtype=torch.float64)
+        for a, b in zip(torch.autograd.grad(got, (table, weights), grad),
+                        torch.autograd.grad(want, (table, weights), grad)):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gathered_dots_with_increasing_rows_take_the_sparse_path_and_equal_the_gather(dtype):
+    """Each row lists distinct, increasing table rows (one cell per view): the CPU forward is
+    a sampled sparse matmul; values and gradients must equal gather-multiply-sum."""
+    g = torch.Generator().manual_seed(1)
+    T, M, per_view, D = 13, 4, 5, 6
+    index = torch.randint(0, per_view, (T, M), generator=g) + per_view * torch.arange(M)  # view-major cell ids
+    U = per_view * M
+    table = torch.randn(U, D, generator=g, dtype=dtype, requires_grad=True)
+    rows = torch.randn(T, D, generator=g, dtype=dtype, requires_grad=True)
+    got = ops.gathered_dots(table, index, rows, ops.BagTranspose.of(index, U))
+    want = (table[index] * rows.unsqueeze(1)).sum(-1)
+    torch.testing.assert_close(got, want)
+    grad = torch.randn(T, M, generator=g, dtype=dtype)
+    for a, b in zip(torch.autograd.grad(got, (table, rows), grad), torch.autograd.grad(want, (table, rows), grad)):
+        torch.testing.assert_close(a, b)
+
+
 # ---------------------------------------------------------------- optional compiled path
 def _no_compiled_path() -> str:
     missing = [] if torch.cuda.is_available() else ["no CUDA device"]

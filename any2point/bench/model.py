@@ -146,7 +146,7 @@ def _parts(model, points: torch.Tensor, device: torch.device, repeats: int) -> d
         if cells.view_segments is not None:
             def mini_attention():
                 point_tokens.grad = None
-                y = model.adapters.mini_attention(point_tokens, cells.pair_query, cells.pair_key)
+                y = model.adapters.mini_attention(point_tokens, cells.pairs)
                 y.backward(torch.ones_like(y))
 
             parts.append(("mini_attention", mini_attention, True))
