@@ -134,6 +134,7 @@ class GuidedAdapters(nn.Module):
             return x
         block, c = self.blocks[index], self.config.coef
         B, G, D = x.shape
+        x = x.contiguous()  # the point tokens are a slice of the block's output: copy them once, not per use
         reference = None
         if cells.voxel_segments is not None:
             reference = _token_reference(block.reference_norm, x.reshape(B * G, D), cells)  # (B*G, D)
