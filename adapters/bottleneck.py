@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["QuickGELU", "BottleneckAdapter"]
@@ -29,4 +30,6 @@ class BottleneckAdapter(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return self.scale * self.up(self.dropout(self.act(self.down(f))))
+        # the scale goes into the (rank x width) up-projection, not over the (tokens x width) output
+        hidden = self.dropout(self.act(self.down(f)))
+        return F.linear(hidden, self.up.weight * self.scale, self.up.bias * self.scale)

@@ -68,10 +68,10 @@ class _PairAttention(torch.autograd.Function):
         grad_weights = _dot_last(grad_out.index_select(0, query), v.index_select(0, key))
         grad_scores = grad_weights.sub_(_dot_last(grad_out, out).index_select(0, query)).mul_(weights)
         # sums over a key's pairs: the run of that key as a query, each pair read as its swap
-        grad_q = _run_sums(grad_scores.unsqueeze(-1) * k.index_select(0, key), starts).mul_(scale)
+        grad_q = _run_sums(grad_scores.unsqueeze(-1) * k.index_select(0, key), starts)
         grad_k = _run_sums(grad_scores.index_select(0, swapped).unsqueeze(-1) * q.index_select(0, key), starts)
         grad_v = _run_sums(weights.index_select(0, swapped).unsqueeze(-1) * grad_out.index_select(0, key), starts)
-        return grad_q, grad_k.mul_(scale), grad_v, None, None, None, None
+        return grad_q.mul_(scale), grad_k.mul_(scale), grad_v, None, None, None, None
 
 
 class ViewMiniAttention(nn.Module):
@@ -114,14 +114,14 @@ class _ResidualOutProjection(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, o, weight, bias):
-        ones = torch.cat([o, o.new_ones(*o.shape[:2], 1)], dim=-1)
-        ctx.save_for_backward(ones, weight)
-        return torch.baddbmm(x.unsqueeze(0), ones, torch.cat([weight, bias.unsqueeze(1)], dim=1))
+        o_and_one = torch.cat([o, o.new_ones(*o.shape[:2], 1)], dim=-1)
+        ctx.save_for_backward(o_and_one, weight)
+        return torch.baddbmm(x.unsqueeze(0), o_and_one, torch.cat([weight, bias.unsqueeze(1)], dim=1))
 
     @staticmethod
     def backward(ctx, grad):
-        ones, weight = ctx.saved_tensors
+        o_and_one, weight = ctx.saved_tensors
         grad_o = torch.bmm(weight, grad.transpose(1, 2)).transpose(1, 2) if ctx.needs_input_grad[1] else None
-        grad_weight_bias = torch.bmm(ones.transpose(1, 2), grad)  # (M, K + 1, D)
+        grad_weight_bias = torch.bmm(o_and_one.transpose(1, 2), grad)  # (M, K + 1, D)
         grad_x = grad.sum(0) if ctx.needs_input_grad[0] else None
         return grad_x, grad_o, grad_weight_bias[:, :-1], grad_weight_bias[:, -1]
