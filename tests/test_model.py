@@ -51,6 +51,21 @@ def _pairs(cells: torch.Tensor):
     return same_cell_pairs(seg.reshape(-1), BagTranspose.of(seg.reshape(-1, 1), n))
 
 
+def test_same_cell_pairs_list_every_pair_once_sorted_by_query_with_its_swap():
+    torch.manual_seed(0)
+    cells = torch.randint(0, 3, (2, 2, 7))  # (M, B, G)
+    seg, _ = batch_segments(cells.reshape(-1, cells.shape[-1]))
+    seg = seg.reshape(-1)
+    pairs = _pairs(cells)
+    want = {(a, b) for a in range(seg.numel()) for b in range(seg.numel()) if seg[a] == seg[b]}
+    got = list(zip(pairs.query.tolist(), pairs.key.tolist()))
+    assert len(got) == len(want) and set(got) == want
+    assert torch.equal(pairs.query, pairs.query.sort().values)
+    assert torch.equal(pairs.starts, torch.searchsorted(pairs.query, torch.arange(seg.numel())))
+    assert torch.equal(pairs.query[pairs.swapped], pairs.key)
+    assert torch.equal(pairs.key[pairs.swapped], pairs.query)
+
+
 def test_masked_mini_attention_stays_within_cloud_and_cell():
     torch.manual_seed(0)
     D, M, B, G = 48, 2, 2, 16
