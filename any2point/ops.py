@@ -157,14 +157,15 @@ def scatter_max(src: torch.Tensor, index: torch.Tensor, num_segments: int) -> to
     return _ScatterMax.apply(src, index, num_segments)
 
 
-def _max_and_hits(src: torch.Tensor, index: torch.Tensor, num_segments: int):
-    """Per-segment max (num_segments, C), which rows hit it (a bool mask, a quarter of ``src``),
-    and the number of tied hits per (segment, channel), or None when there are no ties."""
-    out = src.new_zeros(num_segments, src.shape[-1]).scatter_reduce_(
+def _max_and_hits(src: torch.Tensor, index: torch.Tensor, counts: torch.Tensor):
+    """Per-segment max (U, C), which rows hit it (a bool mask, a quarter of ``src``), and the
+    number of tied hits per (segment, channel), or None when there are no ties. ``counts``
+    (U,) is the number of rows of each segment (``bincount(index)``)."""
+    out = src.new_zeros(counts.numel(), src.shape[-1]).scatter_reduce_(
         0, index.unsqueeze(-1).expand_as(src), src, reduce="amax", include_self=False)
     hit = src == out.index_select(0, index)
     # without ties every (non-empty segment, channel) has exactly one hit
-    occupied = torch.bincount(index, minlength=num_segments).count_nonzero()
+    occupied = counts.count_nonzero()
     ties = None
     if bool(hit.count_nonzero() != occupied * src.shape[-1]):  # one host sync; 4x faster than sum()
         ties = torch.zeros_like(out).index_add_(0, index, hit.to(out.dtype)).clamp_min_(1)
@@ -177,7 +178,7 @@ class _ScatterMax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, src: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:
-        out, hit, ties = _max_and_hits(src, index, num_segments)
+        out, hit, ties = _max_and_hits(src, index, torch.bincount(index, minlength=num_segments))
         ctx.save_for_backward(hit, index, ties)
         return out
 
@@ -203,9 +204,9 @@ def mean_plus_max(src: torch.Tensor, index: torch.Tensor, by_segment: "BagTransp
 class _MeanPlusMax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, src, index, members, offsets):
-        out, hit, ties = _max_and_hits(src, index, offsets.numel())
-        counts = torch.bincount(index, minlength=offsets.numel()).clamp_min_(1).to(src.dtype).unsqueeze(-1)
-        ctx.save_for_backward(hit, index, ties, counts)
+        counts = torch.bincount(index, minlength=offsets.numel())
+        out, hit, ties = _max_and_hits(src, index, counts)
+        ctx.save_for_backward(hit, index, ties, counts.clamp_min(1).to(src.dtype).unsqueeze(-1))
         return out.add_(F.embedding_bag(members, src, offsets, mode="mean"))
 
     @staticmethod
@@ -258,19 +259,31 @@ def weighted_bag(table: torch.Tensor, index: torch.Tensor, weights: torch.Tensor
     return _WeightedBag.apply(table, index, weights, transpose)
 
 
+def _bag_per_row(table: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """out[t] = sum_m weights[t, m] * table[index[t, m]]: (T, D)."""
+    return F.embedding_bag(index, table, per_sample_weights=weights, mode="sum")
+
+
+def _bag_per_table_row(rows: torch.Tensor, weights: torch.Tensor, transpose: BagTranspose) -> torch.Tensor:
+    """out[u] = sum of weights[t, m] * rows[t] over the (t, m) with index[t, m] == u: (U, D),
+    the transpose of :func:`_bag_per_row`."""
+    members, offsets, order = transpose
+    return F.embedding_bag(members, rows, offsets, mode="sum",
+                           per_sample_weights=weights.reshape(-1).index_select(0, order))
+
+
 class _WeightedBag(torch.autograd.Function):
     @staticmethod
     def forward(ctx, table, index, weights, transpose):
         ctx.save_for_backward(table, index, weights, *transpose)
-        return F.embedding_bag(index, table, per_sample_weights=weights, mode="sum")
+        return _bag_per_row(table, index, weights)
 
     @staticmethod
     def backward(ctx, grad):
-        table, index, weights, members, offsets, order = ctx.saved_tensors
+        table, index, weights, *transpose = ctx.saved_tensors
         grad_table = grad_weights = None
         if ctx.needs_input_grad[0]:
-            grad_table = F.embedding_bag(members, grad, offsets, mode="sum",
-                                         per_sample_weights=weights.reshape(-1).index_select(0, order))
+            grad_table = _bag_per_table_row(grad, weights, BagTranspose(*transpose))
         if ctx.needs_input_grad[2]:
             grad_weights = _dots_of_rows(table, index, grad)
         return grad_table, None, grad_weights, None
@@ -305,13 +318,10 @@ class _GatheredDots(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        table, index, rows, members, offsets, order = ctx.saved_tensors
+        table, index, rows, *transpose = ctx.saved_tensors
         grad_table = grad_rows = None
-        if ctx.needs_input_grad[2]:  # sum_m grad[t, m] * table[index[t, m]]
-            grad_rows = F.embedding_bag(index, table, per_sample_weights=grad.to(table.dtype), mode="sum")
-            grad_rows = grad_rows.to(rows.dtype)
-        if ctx.needs_input_grad[0]:  # per table row u: sum of grad[t, m] * rows[t] over index[t, m] == u
-            weights = grad.reshape(-1).index_select(0, order).to(rows.dtype)
-            grad_table = F.embedding_bag(members, rows, offsets, per_sample_weights=weights, mode="sum")
-            grad_table = grad_table.to(table.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_rows = _bag_per_row(table, index, grad.to(table.dtype)).to(rows.dtype)
+        if ctx.needs_input_grad[0]:
+            grad_table = _bag_per_table_row(rows, grad.to(rows.dtype), BagTranspose(*transpose)).to(table.dtype)
         return grad_table, None, grad_rows, None
