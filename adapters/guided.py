@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from any2point.native import kernels_apply
+from any2point.native.guided_sum import native_guided_sum
 from any2point.ops import BagTranspose, gathered_dots, mean_plus_max, weighted_bag
 from any2point.projections import ViewPositions
 
@@ -140,10 +142,11 @@ class GuidedAdapters(nn.Module):
             reference = _token_reference(block.reference_norm, x.reshape(B * G, D), cells)  # (B*G, D)
         if cells.view_segments is None:
             return x + c * reference.view(B, G, D)
-        y = self.mini_attention(x, cells.pairs)  # (M, B*G, D)
-        pooled = mean_plus_max(y.reshape(-1, D), cells.view_segments, cells.cell_rows)
+        pooled = self.mini_attention.pooled(x, cells.pairs, cells.view_segments, cells.cell_rows)  # (U, D)
         views = F.gelu(block.view_norm(pooled, cells.segment_view))  # (U, D), one row per cell
         cell_of = cells.token_cells  # (B*G, M)
+        if reference is not None and kernels_apply(views, reference):  # the CPU kernel: one pass each way
+            return x + c * native_guided_sum(views, reference, cell_of, B).view(B, G, D)
         if reference is None:
             weights = views.new_full(cell_of.shape, 1.0 / self.views)
         else:

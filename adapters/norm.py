@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from any2point.native import kernels_apply
+from any2point.native.grouped_norm import native_grouped_norm
+
 __all__ = ["GroupedBatchNorm"]
 
 
@@ -28,20 +31,31 @@ class GroupedBatchNorm(nn.Module):
             scale = self.weight * torch.rsqrt(self.running_var + self.eps)  # (Gr, D)
             shift = self.bias - self.running_mean * scale
             return torch.addcmul(shift.index_select(0, group), x, scale.index_select(0, group))
+        if kernels_apply(x, self.weight, self.bias):  # the CPU kernel
+            count = torch.bincount(group, minlength=self.groups).to(x.dtype)
+            y, mean, var = native_grouped_norm(x, group, count, self.weight, self.bias, self.eps)
+            self._update_running(mean, var, count.unsqueeze(-1))
+            return y
         with torch.no_grad():
             count = torch.bincount(group, minlength=self.groups).to(x.dtype).unsqueeze(-1)  # (Gr, 1)
             mean = x.new_zeros(self.groups, x.shape[-1]).index_add(0, group, x) / count.clamp_min(1)
             centred = x - mean.index_select(0, group)
             var = x.new_zeros(self.groups, x.shape[-1]).index_add(0, group, centred.square()) / count.clamp_min(1)
-            seen = count > 0
-            unbiased = var * count / (count - 1).clamp_min(1)
-            m = self.momentum
-            self.running_mean.copy_(torch.where(seen, (1 - m) * self.running_mean + m * mean, self.running_mean))
-            self.running_var.copy_(torch.where(seen, (1 - m) * self.running_var + m * unbiased, self.running_var))
-            self.num_batches_tracked += 1
+            self._update_running(mean, var, count)
             rstd = torch.rsqrt(var + self.eps)
             xhat = centred.mul_(rstd.index_select(0, group))
         return _GroupedNormalizeAffine.apply(x, xhat, group, rstd, count, self.weight, self.bias)
+
+    @torch.no_grad()
+    def _update_running(self, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
+        """Running averages from this batch's per-group mean and biased variance; a group with no
+        rows keeps its values."""
+        seen = count > 0
+        unbiased = var * count / (count - 1).clamp_min(1)
+        m = self.momentum
+        self.running_mean.copy_(torch.where(seen, (1 - m) * self.running_mean + m * mean, self.running_mean))
+        self.running_var.copy_(torch.where(seen, (1 - m) * self.running_var + m * unbiased, self.running_var))
+        self.num_batches_tracked += 1
 
 
 class _GroupedNormalizeAffine(torch.autograd.Function):
