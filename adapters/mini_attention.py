@@ -97,31 +97,32 @@ class ViewMiniAttention(nn.Module):
     def forward(self, x: torch.Tensor, pairs: CellPairs) -> torch.Tensor:
         """x (B, G, D) -> Y = x + attention, per view, view-major: (M, B * G, D)."""
         flat = x.reshape(-1, x.shape[-1])
-        return _ResidualOutProjection.apply(flat, self._attend(flat, pairs), self.out_weight, self.out_bias)
+        return _ResidualOutProjection.apply(flat, self._attend(x, pairs), self.out_weight, self.out_bias)
 
     def pooled(self, x: torch.Tensor, pairs: CellPairs, segments: torch.Tensor, by_segment: BagTranspose) -> torch.Tensor:
         """``forward`` then mean + max pooling of Y per cell: (U, D), one row per cell of
         ``segments`` (M * B * G,), whose rows ``by_segment`` lists. On the CPU a C kernel pools
         without building Y (any2point.native); elsewhere the same formulas in PyTorch."""
         flat = x.reshape(-1, x.shape[-1])
-        o = self._attend(flat, pairs)
+        o = self._attend(x, pairs)
         if kernels_apply(flat, o, self.out_weight, self.out_bias):
             return native_projected_pooling(x, o, self.out_weight, self.out_bias, segments, by_segment.members,
                                             by_segment.offsets)
         y = _ResidualOutProjection.apply(flat, o, self.out_weight, self.out_bias)
         return mean_plus_max(y.reshape(-1, flat.shape[-1]), segments, by_segment)
 
-    def _attend(self, flat: torch.Tensor, pairs: CellPairs) -> torch.Tensor:
-        """Tokens (T, D) -> every view's attention output before its projection, (M, T, H * E)."""
-        (T, D), M, H, E = flat.shape, self.views, self.heads, self.head_dim
-        xn = F.layer_norm(flat, (D,))
+    def _attend(self, x: torch.Tensor, pairs: CellPairs) -> torch.Tensor:
+        """Tokens (B, G, D) -> every view's attention output before its projection, (M, B * G, H * E)."""
+        (B, G, D), M, H, E = x.shape, self.views, self.heads, self.head_dim
+        T = B * G
+        xn = F.layer_norm(x.reshape(T, D), (D,))
         # (xn * w_m + b_m) @ W_m + c_m == xn @ (w_m[:, None] * W_m) + (b_m @ W_m + c_m), all
         # views in one matmul (T, D) @ (D, M * 3HE): its backward never builds a (M, T, D) gradient
         weight = (self.norm_weight.unsqueeze(-1) * self.qkv_weight).permute(1, 0, 2).reshape(D, -1)
         bias = torch.einsum("md,mde->me", self.norm_bias, self.qkv_weight) + self.qkv_bias
         qkv = torch.addmm(bias.reshape(-1), xn, weight).view(T, M, -1)  # (T, M, 3HE)
         if kernels_apply(qkv):  # on the CPU: reads q, k, v where the matmul put them
-            return native_pair_attention(qkv, H, E, pairs)
+            return native_pair_attention(qkv, H, E, pairs, G)
         q, k, v = qkv.transpose(0, 1).reshape(M * T, 3, H, E).unbind(1)
         return pair_attention(q, k, v, pairs).view(M, T, H * E)
 

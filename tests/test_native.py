@@ -100,7 +100,7 @@ def test_pair_attention_kernel_equals_the_pytorch_pair_attention(dtype):
     pairs = same_cell_pairs(segments, BagTranspose.of(segments.unsqueeze(1), cells))
     T = B * G
     qkv = torch.randn(T, M, 3 * H * E, generator=g, dtype=torch.float64).to(dtype).requires_grad_(True)
-    ours = native_pair_attention(qkv, H, E, pairs)
+    ours = native_pair_attention(qkv, H, E, pairs, G)
     q, k, v = qkv.transpose(0, 1).reshape(M * T, 3, H, E).unbind(1)
     reference = pair_attention(q, k, v, pairs).view(M, T, H * E)
     grad = torch.randn(reference.shape, generator=g, dtype=torch.float64).to(dtype)
@@ -108,6 +108,16 @@ def test_pair_attention_kernel_equals_the_pytorch_pair_attention(dtype):
     torch.testing.assert_close(ours, reference, **tolerance)
     torch.testing.assert_close(torch.autograd.grad(ours, qkv, grad)[0], torch.autograd.grad(reference, qkv, grad)[0],
                                **tolerance)
+
+
+@needs_kernels
+def test_pair_attention_kernel_refuses_pairs_that_leave_their_cloud():
+    """Its backward adds to keys from several threads, one (view, cloud) slice each: a cell
+    spanning two clouds would race, so the forward refuses it."""
+    segments = torch.zeros(8, dtype=torch.long)  # one cell over both clouds of 4 tokens, one view
+    pairs = same_cell_pairs(segments, BagTranspose.of(segments.unsqueeze(1), 1))
+    with pytest.raises(ValueError, match="leaves its slice of 4 token-views"):
+        native_pair_attention(torch.randn(8, 1, 36), 6, 2, pairs, 4)
 
 
 @needs_kernels

@@ -94,9 +94,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         backward.argtypes = [long] * 5 + [ptr] * 14
         forward.restype = backward.restype = ctypes.c_int
         forward = getattr(lib, f"pair_attention_forward_{suffix}")
-        forward.argtypes = [long] * 4 + [real[suffix]] + [ptr] * 5
+        forward.argtypes = [long] * 5 + [real[suffix]] + [ptr] * 5
         backward = getattr(lib, f"pair_attention_backward_{suffix}")
-        backward.argtypes = [long] * 4 + [real[suffix]] + [ptr] * 9
+        backward.argtypes = [long] * 5 + [real[suffix]] + [ptr] * 7
         forward.restype = backward.restype = ctypes.c_int
         forward = getattr(lib, f"guided_sum_forward_{suffix}")
         forward.argtypes = [long] * 4 + [ptr] * 7
@@ -148,8 +148,13 @@ def kernels_apply(*tensors: torch.Tensor) -> bool:
             and not torch.compiler.is_compiling() and library() is not None)
 
 
-def call(name: str, dtype: torch.dtype, *args) -> None:
-    """Calls ``<name>_f32`` or ``<name>_f64``; tensors go as pointers to their (contiguous) data."""
+def call(name: str, dtype: torch.dtype, *args, errors: dict[int, str] | None = None) -> None:
+    """Calls ``<name>_f32`` or ``<name>_f64``; tensors go as pointers to their (contiguous) data.
+    A kernel returns 0, 1 when out of memory, or a status that ``errors`` explains."""
+    errors = errors or {}
     kernel = getattr(library(), f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
-    if kernel(*(ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else a for a in args)) != 0:
-        raise MemoryError(f"{name}: out of memory for its per-thread buffers")
+    status = kernel(*(ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else a for a in args))
+    if status == 1:
+        raise MemoryError(f"{name}: out of memory for its buffers")
+    if status != 0:
+        raise ValueError(f"{name}: {errors.get(status, f'failed with status {status}')}")
