@@ -27,7 +27,7 @@ __all__ = ["library", "native_enabled", "kernels_apply", "call"]
 
 _HERE = Path(__file__).resolve().parent
 _SOURCES = ("kernels.c", "projected_pooling.h", "pair_attention.h", "guided_sum.h", "grouped_norm.h")
-_FLAGS = ("-O3", "-fopenmp-simd", "-shared", "-fPIC", "-std=c99")
+_FLAGS = ("-O3", "-ffp-contract=fast", "-fopenmp-simd", "-shared", "-fPIC", "-std=c99")
 # Tried in turn until one builds. With -fopenmp the kernels run on torch's own OpenMP threads
 # (its libgomp is already loaded, and the loader reuses it), which matters: Python threads
 # would compete with torch's OpenMP workers, which spin for a while after each parallel op.
