@@ -9,6 +9,10 @@ Inside block l (h = x + Attn(LN x), f = FFN(LN h)):
      the voxels -> X3d;
   4. w_j = (cos(F_j, X3d) + 1) / 2 normalised over views; X = X + c * sum_j w_j F_j.
 
+On the CPU the mini attention, the pooling, the per-view BN and step 4 run as C kernels
+(any2point.native) that never build the per-view copies of the tokens; the PyTorch code is
+their reference and the GPU path.
+
 Ablation switches: ``view_cells=False`` keeps the adapter and the 3D reference only
 (X = X + c * X3d); ``reference='uniform'`` weights the views equally; ``guided=False`` is
 the plain bottleneck-adapter baseline.

@@ -5,6 +5,8 @@ all blocks. All views run batched: the per-view weights are stacked, the LayerNo
 affine part is folded into the qkv weights (so the (views, tokens, D) normalised copy is
 never built), and attention is evaluated only on the pairs that share a cell: with cells of
 n tokens that is sum(n^2) scores instead of a dense G x G matrix per cloud, view and head.
+On the CPU the pair attention and the output projection with its pooling run as C kernels
+(any2point.native); the PyTorch versions here are their reference and the GPU path.
 """
 from __future__ import annotations
 
@@ -99,7 +101,8 @@ class ViewMiniAttention(nn.Module):
         flat = x.reshape(-1, x.shape[-1])
         return _ResidualOutProjection.apply(flat, self._attend(x, pairs), self.out_weight, self.out_bias)
 
-    def pooled(self, x: torch.Tensor, pairs: CellPairs, segments: torch.Tensor, by_segment: BagTranspose) -> torch.Tensor:
+    def pooled(self, x: torch.Tensor, pairs: CellPairs, segments: torch.Tensor,
+               by_segment: BagTranspose) -> torch.Tensor:
         """``forward`` then mean + max pooling of Y per cell: (U, D), one row per cell of
         ``segments`` (M * B * G,), whose rows ``by_segment`` lists. On the CPU a C kernel pools
         without building Y (any2point.native); elsewhere the same formulas in PyTorch."""

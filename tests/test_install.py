@@ -56,6 +56,13 @@ def test_wheel_ships_configs_and_console_script(wheel):
         assert zipfile.ZipFile(wheel).read(top_level[0]).decode().split() == ["any2point"]
 
 
+def test_wheel_ships_the_cpu_kernel_sources(wheel):
+    """any2point.native compiles them on first use: without them every CPU run takes the slow path."""
+    names = zipfile.ZipFile(wheel).namelist()
+    for source in sorted((REPO / "any2point" / "native").glob("*.[ch]")):
+        assert f"any2point/native/{source.name}" in names, source.name
+
+
 _PROBE = """
 import importlib.util, json
 import any2point, any2point.adapters, any2point.backbones, any2point.projections, any2point.conf

@@ -50,7 +50,8 @@ def test_projected_pooling_equals_projection_then_mean_plus_max_with_ties(dtype)
     M, B, G, K, D = 3, 4, 12, 5, 70
     segments, cells = _segments(M, B, G, 4, g)
     by_segment = BagTranspose.of(segments.unsqueeze(1), cells)
-    inputs = [torch.randint(-2, 3, shape, generator=g).to(dtype) for shape in ((B, G, D), (M, B * G, K), (M, K, D), (M, D))]
+    shapes = ((B, G, D), (M, B * G, K), (M, K, D), (M, D))
+    inputs = [torch.randint(-2, 3, shape, generator=g).to(dtype) for shape in shapes]
     grad = torch.randn(cells, D, generator=g, dtype=torch.float64).to(dtype)
 
     ours = _pooling_and_gradients(_native, inputs, segments, by_segment, grad)
@@ -82,7 +83,8 @@ def test_projected_pooling_in_float32_matches_a_float64_reference():
     M, B, G, K, D = 6, 3, 32, 12, 128
     segments, cells = _segments(M, B, G, 6, g)
     by_segment = BagTranspose.of(segments.unsqueeze(1), cells)
-    inputs = [torch.randn(shape, generator=g, dtype=torch.float64) for shape in ((B, G, D), (M, B * G, K), (M, K, D), (M, D))]
+    shapes = ((B, G, D), (M, B * G, K), (M, K, D), (M, D))
+    inputs = [torch.randn(shape, generator=g, dtype=torch.float64) for shape in shapes]
     grad = torch.randn(cells, D, generator=g, dtype=torch.float64)
     ours = _pooling_and_gradients(_native, [t.float() for t in inputs], segments, by_segment, grad.float())
     reference = _pooling_and_gradients(_projection_then_pooling, inputs, segments, by_segment, grad)
@@ -255,6 +257,14 @@ def test_a_compiler_that_fails_means_the_pytorch_path_and_a_warning(fresh_librar
     with pytest.warns(RuntimeWarning, match="building the native kernels failed"):
         assert native.library() is None
     assert not list(fresh_library.rglob("*.so"))
+
+
+def test_a_cache_that_cannot_be_written_means_the_pytorch_path_and_a_warning(fresh_library, monkeypatch):
+    blocker = fresh_library / "a file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("ANY2POINT_CACHE", str(blocker / "cache"))
+    with pytest.warns(RuntimeWarning, match="PyTorch path"):
+        assert native.library() is None
 
 
 def test_any2point_native_0_turns_the_kernels_off(fresh_library, monkeypatch):

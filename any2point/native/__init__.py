@@ -1,10 +1,12 @@
-"""Small C kernels for the CPU, compiled on first use with the machine's C compiler.
+"""Small C kernels for the guided aggregation on the CPU, compiled on first use with the
+machine's C compiler.
 
-Plain C (no PyTorch headers), so building takes about a second; the shared library is
+Plain C (no PyTorch headers), so building takes about two seconds; the shared library is
 cached under ``<any2point cache>/native``, keyed by the sources, the compiler and the CPU
 (it is built with ``-march=native``, so a cache shared between different machines never
-hands one the other's build). Without a C compiler, or with ``ANY2POINT_NATIVE=0``, every
-caller takes its pure-PyTorch path, which gives the same results.
+hands one the other's build). The kernels run on torch's OpenMP threads. Without a C
+compiler, or with ``ANY2POINT_NATIVE=0``, every caller takes its PyTorch path, which gives
+the same results up to rounding (tests/test_native.py).
 """
 from __future__ import annotations
 
@@ -84,30 +86,28 @@ def _build(compiler: list[str], target: Path) -> None:
             os.unlink(tmp)
 
 
+# Each kernel's arguments in order: "i" a 64-bit int, "r" a scalar of the kernel's floating type,
+# "p" a pointer; all return an int status.
+_SIGNATURES = {
+    "projected_pooling_forward": "i" * 6 + "p" * 10,
+    "projected_pooling_backward": "i" * 5 + "p" * 14,
+    "pair_attention_forward": "i" * 5 + "r" + "p" * 5,
+    "pair_attention_backward": "i" * 5 + "r" + "p" * 7,
+    "guided_sum_forward": "i" * 4 + "p" * 7,
+    "guided_sum_backward": "i" * 5 + "p" * 9,
+    "grouped_norm_forward": "i" * 3 + "r" + "p" * 8,
+    "grouped_norm_backward": "i" * 3 + "r" + "p" * 10,
+}
+
+
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     """Argument types, so a wrong call is a Python error rather than a crash."""
-    long, ptr, real = ctypes.c_int64, ctypes.c_void_p, {"f32": ctypes.c_float, "f64": ctypes.c_double}
-    for suffix in ("f32", "f64"):
-        forward = getattr(lib, f"projected_pooling_forward_{suffix}")
-        forward.argtypes = [long] * 6 + [ptr] * 10
-        backward = getattr(lib, f"projected_pooling_backward_{suffix}")
-        backward.argtypes = [long] * 5 + [ptr] * 14
-        forward.restype = backward.restype = ctypes.c_int
-        forward = getattr(lib, f"pair_attention_forward_{suffix}")
-        forward.argtypes = [long] * 5 + [real[suffix]] + [ptr] * 5
-        backward = getattr(lib, f"pair_attention_backward_{suffix}")
-        backward.argtypes = [long] * 5 + [real[suffix]] + [ptr] * 7
-        forward.restype = backward.restype = ctypes.c_int
-        forward = getattr(lib, f"guided_sum_forward_{suffix}")
-        forward.argtypes = [long] * 4 + [ptr] * 7
-        backward = getattr(lib, f"guided_sum_backward_{suffix}")
-        backward.argtypes = [long] * 5 + [ptr] * 9
-        forward.restype = backward.restype = ctypes.c_int
-        forward = getattr(lib, f"grouped_norm_forward_{suffix}")
-        forward.argtypes = [long] * 3 + [real[suffix]] + [ptr] * 8
-        backward = getattr(lib, f"grouped_norm_backward_{suffix}")
-        backward.argtypes = [long] * 3 + [real[suffix]] + [ptr] * 10
-        forward.restype = backward.restype = ctypes.c_int
+    for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+        kinds = {"i": ctypes.c_int64, "r": real, "p": ctypes.c_void_p}
+        for name, signature in _SIGNATURES.items():
+            kernel = getattr(lib, f"{name}_{suffix}")
+            kernel.argtypes = [kinds[k] for k in signature]
+            kernel.restype = ctypes.c_int
     return lib
 
 
@@ -119,8 +119,8 @@ def library() -> ctypes.CDLL | None:
         return None
     compiler = _compiler()
     if compiler is None:
-        warnings.warn("any2point: no C compiler found (set CC); using the pure-PyTorch path for the guided "
-                      "aggregation's pooling, which is slower on the CPU", RuntimeWarning, stacklevel=2)
+        warnings.warn("any2point: no C compiler found (set CC); the guided aggregation takes its PyTorch path, "
+                      "which is slower on the CPU", RuntimeWarning, stacklevel=2)
         return None
     from any2point.weights import cache_dir
 
@@ -129,13 +129,14 @@ def library() -> ctypes.CDLL | None:
         key.update((_HERE / name).read_bytes())
     version = subprocess.run([*compiler, "--version"], capture_output=True, text=True).stdout
     key.update(" ".join((*compiler, version, *_FLAGS, *map(" ".join, _VARIANTS), _cpu_identity())).encode())
-    target = cache_dir() / "native" / f"any2point_kernels-{key.hexdigest()[:16]}.so"
-    try:
+    try:  # an unwritable cache is an OSError too
+        target = cache_dir() / "native" / f"any2point_kernels-{key.hexdigest()[:16]}.so"
         if not target.exists():
             _build(compiler, target)
         return _declare(ctypes.CDLL(str(target)))
     except OSError as error:
-        warnings.warn(f"any2point: {error}\nusing the pure-PyTorch path instead", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"any2point: {error}\nthe guided aggregation takes its PyTorch path instead", RuntimeWarning,
+                      stacklevel=2)
         return None
 
 

