@@ -28,7 +28,7 @@ import torch
 __all__ = ["library", "native_enabled", "kernels_apply", "call"]
 
 _HERE = Path(__file__).resolve().parent
-_SOURCES = ("kernels.c", "projected_pooling.h", "pair_attention.h", "guided_sum.h", "grouped_norm.h")
+_SOURCES = ("kernels.c", "instantiate.h", "projected_pooling.h", "pair_attention.h", "guided_sum.h", "grouped_norm.h")
 _FLAGS = ("-O3", "-ffp-contract=fast", "-fopenmp-simd", "-shared", "-fPIC", "-std=c99")
 # Tried in turn until one builds. With -fopenmp the kernels run on torch's own OpenMP threads
 # (its libgomp is already loaded, and the loader reuses it), which matters: Python threads

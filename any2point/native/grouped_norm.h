@@ -1,4 +1,4 @@
-/* Body of the grouped batch norm kernels, included once per floating type by kernels.c with
+/* Body of the grouped batch norm kernels, included once per floating type (instantiate.h) with
  * REAL (the type), NAME(f) (the exported name) and SQRT defined.
  *
  * Rows x (R x D) each with a group id (R, values < Gr), normalised per group and channel with

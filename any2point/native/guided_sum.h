@@ -1,5 +1,5 @@
-/* Body of the guided view sum kernels, included once per floating type by kernels.c with REAL
- * (the type), NAME(f) (the exported name) and SQRT defined.
+/* Body of the guided view sum kernels, included once per floating type (instantiate.h) with
+ * REAL (the type), NAME(f) (the exported name) and SQRT defined.
  *
  * Token t (T of them, Q clouds of T / Q tokens each) sees in view m the cell u = cells[t][m]
  * (M views) with feature F_u (views: U x D); its 3D reference feature is R_t (reference: T x D):

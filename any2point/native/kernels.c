@@ -1,4 +1,5 @@
-/* any2point's CPU kernels for float and double: each body (a .h here) is included once per type. */
+/* any2point's CPU kernels for float and double: instantiate.h includes every body (the other .h
+ * files here) once per type. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -43,28 +44,10 @@ static inline float exp_f32(float x) {
 #define NAME(f) f##_f32
 #define EXP exp_f32
 #define SQRT sqrtf
-#include "projected_pooling.h"
-#include "pair_attention.h"
-#include "guided_sum.h"
-#include "grouped_norm.h"
-#undef REAL
-#undef NAME
-#undef EXP
-#undef SQRT
-#undef GROUP_SUMS
-#undef FOR_EACH_CELL_OF_CLOUD
+#include "instantiate.h"
 
 #define REAL double
 #define NAME(f) f##_f64
 #define EXP exp
 #define SQRT sqrt
-#include "projected_pooling.h"
-#include "pair_attention.h"
-#include "guided_sum.h"
-#include "grouped_norm.h"
-#undef REAL
-#undef NAME
-#undef EXP
-#undef SQRT
-#undef GROUP_SUMS
-#undef FOR_EACH_CELL_OF_CLOUD
+#include "instantiate.h"

@@ -1,5 +1,5 @@
-/* Body of the pair attention kernels, included once per floating type by kernels.c with REAL
- * (the type), NAME(f) (the exported name) and EXP defined.
+/* Body of the pair attention kernels, included once per floating type (instantiate.h) with
+ * REAL (the type), NAME(f) (the exported name) and EXP defined.
  *
  * Softmax attention over the listed (query, key) pairs of token-views: the keys of query r are
  * key[starts[r] .. starts[r + 1]). Token-view r = m * T + t keeps its H heads of width E of q,

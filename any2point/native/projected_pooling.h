@@ -1,5 +1,5 @@
-/* Body of the projected cell pooling kernels, included once per floating type by
- * kernels.c with REAL (the type) and NAME(f) (the exported name) defined.
+/* Body of the projected cell pooling kernels, included once per floating type (instantiate.h)
+ * with REAL (the type) and NAME(f) (the exported name) defined.
  *
  * Token-view r = m * T + t is token t seen in view m. Its row of the view copy is
  *     y_r = x_t + b_m + o_r W_m            (x: T x D, o: M*T x K, W: M x K x D, b: M x D)
