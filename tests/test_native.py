@@ -197,6 +197,13 @@ def test_grouped_batch_norm_is_the_same_with_and_without_the_kernels(monkeypatch
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+@needs_kernels
+def test_grouped_batch_norm_kernel_refuses_a_group_id_out_of_range():
+    norm = GroupedBatchNorm(3, 8)
+    with pytest.raises(IndexError, match=r"group ids must lie in \[0, 3\), got 0..3"):
+        norm(torch.randn(5, 8), torch.tensor([0, 1, 2, 3, 0]))
+
+
 class _Recorder:
     """The compiled library, noting which kernels are called."""
 

@@ -18,6 +18,8 @@ def native_grouped_norm(x: torch.Tensor, group: torch.Tensor, count: torch.Tenso
     """x (R, D), group (R,) ids below Gr, count (Gr,) rows per group (x's dtype), weight and bias
     (Gr, D) -> normalised and scaled rows (R, D), and each group's batch mean and biased
     variance (Gr, D), for the running statistics (no gradient)."""
+    if group.numel() and not 0 <= int(group.min()) <= int(group.max()) < weight.shape[0]:  # C would write anywhere
+        raise IndexError(f"group ids must lie in [0, {weight.shape[0]}), got {int(group.min())}..{int(group.max())}")
     return _GroupedNorm.apply(x, group, count, weight, bias, eps)
 
 

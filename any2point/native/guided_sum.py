@@ -25,6 +25,8 @@ def native_guided_sum(views: torch.Tensor, reference: torch.Tensor, token_cells:
     two clouds -> (T, D)."""
     if token_cells.shape[1] > MAX_VIEWS:
         raise ValueError(f"native_guided_sum handles at most {MAX_VIEWS} views, got {token_cells.shape[1]}")
+    if token_cells.numel() and not 0 <= int(token_cells.min()) <= int(token_cells.max()) < views.shape[0]:
+        raise IndexError(f"token_cells must index the {views.shape[0]} rows of views")
     return _GuidedSum.apply(views, reference, token_cells, clouds)
 
 
