@@ -31,13 +31,13 @@ class GroupedBatchNorm(nn.Module):
             scale = self.weight * torch.rsqrt(self.running_var + self.eps)  # (Gr, D)
             shift = self.bias - self.running_mean * scale
             return torch.addcmul(shift.index_select(0, group), x, scale.index_select(0, group))
+        count = torch.bincount(group, minlength=self.groups).to(x.dtype)  # (Gr,)
         if kernels_apply(x, self.weight, self.bias):  # the CPU kernel
-            count = torch.bincount(group, minlength=self.groups).to(x.dtype)
             y, mean, var = native_grouped_norm(x, group, count, self.weight, self.bias, self.eps)
             self._update_running(mean, var, count.unsqueeze(-1))
             return y
+        count = count.unsqueeze(-1)  # (Gr, 1)
         with torch.no_grad():
-            count = torch.bincount(group, minlength=self.groups).to(x.dtype).unsqueeze(-1)  # (Gr, 1)
             mean = x.new_zeros(self.groups, x.shape[-1]).index_add(0, group, x) / count.clamp_min(1)
             centred = x - mean.index_select(0, group)
             var = x.new_zeros(self.groups, x.shape[-1]).index_add(0, group, centred.square()) / count.clamp_min(1)

@@ -94,7 +94,7 @@ _SIGNATURES = {
     "pair_attention_forward": "i" * 5 + "r" + "p" * 5,
     "pair_attention_backward": "i" * 5 + "r" + "p" * 7,
     "guided_sum_forward": "i" * 4 + "p" * 7,
-    "guided_sum_backward": "i" * 5 + "p" * 9,
+    "guided_sum_backward": "i" * 4 + "p" * 9,
     "grouped_norm_forward": "i" * 3 + "r" + "p" * 8,
     "grouped_norm_backward": "i" * 3 + "r" + "p" * 10,
 }

@@ -55,12 +55,11 @@ int NAME(guided_sum_forward)(int64_t T, int64_t U, int64_t D, int64_t M, const R
  *     dw_m = <g, F_u>,  da_m = (dw_m - sum_k w_k dw_k) / S  (S unclamped; dw_m / S when clamped),
  *     dcos_m = da_m / 2, and cos = <F, R> / (|F| |R|) differentiated in F and R.
  * Threads take clouds [T / Q tokens each], so no two threads touch one cell. */
-int NAME(guided_sum_backward)(int64_t T, int64_t U, int64_t D, int64_t M, int64_t Q, const REAL *views,
+int NAME(guided_sum_backward)(int64_t T, int64_t D, int64_t M, int64_t Q, const REAL *views,
                               const REAL *reference, const int64_t *cells, const REAL *cell_norm,
                               const REAL *weights, const REAL *total, const REAL *grad_out, REAL *grad_views,
                               REAL *grad_reference) {
     const int64_t per_cloud = Q > 0 ? T / Q : 0;
-    (void)U;
 #pragma omp parallel for schedule(static)
     for (int64_t q = 0; q < Q; q++) {
         REAL dw[64], dots[64];  /* M <= 64 views (checked by the caller) */

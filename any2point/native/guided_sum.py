@@ -46,8 +46,8 @@ class _GuidedSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         views, reference, token_cells, cell_norm, weights, total = ctx.saved_tensors
-        (U, D), (T, M) = views.shape, token_cells.shape
+        (T, M), D = token_cells.shape, views.shape[1]
         grad_views, grad_reference = torch.zeros_like(views), torch.empty_like(reference)
-        call("guided_sum_backward", views.dtype, T, U, D, M, ctx.clouds, views, reference, token_cells, cell_norm,
+        call("guided_sum_backward", views.dtype, T, D, M, ctx.clouds, views, reference, token_cells, cell_norm,
              weights, total, grad.contiguous(), grad_views, grad_reference)
         return grad_views, grad_reference, None, None
