@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["library", "native_enabled", "kernels_apply", "call"]
+__all__ = ["library", "native_enabled", "kernels_apply", "call", "run_bounds"]
 
 _HERE = Path(__file__).resolve().parent
 _SOURCES = ("kernels.c", "instantiate.h", "projected_pooling.h", "pair_attention.h", "guided_sum.h", "grouped_norm.h")
@@ -147,6 +147,12 @@ def kernels_apply(*tensors: torch.Tensor) -> bool:
     return (all(t.device.type == "cpu" and t.dtype == dtype for t in tensors)
             and dtype in (torch.float32, torch.float64)
             and not torch.compiler.is_compiling() and library() is not None)
+
+
+def run_bounds(starts: torch.Tensor, total: int) -> torch.Tensor:
+    """Where each run begins, and the end of the last: the (n + 1,) bounds the kernels take for
+    runs listed by their starts (n,) over ``total`` entries (a cell's rows, a query's pairs)."""
+    return torch.cat([starts, starts.new_tensor([total])])
 
 
 def call(name: str, dtype: torch.dtype, *args, errors: dict[int, str] | None = None) -> None:

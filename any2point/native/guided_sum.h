@@ -27,12 +27,12 @@ int NAME(guided_sum_forward)(int64_t T, int64_t U, int64_t D, int64_t M, const R
         for (int64_t t = 0; t < T; t++) {
             const REAL *r = reference + t * D;
             const REAL r_norm = SQRT(NAME(dot)(r, r, D));
+            const REAL r_clamped = r_norm > (REAL)1e-12 ? r_norm : (REAL)1e-12;
             REAL *w = weights + t * M, sum = 0;
             for (int64_t m = 0; m < M; m++) {
                 const int64_t u = cells[t * M + m];
-                const REAL f_norm = cell_norm[u] > (REAL)1e-12 ? cell_norm[u] : (REAL)1e-12;
-                const REAL clamped = r_norm > (REAL)1e-12 ? r_norm : (REAL)1e-12;
-                w[m] = (NAME(dot)(views + u * D, r, D) / (f_norm * clamped) + 1) / 2;
+                const REAL f_clamped = cell_norm[u] > (REAL)1e-12 ? cell_norm[u] : (REAL)1e-12;
+                w[m] = (NAME(dot)(views + u * D, r, D) / (f_clamped * r_clamped) + 1) / 2;
                 sum += w[m];
             }
             total[t] = sum;
@@ -62,7 +62,7 @@ int NAME(guided_sum_backward)(int64_t T, int64_t D, int64_t M, int64_t Q, const 
     const int64_t per_cloud = Q > 0 ? T / Q : 0;
 #pragma omp parallel for schedule(static)
     for (int64_t q = 0; q < Q; q++) {
-        REAL dw[64], dots[64];  /* M <= 64 views (checked by the caller) */
+        REAL dw[M > 0 ? M : 1], dots[M > 0 ? M : 1];  /* per view of the token at hand */
         for (int64_t t = q * per_cloud; t < (q + 1) * per_cloud; t++) {
             const REAL *g = grad_out + t * D, *r = reference + t * D, *w = weights + t * M;
             const REAL r_norm = SQRT(NAME(dot)(r, r, D));

@@ -13,9 +13,7 @@ import torch
 
 from . import call
 
-__all__ = ["native_guided_sum", "MAX_VIEWS"]
-
-MAX_VIEWS = 64  # the backward keeps per-view sums in fixed arrays of this size
+__all__ = ["native_guided_sum"]
 
 
 def native_guided_sum(views: torch.Tensor, reference: torch.Tensor, token_cells: torch.Tensor,
@@ -23,8 +21,6 @@ def native_guided_sum(views: torch.Tensor, reference: torch.Tensor, token_cells:
     """views (U, D) one row per cell; reference (T, D); token_cells (T, M) each token's cell in
     each view, tokens grouped by cloud (``clouds`` groups of T / clouds) and no cell shared by
     two clouds -> (T, D)."""
-    if token_cells.shape[1] > MAX_VIEWS:
-        raise ValueError(f"native_guided_sum handles at most {MAX_VIEWS} views, got {token_cells.shape[1]}")
     if token_cells.numel() and not 0 <= int(token_cells.min()) <= int(token_cells.max()) < views.shape[0]:
         raise IndexError(f"token_cells must index the {views.shape[0]} rows of views")
     return _GuidedSum.apply(views, reference, token_cells, clouds)

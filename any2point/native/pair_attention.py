@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from . import call
+from . import call, run_bounds
 
 __all__ = ["native_pair_attention"]
 
@@ -33,14 +33,14 @@ class _PairAttention(torch.autograd.Function):
     def forward(ctx, qkv, heads, head_dim, key, starts, slice_size):
         qkv = qkv.contiguous()
         T, M, _ = qkv.shape
-        bounds = torch.cat([starts, starts.new_tensor([key.numel()])])
+        bounds = run_bounds(starts, key.numel())
         weights = qkv.new_empty(key.numel(), heads)
         out = qkv.new_empty(M, T, heads * head_dim)
         scale = 1.0 / math.sqrt(head_dim)
         call("pair_attention_forward", qkv.dtype, T, M, heads, head_dim, slice_size, scale, qkv, key, bounds, weights,
              out, errors={2: f"a pair leaves its slice of {slice_size} token-views (a cell spans two clouds or views)"})
         ctx.save_for_backward(qkv, key, bounds, weights, out)
-        ctx.heads, ctx.head_dim, ctx.slice_size = heads, head_dim, slice_size
+        ctx.heads, ctx.head_dim, ctx.slice_size, ctx.scale = heads, head_dim, slice_size, scale
         return out
 
     @staticmethod
@@ -49,5 +49,5 @@ class _PairAttention(torch.autograd.Function):
         T, M, _ = qkv.shape
         grad_qkv = torch.empty_like(qkv)
         call("pair_attention_backward", qkv.dtype, T, M, ctx.heads, ctx.head_dim, ctx.slice_size,
-             1.0 / math.sqrt(ctx.head_dim), qkv, key, bounds, weights, out, grad.contiguous(), grad_qkv)
+             ctx.scale, qkv, key, bounds, weights, out, grad.contiguous(), grad_qkv)
         return grad_qkv, None, None, None, None, None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from . import call
+from . import call, run_bounds
 
 __all__ = ["native_projected_pooling"]
 
@@ -25,7 +25,7 @@ def native_projected_pooling(x: torch.Tensor, o: torch.Tensor, weight: torch.Ten
     mixes clouds), and members, offsets the rows of each cell (``BagTranspose.of(
     segments.unsqueeze(1), U)``) -> (U, D). For tensors that ``kernels_apply`` accepts."""
     B, G, D = x.shape
-    bounds = torch.cat([offsets, offsets.new_tensor([members.numel()])])
+    bounds = run_bounds(offsets, members.numel())
     # the first cell of each (view, cloud), and the end: (M * B + 1,)
     groups = torch.cat([segments.view(-1, G).amin(1), offsets.new_tensor([offsets.numel()])])
     return _ProjectedPooling.apply(x.reshape(B * G, D), o, weight, bias, members, bounds, groups)
