@@ -1,7 +1,8 @@
-"""``any2point-sources``: list every registered source from its spec alone.
+"""``any2point-sources``: the named sources, and how to name any model of timm, transformers or open_clip.
 
-Nothing is built: the table comes from the registry's ``SourceSpec`` records, and the
-"weights" column asks each spec whether its pretrained weights are on this machine now.
+Nothing is built: the table comes from the registry's ``SourceSpec`` records (the position
+table rendered from its values), the "weights" column asks each spec whether its pretrained
+weights are on this machine now, and the prefixes come from the registered families.
 """
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import argparse
 import json
 import sys
 
-from .registry import get_source_spec, list_sources
+from .registry import get_source_spec, list_families, list_sources
 
-__all__ = ["main", "source_rows"]
+__all__ = ["main", "source_rows", "family_rows"]
 
 COLUMNS = (("name", "name"), ("position", "pos"), ("width", "width"), ("depth", "depth"), ("heads", "heads"),
            ("table", "position table"), ("origin", "weights origin"), ("licence", "licence"),
@@ -30,11 +31,30 @@ def source_rows() -> list[dict]:
     rows = []
     for name in list_sources():
         spec = get_source_spec(name)
-        rows.append({"name": spec.name, "family": spec.family, "position": spec.position, "width": spec.width,
-                     "depth": spec.depth, "heads": spec.heads, "table": spec.table, "origin": spec.origin,
-                     "licence": spec.licence, "weights_available": _available(spec),
+        pos = spec.position
+        rows.append({"name": spec.name, "family": spec.family, "position": pos.kind, "width": spec.width,
+                     "depth": spec.depth, "heads": spec.heads, "table": spec.table, "table_shape": list(pos.shape),
+                     "canvas": list(pos.canvas) if pos.canvas else None,
+                     "patch": list(pos.patch) if pos.patch else None, "cls_position": pos.cls,
+                     "origin": spec.origin, "licence": spec.licence, "weights_available": _available(spec),
                      "description": spec.description})
     return rows
+
+
+def family_rows() -> list[dict]:
+    """One record per library prefix."""
+    return [{"prefix": f.prefix, "syntax": f.syntax, "library": f.library, "accepts": f.accepts,
+             "example": f.example} for f in list_families()]
+
+
+def format_families(rows: list[dict]) -> str:
+    lines = ["", "Any model of these libraries by name (sizes and position table read from the model; "
+             "a model that does not fit is refused with the reason):"]
+    for r in rows:
+        lines += [f"  {r['syntax']}", f"      {r['accepts']}", f"      e.g. any2point-train source.name={r['example']}"]
+    lines += ["  With source.pretrained=false for random weights, source.weights=PATH for a local copy and",
+              "  source.options={...} for arguments of the library's own factory; such a source runs on model/base.yaml."]
+    return "\n".join(lines)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -51,10 +71,13 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="any2point-sources", description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON ({'sources': [...], 'prefixes': [...]}) instead of a table")
     args = parser.parse_args(argv)
-    rows = source_rows()
-    sys.stdout.write((json.dumps(rows, indent=2) if args.json else format_table(rows)) + "\n")
+    rows, families = source_rows(), family_rows()
+    text = (json.dumps({"sources": rows, "prefixes": families}, indent=2) if args.json
+            else format_table(rows) + "\n" + format_families(families))
+    sys.stdout.write(text + "\n")
     return 0
 
 

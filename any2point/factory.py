@@ -23,6 +23,8 @@ _SECTIONS = ("tokenizer", "projection", "adapter", "head")
 
 
 def _load_model_yaml(name: str) -> DictConfig | None:
+    if ":" in name or "/" in name:  # a library model by name (timm:, hf:, open_clip:) has no preset
+        return None
     path = resources.files("any2point.conf").joinpath("model", f"{name}.yaml")
     if not path.is_file():
         return None

@@ -17,6 +17,7 @@ the last completed epoch; on CPU the result is bitwise that of an uninterrupted 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from .metrics import ClassificationResult
 from .optim import build_optimizer, build_scheduler
 from .params import parameter_report
 from .run_data import RunSplits, load_splits
+from .source_overrides import route_source_overrides
 
 __all__ = ["run_training", "main"]
 
@@ -264,6 +266,7 @@ def _app(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    sys.argv[1:] = route_source_overrides(sys.argv[1:])  # source.name=timm:... runs on model/base.yaml
     _app()
 
 

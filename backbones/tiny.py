@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from any2point.registry import register_source
 
+from .base import PositionTable
 from .bert import BertSource, build_bert
 from .vit import TimmViTSource, build_timm_vit
 
@@ -20,14 +21,15 @@ def _tiny_bert_config():
                       intermediate_size=96, max_position_embeddings=64)
 
 
-@register_source("tiny_1d", family="tiny", position="1d", width=48, depth=2, heads=4, table="64 rows",
+@register_source("tiny_1d", family="tiny", position=PositionTable("1d", (64,)), width=48, depth=2, heads=4,
                  origin="random (test source)", licence="n/a", weights_available=lambda: True)
 def tiny_1d(pretrained: bool = True) -> BertSource:
     """Tiny random BERT for tests (1D positions)."""
     return build_bert("tiny_1d", pretrained=False, random_config=_tiny_bert_config, hub_id="")
 
 
-@register_source("tiny_2d", family="tiny", position="2d", width=48, depth=2, heads=4, table="8x12 (+cls) on 64x96 px",
+@register_source("tiny_2d", family="tiny", width=48, depth=2, heads=4,
+                 position=PositionTable("2d", (8, 12), canvas=(64, 96), patch=(8, 8), cls=True),
                  origin="random (test source)", licence="n/a", weights_available=lambda: True)
 def tiny_2d(pretrained: bool = True) -> TimmViTSource:
     """Tiny random ViT with LayerScale for tests (2D positions)."""

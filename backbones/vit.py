@@ -1,5 +1,10 @@
-"""Vision transformers from timm as 2D sources: DINOv2 ViT-B/14, DeiT-B/16 and a tiny one.
+"""Vision transformers from timm as 2D sources: ``timm:<model name>`` for any timm ViT-style
+model, and the presets built on it (DINOv2 ViT-B/14, DeiT-B/16, the tiny test ViT).
 
+A model fits when it has ``blocks`` of timm's pre-LN ``Block`` shape, a learned absolute
+``pos_embed`` that covers the patch grid (plus the cls row, if any) and a ``patch_embed``
+with a fixed grid. Refused, with the reason: register tokens, a position table without the
+cls row (``no_embed_class``), rotary or no position embeddings, dynamic image sizes.
 Only the blocks, final norm, position table and cls token are kept; the patch stem and the
 classifier head are dropped (points never pass through them).
 """
@@ -8,12 +13,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from any2point.registry import register_source
+from any2point.errors import UnknownSourceError
+from any2point.registry import register_family, register_source
 from any2point.weights import hf_hub_cached, hub_offline, local_weights, unavailable
 
-from .base import FrozenSource, PositionTable, SourceBlock
+from .base import FrozenSource, PositionTable, SourceBlock, SourceMismatchError, linear_targets
 
-__all__ = ["TimmBlock", "TimmViTSource", "build_timm_vit"]
+__all__ = ["TimmBlock", "TimmViTSource", "build_timm_vit", "timm_position"]
+
+_BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
 
 
 class TimmBlock(SourceBlock):
@@ -30,20 +38,47 @@ class TimmBlock(SourceBlock):
         return x + f if ffn_hook is None else x + f + ffn_hook(f)
 
 
-class TimmViTSource(FrozenSource):
-    lora_targets = {"attention": ("attn.qkv", "attn.proj"), "mlp": ("mlp.fc1", "mlp.fc2")}
+def timm_position(vit: nn.Module, name: str) -> PositionTable:
+    """The position table of a timm ViT, read from the model; refuses what does not fit."""
+    def refuse(reason: str):
+        raise SourceMismatchError(f"{name}: {reason}; Any2Point needs a ViT whose blocks are timm Blocks and whose "
+                                  "learned absolute pos_embed covers the cls token and the patch grid")
 
+    if not hasattr(vit, "blocks") or not len(vit.blocks):
+        refuse(f"{type(vit).__name__} has no `blocks`")
+    missing = [p for p in _BLOCK_PARTS if not hasattr(vit.blocks[0], p)]
+    if missing or not hasattr(vit.blocks[0].attn, "num_heads"):
+        refuse(f"its blocks ({type(vit.blocks[0]).__name__}) are not timm's pre-LN Block (no {', '.join(missing)})")
+    if getattr(vit, "rope", None) is not None:
+        refuse("it uses rotary position embeddings (relative positions only)")
+    if getattr(vit, "pos_embed", None) is None:
+        refuse("it has no absolute position table (pos_embed)")
+    if getattr(vit, "reg_token", None) is not None or getattr(vit, "num_reg_tokens", 0):
+        refuse("it has register tokens")
+    if getattr(vit, "no_embed_class", False):
+        refuse("its position table has no row for the cls token (no_embed_class)")
+    if getattr(vit, "dynamic_img_size", False):
+        refuse("it resamples its position table per image size (dynamic_img_size)")
+    pe = getattr(vit, "patch_embed", None)
+    if pe is None or getattr(pe, "grid_size", None) is None:
+        refuse("it has no patch grid (patch_embed.grid_size)")
+    grid, prefix = tuple(int(g) for g in pe.grid_size), int(getattr(vit, "num_prefix_tokens", 0))
+    rows = vit.pos_embed.shape[1]
+    if rows != prefix + grid[0] * grid[1]:
+        refuse(f"pos_embed has {rows} rows, not {prefix} prefix + {grid[0]}x{grid[1]} grid rows")
+    return PositionTable("2d", grid, canvas=tuple(int(v) for v in pe.img_size),
+                         patch=tuple(int(v) for v in pe.patch_size), cls=prefix > 0)
+
+
+class TimmViTSource(FrozenSource):
     def __init__(self, name: str, vit: nn.Module, weights_tag: str):
-        grid = tuple(vit.patch_embed.grid_size)
-        position = PositionTable("2d", grid, canvas=tuple(vit.patch_embed.img_size),
-                                 patch=tuple(vit.patch_embed.patch_size))
+        position = timm_position(vit, name)
         super().__init__(name, vit.embed_dim, vit.blocks[0].attn.num_heads, position,
                          nn.ModuleList(TimmBlock(b) for b in vit.blocks), vit.norm, weights_tag)
-        if getattr(vit, "reg_token", None) is not None:
-            raise ValueError(f"{name}: register tokens are not supported")
+        self.lora_targets = linear_targets(vit.blocks[0], "attn")
         self.pos_embed = vit.pos_embed  # (1, [1 +] rows*cols, D)
         self.cls = vit.cls_token  # (1, 1, D) or None
-        self._prefix_rows = 0 if vit.no_embed_class else vit.num_prefix_tokens
+        self._prefix_rows = vit.num_prefix_tokens
 
     def position_table(self) -> torch.Tensor:
         rows, cols = self.position.shape
@@ -61,6 +96,13 @@ def build_timm_vit(name: str, timm_name: str, *, pretrained: bool, weights: str 
     """Create ``timm_name`` (random, from a local file, or from the hub) and wrap it."""
     import timm  # imported here: timm pulls in torchvision, seconds that listing sources should not pay
 
+    if not timm.is_model(timm_name.split(".", 1)[0]):
+        import difflib
+
+        close = difflib.get_close_matches(timm_name.split(".", 1)[0], timm.list_models(), n=3)
+        raise UnknownSourceError(f"{name}: timm has no model {timm_name!r}"
+                                 + (f"; close names: {', '.join(close)}" if close else "")
+                                 + " (timm.list_models() lists them)")
     timm_kwargs.setdefault("drop_path_rate", 0.0)
     local = local_weights(weights, name)
     if not pretrained:
@@ -70,13 +112,14 @@ def build_timm_vit(name: str, timm_name: str, *, pretrained: bool, weights: str 
         tag = f"file:{local.name}"
     else:
         cfg = timm.models.get_pretrained_cfg(timm_name)
-        hub_id = cfg.hf_hub_id if cfg is not None else timm_name
+        hub_id = (cfg.hf_hub_id if cfg is not None else None) or timm_name
+        url = (f"https://huggingface.co/{hub_id}" if cfg is None or cfg.hf_hub_id or not cfg.url else cfg.url)
         try:
             if hub_offline() and not hf_hub_cached(hub_id):
                 raise ConnectionError("HF_HUB_OFFLINE is set and the hub cache holds no copy")
             vit = timm.create_model(timm_name, pretrained=True, **timm_kwargs)
         except Exception as exc:  # network, offline mode or missing cache
-            raise unavailable(name, what=f"the timm weights of {timm_name}", url=f"https://huggingface.co/{hub_id}",
+            raise unavailable(name, what=f"the timm weights of {timm_name}", url=url,
                               extra="a timm .safetensors/.pth state dict is expected", cause=exc) from exc
         tag = timm_name.split(".", 1)[1] if "." in timm_name else "timm"
     return TimmViTSource(name, vit, tag)
@@ -86,16 +129,27 @@ _DINOV2 = "vit_base_patch14_dinov2.lvd142m"
 _DEIT = "deit_base_patch16_224.fb_in1k"
 
 
-@register_source("dinov2", family="vit", position="2d", width=768, depth=12, heads=12,
-                 table="37x37 (+cls) on 518x518 px", origin=f"timm {_DINOV2} (HF hub)", licence="Apache-2.0",
+@register_family("timm", library="timm", syntax="timm:<model name>[.<weights tag>]",
+                 accepts="ViT-style models with timm Blocks, a learned pos_embed with its cls row and a fixed "
+                         "patch grid (no register tokens, no rotary positions)",
+                 example="timm:vit_small_patch14_dinov2.lvd142m")
+def timm_by_name(model: str, pretrained: bool = True, weights: str | None = None, **timm_kwargs) -> TimmViTSource:
+    """Any fitting timm model; ``timm_kwargs`` go to ``timm.create_model`` (e.g. img_size, depth)."""
+    return build_timm_vit(f"timm:{model}", model, pretrained=pretrained, weights=weights, **timm_kwargs)
+
+
+@register_source("dinov2", family="timm", width=768, depth=12, heads=12,
+                 position=PositionTable("2d", (37, 37), canvas=(518, 518), patch=(14, 14), cls=True),
+                 origin=f"timm {_DINOV2} (HF hub)", licence="Apache-2.0",
                  weights_available=lambda: hf_hub_cached(f"timm/{_DINOV2}"))
 def dinov2(pretrained: bool = True, weights: str | None = None, **kw) -> TimmViTSource:
     """DINOv2 ViT-B/14 (self-supervised vision, LVD-142M)."""
     return build_timm_vit("dinov2", _DINOV2, pretrained=pretrained, weights=weights, **kw)
 
 
-@register_source("deit_base", family="vit", position="2d", width=768, depth=12, heads=12,
-                 table="14x14 (+cls) on 224x224 px", origin=f"timm {_DEIT} (HF hub)", licence="Apache-2.0",
+@register_source("deit_base", family="timm", width=768, depth=12, heads=12,
+                 position=PositionTable("2d", (14, 14), canvas=(224, 224), patch=(16, 16), cls=True),
+                 origin=f"timm {_DEIT} (HF hub)", licence="Apache-2.0",
                  weights_available=lambda: hf_hub_cached(f"timm/{_DEIT}"))
 def deit_base(pretrained: bool = True, weights: str | None = None, **kw) -> TimmViTSource:
     """DeiT-B/16 (supervised vision, ImageNet-1k)."""
