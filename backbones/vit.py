@@ -46,11 +46,11 @@ def timm_position(vit: nn.Module, name: str) -> PositionTable:
 
     if not hasattr(vit, "blocks") or not len(vit.blocks):
         refuse(f"{type(vit).__name__} has no `blocks`")
+    if getattr(vit, "rope", None) is not None:
+        refuse("it uses rotary position embeddings (relative positions only)")
     missing = [p for p in _BLOCK_PARTS if not hasattr(vit.blocks[0], p)]
     if missing or not hasattr(vit.blocks[0].attn, "num_heads"):
         refuse(f"its blocks ({type(vit.blocks[0]).__name__}) are not timm's pre-LN Block (no {', '.join(missing)})")
-    if getattr(vit, "rope", None) is not None:
-        refuse("it uses rotary position embeddings (relative positions only)")
     if getattr(vit, "pos_embed", None) is None:
         refuse("it has no absolute position table (pos_embed)")
     if getattr(vit, "reg_token", None) is not None or getattr(vit, "num_reg_tokens", 0):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import re
 import sys
 import textwrap
 import warnings
@@ -26,7 +25,9 @@ import any2point
 from any2point import registry
 from any2point.backbones import clip_text as clip_text_module
 from any2point.backbones.bert import BertBlock
+from any2point.backbones.base import PositionTable
 from any2point.backbones.clip_text import ClipTextBlock, ClipTextSource
+from any2point.backbones.hf_vit import HfViTBlock
 from any2point.backbones.imagebind_audio import ImageBindAudioBlock
 from any2point.backbones.vit import TimmBlock
 from any2point.errors import UnknownSourceError, WeightsUnavailableError
@@ -55,6 +56,12 @@ def _clip_reference(blocks, x):
     return transformer.eval()(x, attn_mask=mask)
 
 
+def _hf_vit_reference(blocks, x):
+    for b in blocks:  # transformers' own ViTLayer.forward
+        x = b.layer(x)
+    return x
+
+
 def _imagebind_reference(blocks, x):
     """ImageBind's trunk as it runs: sequence-first, torch's nn.MultiheadAttention with bias_k/v."""
     x = x.transpose(0, 1)
@@ -70,7 +77,7 @@ def _imagebind_reference(blocks, x):
 
 
 REFERENCES = {TimmBlock: _timm_reference, BertBlock: _bert_reference, ClipTextBlock: _clip_reference,
-              ImageBindAudioBlock: _imagebind_reference}
+              ImageBindAudioBlock: _imagebind_reference, HfViTBlock: _hf_vit_reference}
 
 
 # ---------------------------------------------------------------- generated per source
@@ -101,27 +108,29 @@ def test_sizes_match_spec(built):
     assert all(b.__class__ in REFERENCES for b in source.blocks)
 
 
-def test_position_table_kind_and_shape(built):
-    name, source = built
-    spec = any2point.get_source_spec(name)
+def _check_position_table(source):
     pos, table = source.position, source.position_table()
-    assert pos.kind == spec.position
-    if pos.kind == "1d":
-        declared = (int(re.match(r"(\d+) rows", spec.table).group(1)),)
-        assert table.shape == (*pos.shape, source.width)
-    else:
-        declared = tuple(int(v) for v in re.match(r"(\d+)x(\d+)", spec.table).groups())
-        assert table.shape == (*pos.shape, source.width)
-        # the grid tiles the canvas exactly
+    assert table.shape == (*pos.shape, source.width)
+    if pos.kind == "2d":  # the grid tiles the canvas exactly
         assert tuple(g * p for g, p in zip(pos.shape, pos.patch)) == pos.canvas
-    assert pos.shape == declared
+    assert (source.cls_position() is not None) == pos.cls or pos.kind == "1d"
     for extra in (source.cls_position(), source.cls_token()):
         assert extra is None or extra.shape == (source.width,)
 
 
+def test_position_table_is_the_registered_one(built):
+    name, source = built
+    spec = any2point.get_source_spec(name)
+    assert source.position == spec.position  # registered as a value, not as prose
+    _check_position_table(source)
+
+
 def test_blocks_match_library_layers(built):
     name, source = built
-    x = _input(name, source.width)
+    _check_blocks(source, _input(name, source.width))
+
+
+def _check_blocks(source, x):
     reference = REFERENCES[type(source.blocks[0])]
     with torch.no_grad():
         ours = x
@@ -136,7 +145,10 @@ def test_blocks_match_library_layers(built):
 
 def test_ffn_hook_sees_ffn_output_and_zero_hook_changes_nothing(built):
     name, source = built
-    x = _input(name, source.width)
+    _check_ffn_hook(source, _input(name, source.width))
+
+
+def _check_ffn_hook(source, x):
     seen = []
 
     def zero_hook(f):
@@ -179,14 +191,15 @@ def test_third_party_source_registers_through_entry_point(tmp_path, monkeypatch,
     (tmp_path / "a2p_demo_plugin.py").write_text(textwrap.dedent('''
         from transformers import BertConfig
         from any2point.registry import register_source
+        from any2point.backbones.base import PositionTable
         from any2point.backbones.bert import build_bert
 
         def _config():
             return BertConfig(vocab_size=16, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
                               intermediate_size=48, max_position_embeddings=20)
 
-        @register_source("demo_plugin", family="demo", position="1d", width=24, depth=1, heads=2,
-                         table="20 rows", origin="random", licence="n/a", weights_available=lambda: True)
+        @register_source("demo_plugin", family="demo", position=PositionTable("1d", (20,)), width=24, depth=1,
+                         heads=2, origin="random", licence="n/a", weights_available=lambda: True)
         def demo_plugin(pretrained=True):
             """A plug-in source from another distribution."""
             return build_bert("demo_plugin", pretrained=False, random_config=_config, hub_id="")
@@ -199,6 +212,7 @@ def test_third_party_source_registers_through_entry_point(tmp_path, monkeypatch,
         assert "demo_plugin" in any2point.list_sources()
         source = any2point.create_source("demo_plugin")
         assert source.width == 24 and source.position_table().shape == (20, 24)
+        assert any2point.get_source_spec("demo_plugin").table == "20 rows"
         assert not any(p.requires_grad for p in source.parameters())
     finally:
         sys.modules.pop("a2p_demo_plugin", None)
@@ -249,7 +263,7 @@ def test_timm_state_dict_loads_through_source_weights(tmp_path):
 
 
 # ---------------------------------------------------------------- clip_text specifics (small tower)
-def _small_text_tower():
+def _small_text_tower(*_args):
     """open_clip's own text-tower builder at test size (the ViT-L one is checked above)."""
     cfg = dict(open_clip.get_model_config("ViT-L-14")["text_cfg"], width=64, heads=4, layers=2)
     return _build_text_tower(32, cfg, quick_gelu=True)
@@ -364,15 +378,24 @@ def test_sources_table_lists_every_source_without_building_any(monkeypatch, caps
     specs = {n: dataclasses.replace(any2point.get_source_spec(n), factory=no_build) for n in any2point.list_sources()}
     monkeypatch.setattr(registry, "_REGISTRY", specs)
     assert cli_sources.main(["--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    listing = json.loads(capsys.readouterr().out)
+    rows = listing["sources"]
     assert [r["name"] for r in rows] == sorted(specs)
     by_name = {r["name"]: r for r in rows}
     assert by_name["imagebind_audio"]["licence"] == "CC BY-NC-SA 4.0"
     assert by_name["clip_text"]["table"] == "77 rows" and by_name["clip_text"]["width"] == 768
+    dino = by_name["dinov2"]  # the values, and the text rendered from them
+    assert (dino["table_shape"], dino["canvas"], dino["patch"], dino["cls_position"]) == ([37, 37], [518, 518],
+                                                                                           [14, 14], True)
+    assert dino["table"] == "37x37 (+cls) on 518x518 px"
+    assert by_name["imagebind_audio"]["table"] == "12x19 (+cls) on 192x304 px"
     assert by_name["tiny_1d"]["weights_available"] is True
+    assert [f["prefix"] for f in listing["prefixes"]] == ["timm", "hf", "open_clip"]
     assert cli_sources.main([]) == 0
     table = capsys.readouterr().out
     assert table.splitlines()[0].split()[:2] == ["name", "pos"] and "imagebind_audio" in table
+    for syntax in ("timm:<model name>", "hf:<model id or local folder>", "open_clip:<arch>:<tag>[:visual]"):
+        assert syntax in table
 
 
 def test_clip_text_uses_an_earlier_openai_download_offline(small_clip, tmp_path, monkeypatch):
