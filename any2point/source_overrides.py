@@ -24,6 +24,8 @@ def _chooses(overrides: list[str], group: str) -> bool:
 
 def route_source_overrides(overrides: list[str]) -> list[str]:
     """``overrides`` plus ``model=base`` when they name a library source and choose no preset."""
-    if any(names_library_source(o) for o in overrides) and not _chooses(overrides, "model"):
-        return [*overrides, "model=base"]
+    where = [i for i, o in enumerate(overrides) if names_library_source(o)]
+    if where and not _chooses(overrides, "model"):
+        at = where[-1] + 1  # beside it: flags such as --cfg job may follow, and argparse wants overrides together
+        return [*overrides[:at], "model=base", *overrides[at:]]
     return list(overrides)

@@ -275,6 +275,8 @@ def test_a_library_name_on_the_command_line_composes_on_model_base(name):
     # a preset chosen on the command line wins; a named source is left alone
     assert route_source_overrides([f"source.name={name}", "model=tiny_2d"]) == [f"source.name={name}", "model=tiny_2d"]
     assert route_source_overrides(["source.name=minilm"]) == ["source.name=minilm"]
+    assert route_source_overrides(["-m", f"source.name={name},{TIMM_TINY}", "seed=1", "--cfg", "job"]) == [
+        "-m", f"source.name={name},{TIMM_TINY}", "model=base", "seed=1", "--cfg", "job"]
 
 
 def test_training_a_timm_model_by_name_end_to_end(tmp_path):
