@@ -73,8 +73,14 @@ def timm_position(vit: nn.Module, name: str) -> PositionTable:
 class TimmViTSource(FrozenSource):
     def __init__(self, name: str, vit: nn.Module, weights_tag: str):
         position = timm_position(vit, name)
+        # CLIP-style ViTs normalise the embeddings before the blocks (norm_pre); average-pooling
+        # ones keep their final norm after the pool (fc_norm) and an Identity in `norm`.
+        norm = vit.norm
+        if isinstance(norm, nn.Identity) and isinstance(getattr(vit, "fc_norm", None), nn.LayerNorm):
+            norm = vit.fc_norm
         super().__init__(name, vit.embed_dim, vit.blocks[0].attn.num_heads, position,
-                         nn.ModuleList(TimmBlock(b) for b in vit.blocks), vit.norm, weights_tag)
+                         nn.ModuleList(TimmBlock(b) for b in vit.blocks), norm, weights_tag,
+                         stem=getattr(vit, "norm_pre", None))
         self.lora_targets = linear_targets(vit.blocks[0], "attn")
         self.pos_embed = vit.pos_embed  # (1, [1 +] rows*cols, D)
         self.cls = vit.cls_token  # (1, 1, D) or None

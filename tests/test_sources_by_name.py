@@ -123,6 +123,21 @@ def test_sizes_and_position_table_are_read_from_the_timm_model():
         torch.testing.assert_close(source(x), vit.norm(vit.blocks(x)))
 
 
+@pytest.mark.parametrize("model", ["vit_tiny_patch16_224", "vit_base_patch16_clip_224"])  # the CLIP one has norm_pre
+def test_timm_tower_equals_timm_forward_features(model):
+    """Patch tokens + the table, cls token + its row, through the source == timm's own forward."""
+    options = dict(depth=2, embed_dim=48, num_heads=4, img_size=(32, 48), patch_size=8)
+    torch.manual_seed(1)
+    vit = timm.create_model(model, pretrained=False, drop_path_rate=0.0, **options).eval()
+    torch.manual_seed(1)
+    source = any2point.create_source(f"timm:{model}", pretrained=False, **options).eval()
+    pixels = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        patches = vit.patch_embed(pixels) + source.position_table().reshape(1, 24, 48)
+        cls = (source.cls_token() + source.cls_position()).expand(2, 1, 48)
+        torch.testing.assert_close(source(torch.cat([cls, patches], 1)), vit.forward_features(pixels))
+
+
 @pytest.mark.parametrize("key,model_cls,first_row", [("bert", BertModel, 0), ("roberta", RobertaModel, 2)])
 def test_hf_text_folder_equals_the_library_encoder(folders, key, model_cls, first_row):
     """Positions as the library numbers them: RoBERTa from padding_idx + 1 = 2."""
