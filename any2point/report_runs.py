@@ -12,7 +12,8 @@ result by design (:data:`RUN_SPECIFIC`: ``seed``, ``data.fewshot.fold``, paths s
 metrics refer to. A run without ``.hydra/config.yaml`` is described by its metrics.json
 fields instead (:data:`METRICS_SETTINGS`). A group is labelled by the settings in which the
 groups differ, a config group's keys shown as its option (``peft=tokenizer_only`` rather than
-every ``peft.*`` key). Runs are paired across groups by (seed, few-shot fold).
+every ``peft.*`` key; the options come from ``.hydra/hydra.yaml``, else from metrics.json's
+``peft_config`` and ``source``). Runs are paired across groups by (seed, few-shot fold).
 
 Files are read as data: size checked before reading, JSON without NaN/Infinity, YAML by the
 safe loader. A row that cannot be used (unreadable, truncated, not an object, OA/mAcc not a
@@ -40,6 +41,9 @@ RUN_SPECIFIC = ("seed", "data.fewshot.fold", "data.root", "data.cache", "data.ca
 # A run's settings when it has no .hydra/config.yaml (metrics.json fields).
 METRICS_SETTINGS = ("source", "weights_tag", "data", "peft_config", "split", "epochs", "num_points", "classes",
                     "train_samples")
+# A run's config group options when it has no .hydra/hydra.yaml (e.g. a results tree that kept
+# only metrics.json and config.yaml): group -> metrics.json field.
+METRICS_CHOICES = {"peft": "peft_config", "source": "source"}
 MAX_FILE_BYTES = 4 * 2**20  # a metrics.json or config file is a few KB; refuse anything this large
 _NUMBERS = ("trainable_params", "seconds")  # optional numeric columns: a number when present
 _SPLIT_KEY = "metrics.split"
@@ -191,6 +195,9 @@ def read_run(metrics_path: Path, root: Path, ignore: Sequence[str] = ()) -> Run:
         seed, fold = metrics.get("seed"), metrics.get("fold")
         seed = None if seed is None else _text(seed)
         fold = None if fold is None else _text(fold)
+    if not choices:
+        choices = {group: _text(metrics[field]) for group, field in METRICS_CHOICES.items()
+                   if metrics.get(field) is not None}
     settings[_SPLIT_KEY] = _text(metrics.get("split"))
     return Run(name, metrics, settings, choices, None if seed is None else (seed, fold))
 

@@ -240,3 +240,18 @@ def test_runs_without_config_group_by_metrics_fields(tmp_path):
     groups = group_runs(find_runs(tmp_path)[0])
     assert [(g.label, len(g.runs)) for g in groups] == [("peft_config=any2point", 2), ("peft_config=linear", 1)]
     assert sorted(r.pair for r in groups[0].runs) == [("0", None), ("1", None)]
+
+
+def test_a_results_tree_without_hydra_yaml_still_compares_by_option(tmp_path, capsys):
+    # results/<study>/<run>/ keeps metrics.json and .hydra/config.yaml only; two ablations of one
+    # method share peft.name, and metrics.json's peft_config tells them apart
+    for seed in (0, 1):
+        for option, v in (("any2point", 80.0), ("any2point_random_source", 79.0)):
+            d = _run(tmp_path / "results" / "study", f"{option}_{seed}", option, seed, v + seed, v)
+            (d / ".hydra" / "hydra.yaml").unlink()
+            cfg = yaml.safe_load((d / ".hydra" / "config.yaml").read_text())
+            cfg["peft"] = {"name": "any2point", "random_source": option != "any2point"}
+            (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main([str(tmp_path / "results" / "study"), "--compare", "peft"]) == 0
+    out = capsys.readouterr().out
+    assert "| peft=any2point_random_source | peft=any2point | paired, 2 pairs | -1.00 | [-1.00, -1.00] |" in out
