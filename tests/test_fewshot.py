@@ -10,8 +10,9 @@ from any2point.data.fewshot import FewShotConfig, draw_episode, fewshot_of
 from any2point.data.options import as_dict
 from any2point.errors import DataError
 from any2point.run_data import load_eval_split, load_splits
+from any2point.train import run_training
 from data_files import MODELNET40_SHARED, compose_data, need_shared
-from tiny_run import TINY, compose_config, metrics, run_module
+from tiny_run import TINY, compose_config, metrics
 
 
 def _labels(counts: list[int], seed: int = 0) -> np.ndarray:
@@ -134,11 +135,9 @@ def test_fold0_5w10s_on_the_shared_modelnet40():
 
 
 def test_a_training_run_on_one_episode(tmp_path):
-    run_dir = tmp_path / "run"
     overrides = [o for o in TINY if not o.startswith("data.samples_per_class")] + [
         "data.samples_per_class.train=8", "data.samples_per_class.test=4", "train.batch_size=4",
-        "+data.fewshot={ways:3,shots:2,fold:0,queries:4}", f"hydra.run.dir={run_dir}"]
-    done = run_module("any2point.train", overrides, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    m = metrics(run_dir)
+        "+data.fewshot={ways:3,shots:2,fold:0,queries:4}"]
+    m = run_training(compose_config("train", overrides), tmp_path / "run")
     assert m["classes"] == 3 and m["train_samples"] == 6 and m["split"] == "test" and m["test_samples"] == 12
+    assert m["val_samples"] == 12 and metrics(tmp_path / "run")["oa"] == m["oa"]
