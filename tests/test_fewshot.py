@@ -9,6 +9,7 @@ import pytest
 from any2point.data.fewshot import FewShotConfig, draw_episode, fewshot_of
 from any2point.data.options import as_dict
 from any2point.errors import DataError
+from any2point.evaluate import run_eval
 from any2point.run_data import load_eval_split, load_splits
 from any2point.train import run_training
 from data_files import MODELNET40_SHARED, compose_data, need_shared
@@ -141,3 +142,7 @@ def test_a_training_run_on_one_episode(tmp_path):
     m = run_training(compose_config("train", overrides), tmp_path / "run")
     assert m["classes"] == 3 and m["train_samples"] == 6 and m["split"] == "test" and m["test_samples"] == 12
     assert m["val_samples"] == 12 and metrics(tmp_path / "run")["oa"] == m["oa"]
+    # the checkpoint keeps data.fewshot: evaluating it draws the same episode's test queries
+    evaluated = run_eval(compose_config("eval", [f"checkpoint={tmp_path / 'run'}", "trainer.progress=false"]),
+                         tmp_path / "eval")
+    assert (evaluated["split"], evaluated["samples"], evaluated["oa"]) == ("test", 12, m["oa"])
