@@ -20,7 +20,7 @@ from typing import Sequence
 from .report_runs import Group, varying_keys
 from .report_stats import Interval, mean_interval, paired_difference, welch_difference
 
-__all__ = ["Comparison", "compare_groups", "NoBaseline"]
+__all__ = ["Comparison", "compare_groups", "group_summary", "NoBaseline", "METRICS"]
 
 METRICS = ("oa", "macc")
 
