@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +111,10 @@ def _no_constants(name: str):
 
 
 def _read_text(path: Path) -> str:
-    size = path.stat().st_size
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+        raise BadRun(f"{path}: not a regular file")
+    size = info.st_size
     if size > MAX_FILE_BYTES:
         raise BadRun(f"{path}: {size} bytes, more than the {MAX_FILE_BYTES} a run file may have")
     try:

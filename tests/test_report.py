@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import os
 
 import pytest
 import yaml
@@ -226,11 +227,14 @@ def test_a_broken_config_or_oversized_file_is_a_bad_row(tmp_path, capsys):
     d = _run(tmp_path, "cfg", "any2point", 0, 80.0, 70.0)
     (d / ".hydra" / "config.yaml").write_text("seed: [0\n")
     big = _run(tmp_path, "big", "any2point", 0, 80.0, 70.0, config=False, note="x" * (5 * 2**20))
+    (tmp_path / "fifo").mkdir()
+    os.mkfifo(tmp_path / "fifo" / "metrics.json")  # reading it would wait forever
     _run(tmp_path, "good", "any2point", 1, 81.0, 71.0)
     assert main([str(tmp_path)]) == 0
     err = capsys.readouterr().err
     assert f"skipped {d / '.hydra' / 'config.yaml'}: not valid YAML" in err
     assert f"skipped {big / 'metrics.json'}: " in err and "more than the" in err
+    assert f"skipped {tmp_path / 'fifo' / 'metrics.json'}: not a regular file" in err
 
 
 def test_runs_without_config_group_by_metrics_fields(tmp_path):
