@@ -1,45 +1,53 @@
-"""``any2point-report DIR``: one table of every run below DIR (a sweep, or any folder of runs).
+"""``any2point-report DIR [--compare KEY]``: the runs below DIR, their groups, and differences.
 
-Every ``metrics.json`` below DIR is one row: run, source, data, peft (the config option, so
-ablations of one method are told apart), the split OA refers to,
-OA, mAcc, trainable parameters, time. The table is printed as markdown and written to
-``DIR/report.md`` and ``DIR/report.csv``.
+Every ``metrics.json`` below DIR is one run (a sweep, or a results tree such as
+``results/<study>/<run>/``); each is a row of the runs table: run, source, data, peft (the
+config option, so ablations of one method are told apart), the split OA refers to, OA, mAcc,
+trainable parameters, time. Runs that differ only in ``seed`` and the few-shot fold form a
+group (the rule: :mod:`any2point.report_runs`); the groups table gives per group n, mean ±
+sample std and the Student-t 95 % interval of OA and mAcc. ``--compare KEY`` adds each group's
+difference to its baseline group with its own interval (:mod:`any2point.report_compare`).
+
+Printed as markdown and written to ``DIR/report.md``; CSV in ``DIR/report.csv`` (runs),
+``DIR/report_groups.csv`` and, with ``--compare``, ``DIR/report_compare.csv``. A run whose
+files cannot be used is skipped with a warning naming the file; the tables are still written.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import io
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["collect_runs", "markdown_table", "write_report", "main", "COLUMNS"]
+from .report_compare import METRICS, Comparison, NoBaseline, compare_groups, group_summary
+from .report_runs import Group, Run, find_runs, group_runs
+from .report_stats import LEVEL, Interval
+
+__all__ = ["collect_runs", "markdown_table", "groups_table", "compare_table", "write_report", "main", "COLUMNS"]
 
 COLUMNS = ["run", "source", "data", "peft", "split", "oa", "macc", "trainable_params", "seconds"]
 _HEADERS = {"run": "run", "source": "source", "data": "data", "peft": "peft", "split": "split (OA on)",
             "oa": "OA", "macc": "mAcc", "trainable_params": "trainable params", "seconds": "time"}
+_NAMES = {"oa": "OA", "macc": "mAcc"}
+_CI = f"{round(LEVEL * 100)} % CI"
 
 
-def collect_runs(root: str | Path) -> tuple[list[dict], list[str]]:
-    """Rows of every readable metrics.json below ``root`` (sorted), and problems with the others."""
-    root = Path(root)
-    rows, problems = [], []
-    for path in sorted(root.rglob("metrics.json")):
-        try:
-            metrics = json.loads(path.read_text())
-            if not isinstance(metrics, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as exc:
-            problems.append(f"{path}: {exc}")
-            continue
-        run = path.parent.relative_to(root).as_posix() or "."
-        row = {k: metrics.get(k) for k in COLUMNS[1:]}
-        row["peft"] = metrics.get("peft_config") or row["peft"]  # the config option: ablations differ there
-        rows.append({"run": run, **row})
-    rows.sort(key=lambda r: (str(r["data"]), str(r["source"]), str(r["peft"]), r["run"]))
-    return rows, problems
+def _row(run: Run) -> dict:
+    row = {"run": run.name, **{k: run.metrics.get(k) for k in COLUMNS[1:]}}
+    row["peft"] = run.metrics.get("peft_config") or row["peft"]  # the config option: ablations differ there
+    return row
+
+
+def collect_runs(root: str | Path, ignore: Sequence[str] = ()) -> tuple[list[dict], list[str]]:
+    """Rows of every usable metrics.json below ``root`` (sorted), and problems with the others."""
+    runs, problems = find_runs(root, ignore)
+    return _rows(runs), problems
+
+
+def _rows(runs: Sequence[Run]) -> list[dict]:
+    return sorted((_row(r) for r in runs), key=lambda r: (str(r["data"]), str(r["source"]), str(r["peft"]), r["run"]))
 
 
 def _params(n) -> str:
@@ -76,41 +84,162 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join([head, rule, *body]) + "\n"
 
 
-def _csv(rows: list[dict]) -> str:
+def _number(value: float | None, signed: bool = False) -> str:
+    return "" if value is None else (f"{value:+.2f}" if signed else f"{value:.2f}")
+
+
+def _mean_std(i: Interval) -> str:
+    return f"{i.mean:.2f} ± {i.std:.2f}" if i.std is not None else f"{i.mean:.2f} (n=1)"
+
+
+def _ci(i: Interval, signed: bool = False) -> str:
+    if not i.has_ci:
+        return f"no CI (n={i.n})" if i.method != "welch" else "no CI (a group has n=1)"
+    return f"[{_number(i.low, signed)}, {_number(i.high, signed)}]"
+
+
+def _seeds(group: Group) -> str:
+    pairs = sorted({p for p in (r.pair for r in group.runs) if p is not None}, key=str)
+    if not pairs:
+        return ""
+    if all(fold is None for _, fold in pairs):
+        return ",".join(seed for seed, _ in pairs)
+    return ",".join(f"{seed}/{fold}" for seed, fold in pairs)
+
+
+def _rule(columns: Sequence[str], right: Sequence[str]) -> str:
+    return "|" + "|".join("---:" if c in right else "---" for c in columns) + "|"
+
+
+def groups_table(groups: Sequence[Group]) -> str:
+    heads = ["group", "n", "seeds (/fold)", "split"] + [h for m in METRICS for h in
+                                                      (f"{_NAMES[m]} mean ± std", f"{_NAMES[m]} {_CI}")]
+    lines = ["| " + " | ".join(heads) + " |", _rule(heads, heads[1:2] + heads[4:])]
+    for g in groups:
+        s = group_summary(g)
+        cells = [g.label, str(len(g.runs)), _seeds(g), g.split]
+        cells += [c for m in METRICS for c in (_mean_std(s[m]), _ci(s[m]))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _method(c: Comparison) -> str:
+    i = c.diffs["oa"]
+    if i.method == "paired":
+        return f"paired, {i.n} pairs"
+    return f"Welch, n={len(c.group.runs)} vs {len(c.baseline.runs)}" + (f", df {i.df:.1f}" if i.df else "")
+
+
+def compare_table(comparisons: Sequence[Comparison]) -> str:
+    heads = ["group", "baseline", "pairing"] + [h for m in METRICS for h in (f"Δ{_NAMES[m]}", f"Δ{_NAMES[m]} {_CI}")]
+    lines = ["| " + " | ".join(heads) + " |", _rule(heads, heads[3:])]
+    for c in comparisons:
+        cells = [c.group.label, c.baseline.label, _method(c)]
+        cells += [x for m in METRICS for x in (_number(c.diffs[m].mean, True), _ci(c.diffs[m], True))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _csv(rows: list[dict], columns: Sequence[str]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
 
 
-def write_report(root: str | Path) -> tuple[str, list[dict], list[str]]:
-    """Write ``report.md`` and ``report.csv`` in ``root``; returns (markdown, rows, problems)."""
+def _interval_fields(metric: str, centre: str, i: Interval) -> dict:
+    """CSV fields of an interval; what does not exist (std or CI at n=1) is left empty, not NaN."""
+    return {f"{metric}_{centre}": i.mean, f"{metric}_std": i.std, f"{metric}_ci_low": i.low,
+            f"{metric}_ci_high": i.high, f"{metric}_df": i.df}
+
+
+def _group_rows(groups: Sequence[Group]) -> list[dict]:
+    rows = []
+    for g in groups:
+        s = group_summary(g)
+        row = {"group": g.label, "n": len(g.runs), "seeds": _seeds(g), "split": g.split}
+        for m in METRICS:
+            row.update(_interval_fields(m, "mean", s[m]))
+        rows.append(row)
+    return rows
+
+
+def _compare_rows(key: str, comparisons: Sequence[Comparison]) -> list[dict]:
+    rows = []
+    for c in comparisons:
+        row = {"key": key, "group": c.group.label, "baseline": c.baseline.label, "method": c.method,
+               "n": c.diffs["oa"].n}
+        for m in METRICS:
+            row.update(_interval_fields(m, "diff", c.diffs[m]))
+        rows.append(row)
+    return rows
+
+
+def _columns(rows: list[dict], first: Sequence[str]) -> list[str]:
+    return list(rows[0]) if rows else list(first)
+
+
+def write_report(root: str | Path, compare: str | None = None, baseline: str | None = None,
+                 ignore: Sequence[str] = ()) -> tuple[str, list[dict], list[str]]:
+    """Write the report files in ``root``; returns (markdown, run rows, problems).
+    Raises NoBaseline when ``compare`` is given and no group has the baseline value."""
     root = Path(root)
-    rows, problems = collect_runs(root)
-    table = markdown_table(rows)
-    (root / "report.md").write_text(f"# Runs below {root}\n\n{table}")
-    (root / "report.csv").write_text(_csv(rows))
-    return table, rows, problems
+    runs, problems = find_runs(root, ignore)
+    rows = _rows(runs)
+    groups = group_runs(runs)
+    parts = [f"## Runs\n\n{markdown_table(rows)}",
+             f"## Groups (runs differing only in seed and few-shot fold; Student-t {_CI})\n\n{groups_table(groups)}"]
+    (root / "report.csv").write_text(_csv(rows, COLUMNS))
+    group_rows = _group_rows(groups)
+    (root / "report_groups.csv").write_text(_csv(group_rows, _columns(group_rows, ["group"])))
+    if compare is not None and groups:
+        value, comparisons, notes = compare_groups(groups, compare, baseline)
+        notes = "".join(f"- not compared: {n}\n" for n in notes)
+        parts.append(f"## Difference to {compare}={value} (group - baseline; {_CI})\n\n"
+                     f"{compare_table(comparisons)}" + (f"\n{notes}" if notes else ""))
+        compare_rows = _compare_rows(compare, comparisons)
+        (root / "report_compare.csv").write_text(_csv(compare_rows, _columns(compare_rows, ["key"])))
+    markdown = "\n".join(parts)
+    (root / "report.md").write_text(f"# Runs below {root}\n\n{markdown}")
+    return markdown, rows, problems
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="any2point-report",
-                                description="Tabulate every run (metrics.json) below a folder, e.g. a sweep.")
-    p.add_argument("dir", help="a sweep directory (multirun/...) or any folder of runs")
+                                description="Tabulate every run (metrics.json) below a folder, e.g. a sweep, "
+                                            "with per-group means and confidence intervals.")
+    p.add_argument("dir", help="a sweep directory (multirun/...), a results/<study> folder, or any folder of runs")
+    p.add_argument("--compare", metavar="KEY",
+                   help="difference of every group to the baseline group of KEY (a config group such as peft, "
+                        "a dotted config key such as train.lr, or a metrics.json field)")
+    p.add_argument("--baseline", metavar="VALUE", help="KEY's baseline value (default: the first in sort order)")
+    p.add_argument("--ignore", metavar="KEY", action="append", default=[],
+                   help="a config key (and the keys below it) that does not split groups; repeatable")
     args = p.parse_args(argv)
+    if args.baseline is not None and args.compare is None:
+        p.error("--baseline needs --compare KEY")
     root = Path(args.dir)
     if not root.is_dir():
         print(f"any2point-report: {root} is not a directory", file=sys.stderr)
         return 2
-    table, rows, problems = write_report(root)
+    try:
+        table, rows, problems = write_report(root, args.compare, args.baseline, args.ignore)
+    except NoBaseline as exc:
+        print(f"any2point-report: --compare {args.compare}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"any2point-report: cannot write the report in {root}: {exc}", file=sys.stderr)
+        return 2
     for problem in problems:
-        print(f"any2point-report: skipped {problem}", file=sys.stderr)
+        print(f"any2point-report: warning: skipped {problem}", file=sys.stderr)
     if not rows:
-        print(f"any2point-report: no metrics.json below {root}", file=sys.stderr)
+        print(f"any2point-report: no usable metrics.json below {root}", file=sys.stderr)
         return 1
     print(table, end="")
-    print(f"\n{len(rows)} runs; written {root / 'report.md'} and {root / 'report.csv'}", file=sys.stderr)
+    written = ", ".join(str(root / f) for f in ("report.md", "report.csv", "report_groups.csv")
+                        + (("report_compare.csv",) if args.compare else ()))
+    print(f"\n{len(rows)} runs; written {written}", file=sys.stderr)
     return 0
 
 

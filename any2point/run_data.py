@@ -3,6 +3,10 @@
 The test split is optional: a dataset folder may hold only training files (the shared
 ModelNet40 copy does). When it cannot be read, the run goes on, says so, and reports the
 validation split instead. Validation exists when ``data.val_fraction > 0``.
+
+With ``data.fewshot`` set, one few-shot episode decides the splits instead
+(:mod:`any2point.data.fewshot`): support clouds train, queries from the rest of the training
+split validate, queries from the test split (when readable) test.
 """
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import logging
 from dataclasses import dataclass
 
 from .data import PointCloudDataset, build_dataset
+from .data.fewshot import FewShotConfig, build_episode, fewshot_of
+from .data.options import as_dict
 from .errors import DataError
 
 __all__ = ["RunSplits", "load_splits", "load_eval_split", "EVAL_SPLITS"]
@@ -53,8 +59,21 @@ def _check_classes(reference: PointCloudDataset, other: PointCloudDataset | None
                         f"the training split {reference.class_names}")
 
 
+def _episode_splits(data_cfg, seed: int, fewshot: FewShotConfig) -> RunSplits:
+    options = {**as_dict(data_cfg), "val_fraction": 0.0}  # the episode draws from the whole training split
+    test, skipped = _try_test(options, seed)
+    if test is None:
+        log.warning("test split skipped: %s; the episode's validation queries are reported", skipped)
+    support, val, test = build_episode(build_dataset(options, "train", seed), test, fewshot)
+    return RunSplits(train=support, val=val, test=test, test_skipped=skipped)
+
+
 def load_splits(data_cfg, seed: int) -> RunSplits:
-    """train, val (when ``data.val_fraction > 0``) and test (when readable) of a training run."""
+    """train, val (when ``data.val_fraction > 0``) and test (when readable) of a training run;
+    with ``data.fewshot``, the splits of that episode."""
+    fewshot = fewshot_of(as_dict(data_cfg))
+    if fewshot is not None:
+        return _episode_splits(data_cfg, seed, fewshot)
     train = build_dataset(data_cfg, "train", seed)
     val = build_dataset(data_cfg, "val", seed) if _val_fraction(data_cfg) > 0 else None
     test, skipped = _try_test(data_cfg, seed)
@@ -69,6 +88,14 @@ def load_eval_split(data_cfg, split: str, seed: int) -> PointCloudDataset:
     """One split for evaluation; ``auto`` is the test split, else validation when configured."""
     if split not in EVAL_SPLITS:
         raise ValueError(f"eval.split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+    fewshot = fewshot_of(as_dict(data_cfg))
+    if fewshot is not None:
+        episode = _episode_splits(data_cfg, seed, fewshot)
+        if split == "test" and episode.test is None:
+            raise DataError(f"no test split to evaluate ({episode.test_skipped}); the few-shot episode's "
+                            f"validation queries are eval.split=val")
+        return {"auto": episode.test if episode.test is not None else episode.val, "train": episode.train, "val": episode.val,
+                "test": episode.test}[split]
     if split != "auto":
         return build_dataset(data_cfg, split, seed)
     test, skipped = _try_test(data_cfg, seed)

@@ -98,6 +98,17 @@ class PointCloudDataset(Dataset):
             points = self.transforms(points, rng)
         return torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)), int(self.labels[index])
 
+    def subset(self, indices: np.ndarray, split: str, label_map: np.ndarray,
+               class_names: list[str]) -> "PointCloudDataset":
+        """Samples ``indices`` of this dataset as a ``split`` of their own, labels renamed by
+        ``label_map`` (old label -> new) to ``class_names``; the stored pools are shared (few-shot)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        labels = np.full(len(self._pools), -1, dtype=np.int64)
+        labels[self._rows[indices]] = np.asarray(label_map)[self.labels[indices]]
+        return PointCloudDataset(self._pools, labels, class_names, split, self.protocol, rows=self._rows[indices],
+                                 transforms=self.transforms, seed=self.seed, normalize=self.normalize,
+                                 name=self.name, skipped=self.skipped)
+
     def __repr__(self) -> str:
         return (f"PointCloudDataset({self.name or 'data'}, split={self.split}, samples={len(self)}, "
                 f"classes={self.num_classes}, num_points={self.num_points})")

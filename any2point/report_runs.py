@@ -1,0 +1,261 @@
+"""Reading run folders for ``any2point-report``, and grouping runs that repeat one setting.
+
+A run is a folder with a ``metrics.json`` (and, when Hydra wrote it, ``.hydra/config.yaml``
+and ``.hydra/hydra.yaml``), anywhere below the report's folder: a sweep
+(``multirun/train/<date>/<job>/``) or a results tree (``results/<study>/<run>/``).
+
+**Group rule.** Two runs belong to one group when their *settings* are equal. The settings are
+the run's composed config (``.hydra/config.yaml``, read as plain YAML, never resolved),
+flattened to dotted keys, minus the keys that vary between repetitions or do not change the
+result by design (:data:`RUN_SPECIFIC`: ``seed``, ``data.fewshot.fold``, paths such as
+``data.root``, and execution switches such as ``trainer.threads``), plus the split the
+metrics refer to. A run without ``.hydra/config.yaml`` is described by its metrics.json
+fields instead (:data:`METRICS_SETTINGS`). A group is labelled by the settings in which the
+groups differ, a config group's keys shown as its option (``peft=tokenizer_only`` rather than
+every ``peft.*`` key; the options come from ``.hydra/hydra.yaml``, else from metrics.json's
+``peft_config`` and ``source``). Runs are paired across groups by (seed, few-shot fold).
+
+Files are read as data: size checked before reading, JSON without NaN/Infinity, YAML by the
+safe loader. A row that cannot be used (unreadable, truncated, not an object, OA/mAcc not a
+number in [0, 100], a broken config) is skipped with the reason, never a crash.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import yaml
+
+__all__ = ["Run", "Group", "find_runs", "read_run", "group_runs", "RUN_SPECIFIC", "METRICS_SETTINGS",
+           "MAX_FILE_BYTES", "BadRun"]
+
+# Keys (and everything below them) that never split a group: repetitions and execution details.
+RUN_SPECIFIC = ("seed", "data.fewshot.fold", "data.root", "data.cache", "data.cache_dir", "source.weights",
+                "train.resume", "trainer.threads", "trainer.num_workers", "trainer.progress",
+                "trainer.reuse_host_memory", "trainer.activation_checkpointing", "trainer.compile")
+# A run's settings when it has no .hydra/config.yaml (metrics.json fields).
+METRICS_SETTINGS = ("source", "weights_tag", "data", "peft_config", "split", "epochs", "num_points", "classes",
+                    "train_samples")
+# A run's config group options when it has no .hydra/hydra.yaml (e.g. a results tree that kept
+# only metrics.json and config.yaml): group -> metrics.json field.
+METRICS_CHOICES = {"peft": "peft_config", "source": "source"}
+MAX_FILE_BYTES = 4 * 2**20  # a metrics.json or config file is a few KB; refuse anything this large
+_NUMBERS = ("trainable_params", "seconds")  # optional numeric columns: a number when present
+_SPLIT_KEY = "metrics.split"
+
+
+class BadRun(ValueError):
+    """A run folder whose files cannot be used; the message names the file and the problem."""
+
+
+@dataclass
+class Run:
+    name: str  # folder relative to the report's folder
+    metrics: dict
+    settings: dict[str, str]  # the group identity (see the module docstring)
+    choices: dict[str, str] = field(default_factory=dict)  # config group -> option (Hydra's runtime choices)
+    pair: tuple | None = None  # (seed, fold) when the seed is known
+
+    def value(self, key: str) -> str | None:
+        """``key`` as a config group option, a dotted config key, or a metrics.json field."""
+        if key in self.choices:
+            return self.choices[key]
+        if key in self.settings:
+            return self.settings[key]
+        if key in self.metrics and self.metrics[key] is not None:
+            return _text(self.metrics[key])
+        return None
+
+
+@dataclass
+class Group:
+    settings: dict[str, str]
+    runs: list[Run]
+    label: str = ""
+
+    def values(self, metric: str) -> list[float]:
+        return [float(r.metrics[metric]) for r in self.runs]
+
+    def paired_values(self, metric: str) -> dict | None:
+        """{(seed, fold): value}, or None when a run's seed is unknown or two runs share one."""
+        pairs = [r.pair for r in self.runs]
+        if any(p is None for p in pairs) or len(set(pairs)) != len(pairs):
+            return None
+        return {r.pair: float(r.metrics[metric]) for r in self.runs}
+
+    @property
+    def split(self) -> str:
+        return str(self.runs[0].metrics.get("split") or "")
+
+    def value(self, key: str) -> str | None:
+        values = {r.value(key) for r in self.runs}
+        return values.pop() if len(values) == 1 else " | ".join(sorted(map(str, values)))
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
+class _NotANumber(ValueError):
+    pass
+
+
+def _no_constants(name: str):
+    raise _NotANumber(name)
+
+
+def _read_text(path: Path) -> str:
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+        raise BadRun(f"{path}: not a regular file")
+    size = info.st_size
+    if size > MAX_FILE_BYTES:
+        raise BadRun(f"{path}: {size} bytes, more than the {MAX_FILE_BYTES} a run file may have")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadRun(f"{path}: unreadable ({exc})") from None
+
+
+def _read_metrics(path: Path) -> dict:
+    try:
+        metrics = json.loads(_read_text(path), parse_constant=_no_constants)
+    except _NotANumber as exc:
+        raise BadRun(f"{path}: holds {exc}, which is not a number (JSON has no NaN or Infinity); the run's "
+                     f"metrics are unusable: rerun it") from None
+    except BadRun:
+        raise
+    except ValueError as exc:
+        raise BadRun(f"{path}: not valid JSON, maybe truncated ({exc}); rerun the run or delete the file") from None
+    if not isinstance(metrics, dict):
+        raise BadRun(f"{path}: expected a JSON object, got {type(metrics).__name__}")
+    for key in ("oa", "macc"):
+        value = metrics.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 100.0:
+            raise BadRun(f"{path}: {key} is {value!r}, expected a percentage (a number in [0, 100])")
+    for key in _NUMBERS:
+        value = metrics.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value < 0):
+            raise BadRun(f"{path}: {key} is {value!r}, expected a non-negative number or null")
+    return metrics
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as exc:
+        raise BadRun(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise BadRun(f"{path}: expected a mapping, got {type(data).__name__}")
+    return data
+
+
+def _flatten(node, prefix: str = "") -> dict[str, str]:
+    if isinstance(node, dict) and node:
+        out: dict[str, str] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: _text(node)}
+
+
+def _choices(hydra_yaml: dict) -> dict[str, str]:
+    """The config groups' options of a run (``hydra.runtime.choices``), Hydra's own left out."""
+    node = hydra_yaml
+    for key in ("hydra", "runtime", "choices"):
+        node = node.get(key) if isinstance(node, dict) else None
+    if not isinstance(node, dict):
+        return {}
+    return {str(k): _text(v) for k, v in node.items() if not str(k).startswith("hydra/") and v is not None}
+
+
+def _ignored(key: str, ignore: Sequence[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in ignore)
+
+
+def read_run(metrics_path: Path, root: Path, ignore: Sequence[str] = ()) -> Run:
+    """One run from its metrics.json and, when present, its .hydra files; BadRun if unusable."""
+    metrics = _read_metrics(metrics_path)
+    run_dir = metrics_path.parent
+    name = run_dir.relative_to(root).as_posix() or "."
+    config_path, hydra_path = run_dir / ".hydra" / "config.yaml", run_dir / ".hydra" / "hydra.yaml"
+    ignore = tuple(RUN_SPECIFIC) + tuple(ignore)
+    choices: dict[str, str] = {}
+    if config_path.is_file():
+        flat = _flatten(_read_yaml(config_path))
+        settings = {k: v for k, v in flat.items() if not _ignored(k, ignore)}
+        seed, fold = flat.get("seed"), flat.get("data.fewshot.fold")
+        if hydra_path.is_file():
+            choices = _choices(_read_yaml(hydra_path))
+    else:
+        settings = {k: _text(metrics[k]) for k in METRICS_SETTINGS if metrics.get(k) is not None}
+        seed, fold = metrics.get("seed"), metrics.get("fold")
+        seed = None if seed is None else _text(seed)
+        fold = None if fold is None else _text(fold)
+    if not choices:
+        choices = {group: _text(metrics[field]) for group, field in METRICS_CHOICES.items()
+                   if metrics.get(field) is not None}
+    settings[_SPLIT_KEY] = _text(metrics.get("split"))
+    return Run(name, metrics, settings, choices, None if seed is None else (seed, fold))
+
+
+def find_runs(root: str | Path, ignore: Sequence[str] = ()) -> tuple[list[Run], list[str]]:
+    """Every run below ``root`` (symbolic links to folders are not followed), and one problem
+    per metrics.json that could not be used."""
+    root = Path(root)
+    runs, problems = [], []
+    paths = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs.sort()
+        if "metrics.json" in files:
+            paths.append(Path(folder) / "metrics.json")
+    for path in sorted(paths):
+        try:
+            runs.append(read_run(path, root, ignore))
+        except BadRun as exc:
+            problems.append(str(exc))
+        except OSError as exc:
+            problems.append(f"{path}: unreadable ({exc})")
+    return runs, problems
+
+
+def _collapsed(key: str, choices: dict[str, str]) -> str:
+    """A config key shown as its config group's option when it belongs to one."""
+    head = key.split(".", 1)[0]
+    return head if head in choices and head != key else key
+
+
+def group_runs(runs: Iterable[Run]) -> list[Group]:
+    """Runs with equal settings, each group labelled by what sets it apart from the others."""
+    by_settings: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_settings[tuple(sorted(run.settings.items()))].append(run)
+    groups = [Group(dict(k), sorted(v, key=lambda r: r.name)) for k, v in by_settings.items()]
+    varying = varying_keys(groups)
+    for g in groups:
+        choices = g.runs[0].choices
+        parts = []
+        for key in varying:
+            shown = _collapsed(key, choices)
+            part = f"{shown}={choices[shown]}" if shown != key else f"{key}={g.settings.get(key, '-')}"
+            if part not in parts:
+                parts.append(part)
+        if parts:
+            g.label = ", ".join(parts)
+        else:
+            m = g.runs[0].metrics
+            g.label = " / ".join(str(m.get(k) or "") for k in ("source", "data", "peft_config"))
+    groups.sort(key=lambda g: g.label)
+    return groups
+
+
+def varying_keys(groups: Sequence[Group]) -> list[str]:
+    keys = sorted({k for g in groups for k in g.settings})
+    return [k for k in keys if len({g.settings.get(k) for g in groups}) > 1]
