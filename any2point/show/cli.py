@@ -88,7 +88,7 @@ def _stems(files: list[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)
     files, overrides = _split_inputs(args.inputs)
     prog = "any2point-show"
     if not files:

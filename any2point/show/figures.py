@@ -11,7 +11,9 @@ import colorsys
 import math
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from .options import ShowOptions
 from .scene import PEColours, Scene, pe_colours
@@ -168,22 +170,23 @@ def plot_view_weights(scene: Scene, trained: Trained, options: ShowOptions | Non
     w = trained.weights  # (G, M)
     M = w.shape[1]
     cols = math.ceil((M + 1) / 2)
-    fig = Figure(figsize=(3 * cols, 6.4))
+    fig = Figure(figsize=(3 * cols + 1, 6.4), layout="constrained")
     c = scene.centres
-    vmax = float(w.max())
+    equal = 1.0 / M  # the weight of every view when the views agree equally with the 3D reference
+    span = max(float(np.abs(w - equal).max()), 1e-6)
     image = None
     for m in range(M):
         ax = _axes_3d(fig, 2, cols, m + 1, scene, options, f"w of {scene.view_labels[m].split(':')[0]}")
-        image = ax.scatter(c[:, 0], c[:, 1], c[:, 2], c=w[:, m], cmap="viridis", vmin=0.0, vmax=vmax,
-                           s=options.token_size, edgecolors="k", linewidths=0.2, depthshade=False)
+        image = ax.scatter(c[:, 0], c[:, 1], c[:, 2], c=w[:, m], cmap="coolwarm", vmin=equal - span,
+                           vmax=equal + span, s=options.token_size, edgecolors="k", linewidths=0.2, depthshade=False)
     ax = _axes_3d(fig, 2, cols, M + 1, scene, options, "most trusted view")
     best = w.argmax(axis=1)
     ax.scatter(c[:, 0], c[:, 1], c[:, 2], c=best, cmap="tab10", vmin=-0.5, vmax=9.5, s=options.token_size,
                edgecolors="k", linewidths=0.2, depthshade=False)
-    for m in range(M):
-        ax.scatter([], [], [], c=[m], cmap="tab10", vmin=-0.5, vmax=9.5, label=f"view {m + 1}")
-    ax.legend(fontsize=6, loc="upper left")
-    fig.colorbar(image, ax=fig.axes[:M], shrink=0.6, label="w_j (sums to 1 over views)")
+    palette = colormaps["tab10"]
+    ax.legend(handles=[Line2D([], [], marker="o", linestyle="", color=palette(m), label=f"view {m + 1}")
+                       for m in range(M)], fontsize=6, loc="upper left")
+    fig.colorbar(image, ax=fig.axes[:M], shrink=0.6, label=f"w_j (sum 1 over views; {equal:.3f} = equal trust)")
     top = ", ".join(f"{name} {100 * p:.1f}%" for name, p in trained.topk[:3])
     fig.suptitle(f"{scene.source}: view weights of the guided ensemble in block {trained.block}; "
                  f"predicted {top}", fontsize=9)

@@ -46,7 +46,10 @@ def compose_train_config(overrides: Sequence[str] = ()) -> DictConfig:
 
 
 def model_from_config(cfg: DictConfig) -> Any2PointModel:
-    """The model a training run of ``cfg`` would start from (source weights as configured)."""
+    """The model a training run of ``cfg`` would start from (source weights as configured). Seeded
+    with ``cfg.seed`` first, so random weights (test sources, ``source.pretrained=false``) and
+    therefore the pictures are the same from run to run."""
+    torch.manual_seed(int(cfg.seed))
     source = OmegaConf.to_container(cfg.source, resolve=True)
     model = build_model(source, _UNTRAINED_CLASSES, OmegaConf.to_object(cfg.model), OmegaConf.to_object(cfg.peft))
     return model.eval()
