@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from any2point.errors import Any2PointError
 
 from .inputs import compose_train_config, load_trained, model_from_config, read_cloud
-from .options import ShowOptions
+from .options import PICTURES, ShowOptions
 from .page import write_page
 from .render import write_pictures
 from .scene import compute_scene
@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
                                                               "the last)")
     p.add_argument("--topk", type=int, default=d.topk, help=f"classes to list with --checkpoint (default {d.topk})")
     p.add_argument("--out", default=".", help="folder for the pictures (default: the current folder)")
+    p.add_argument("--pictures", default=",".join(d.pictures),
+                   help=f"comma-separated pictures to write (default all: {','.join(d.pictures)}; "
+                        "weights and topk need --checkpoint)")
+    p.add_argument("--name", help="with one FILE: start the output names with NAME instead of the file's stem")
     p.add_argument("--points", type=int, default=None,
                    help=f"points read per file (default: the checkpoint's, else {d.points})")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of mesh surface sampling")
@@ -94,10 +98,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not files:
         print(f"{prog}: no file to draw (got only settings: {' '.join(overrides)})", file=sys.stderr)
         return 2
+    if args.name and len(files) != 1:
+        print(f"{prog}: --name needs exactly one file (got {len(files)})", file=sys.stderr)
+        return 2
     if args.topk < 1 or args.dpi < 1 or (args.points is not None and args.points < 1):
         print(f"{prog}: --topk, --dpi and --points must be at least 1", file=sys.stderr)
         return 2
-    options = ShowOptions(seed=args.seed, block=args.block, topk=args.topk, dpi=args.dpi)
+    pictures = tuple(p.strip() for p in args.pictures.split(",") if p.strip())
+    unknown = sorted(set(pictures) - set(PICTURES))
+    if unknown or not pictures:
+        print(f"{prog}: --pictures: unknown {unknown or 'empty list'}; known: {','.join(PICTURES)}", file=sys.stderr)
+        return 2
+    options = ShowOptions(seed=args.seed, block=args.block, topk=args.topk, dpi=args.dpi, pictures=pictures)
     try:
         if args.checkpoint:
             if args.source:
@@ -113,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     failed = 0
-    for path, stem in zip(files, _stems(files)):
+    for path, stem in zip(files, [args.name] if args.name else _stems(files)):
         try:
             cloud = read_cloud(path, num_points, seed=options.seed)
         except Exception as exc:  # one unreadable file must not cost the others
@@ -121,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             failed += 1
             continue
         scene = compute_scene(model, cloud)
-        trained = run_trained(model, class_names, cloud, args.block, args.topk) if class_names else None
+        trained = run_trained(model, class_names, cloud, args.block, args.topk) if class_names is not None else None
         written = write_pictures(scene, args.out, stem, options, trained)
         if args.html:
             written.append(write_page(scene, Path(args.out) / f"{stem}_cloud.html"))
