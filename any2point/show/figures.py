@@ -157,7 +157,7 @@ def plot_pe(scene: Scene, options: ShowOptions | None = None, colours: PEColours
                    depthshade=False)
     share = ", ".join(f"{100 * e:.0f}%" for e in colours.explained)
     fig.suptitle(f"{scene.source}: position encoding of each token as RGB = first 3 principal components "
-                 f"({share} of the variance)", fontsize=9)
+                 f"({share} of the variance)" + (f"; {scene.pe_note}" if scene.pe_note else ""), fontsize=9)
     fig.tight_layout()
     return fig
 

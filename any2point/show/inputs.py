@@ -18,7 +18,7 @@ from any2point.data import read_points
 from any2point.model import Any2PointModel
 
 __all__ = ["read_cloud", "compose_train_config", "model_from_config", "model_from_overrides", "load_trained",
-           "LoadedCheckpoint"]
+           "LoadedCheckpoint", "as_points"]
 
 # The head is never run without a checkpoint (the pictures need no logits): any class count does.
 _UNTRAINED_CLASSES = 1

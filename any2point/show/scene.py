@@ -45,6 +45,7 @@ class Scene:
     patch: tuple[int, int] | None = None  # 2D: (height, width) pixels per table entry
     length: int | None = None  # 1D: table rows the lines span
     view_labels: tuple[str, ...] = ()
+    pe_note: str = ""  # set when the model does not add this PE to its tokens (ablations)
 
     @property
     def views(self) -> int:
@@ -62,6 +63,15 @@ def _view_labels(model: Any2PointModel, kind: str, views: int) -> tuple[str, ...
     if directions is None:
         return tuple(f"view {m + 1}" for m in range(views))
     return tuple(f"view {m + 1}: ({', '.join(f'{c:+.2f}' for c in d.tolist())})" for m, d in enumerate(directions))
+
+
+def _pe_note(model: Any2PointModel) -> str:
+    projection = model.config.projection
+    if projection.inject == "none":
+        return "not added by this model (projection.inject=none)"
+    if projection.kind != "virtual":
+        return f"not added by this model (projection.kind={projection.kind}: it learns its own)"
+    return ""
 
 
 @torch.no_grad()
@@ -91,7 +101,7 @@ def compute_scene(model: Any2PointModel, cloud: np.ndarray | torch.Tensor) -> Sc
         canvas=tuple(position.canvas) if position.canvas else None,
         patch=tuple(position.patch) if position.patch else None,
         length=getattr(model.views, "length", None) if kind == "1d" else None,
-        view_labels=_view_labels(model, kind, views))
+        view_labels=_view_labels(model, kind, views), pe_note=_pe_note(model))
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@ The model runs its own forward pass; the input of the chosen block's guided aggr
 then read with the adapter's own parts, in the order ``GuidedAdapters.aggregate`` uses them
 (3D reference, mini attention pooled per cell, per-view norm, cosine to the cells).
 ``ViewWeights.reconstructs`` checks the result against the aggregation's real output.
+
+``guided_weights`` is the one place that follows the adapter's internals: when they change,
+change it to match (tests/test_show.py fails until the reconstruction agrees again).
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from any2point.adapters import GuidedAdapters
+from any2point.adapters import CellAssignment, GuidedAdapters
 from any2point.adapters.guided import _cosine_to_cells, _token_reference
 from any2point.model import Any2PointModel
 
@@ -84,7 +87,8 @@ def _recording(adapters: GuidedAdapters, index: int, record: dict) -> Iterator[N
 
 
 @torch.no_grad()
-def guided_weights(adapters: GuidedAdapters, index: int, tokens: torch.Tensor, cells) -> tuple[torch.Tensor, torch.Tensor]:
+def guided_weights(adapters: GuidedAdapters, index: int, tokens: torch.Tensor,
+                   cells: CellAssignment) -> tuple[torch.Tensor, torch.Tensor]:
     """(weights (B*G, M), features (B*G, M, D)) of block ``index``'s ensemble on ``tokens``."""
     block = adapters.blocks[index]
     B, G, D = tokens.shape
