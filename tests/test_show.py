@@ -204,6 +204,8 @@ def test_errors_name_the_problem(trained_run, clouds, tmp_path, capsys):
     assert (tmp_path / "box_views.png").is_file()
     assert main([box, "--source", "tiny_1d", "--pictures", "views,bogus", "--out", str(tmp_path)]) == 2
     assert "unknown ['bogus']" in capsys.readouterr().err
+    assert main([box, "--source", "tiny_1d", "--pictures", "weights", "--out", str(tmp_path)]) == 2
+    assert "needs --checkpoint" in capsys.readouterr().err
 
 
 def test_only_the_requested_pictures_are_written_under_the_given_name(clouds, tmp_path):

@@ -109,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown or not pictures:
         print(f"{prog}: --pictures: unknown {unknown or 'empty list'}; known: {','.join(PICTURES)}", file=sys.stderr)
         return 2
+    if not args.checkpoint and set(pictures) <= {"weights", "topk"}:
+        print(f"{prog}: --pictures {args.pictures} needs --checkpoint (a trained model)", file=sys.stderr)
+        return 2
     options = ShowOptions(seed=args.seed, block=args.block, topk=args.topk, dpi=args.dpi, pictures=pictures)
     try:
         if args.checkpoint:
