@@ -148,6 +148,9 @@ class Any2PointModel(nn.Module):
     def embed(self, points: torch.Tensor) -> tuple[torch.Tensor, ForwardContext]:
         """Points -> input sequence (B, 1 + G, D) for the blocks, and the per-pass context."""
         tokens, centres = self.tokenizer(points)
+        # the sequence (and so the blocks' residual stream) in the parameters' dtype: under autocast
+        # the bf16 tokens join float32 positions, as a timm ViT's patches join its pos_embed
+        dtype = torch.promote_types(tokens.dtype, self.cls_token.dtype)
         where = self.views.positions(centres)
         inject = self.config.projection.inject
         position = None
@@ -157,10 +160,10 @@ class Any2PointModel(nn.Module):
             else:
                 pe = self.views.encode(self.source.position_table(), where)
             cls_pos = self.cls_position.to(pe.dtype).expand(pe.shape[0], 1, -1)
-            position = torch.cat([cls_pos, pe], dim=1).to(tokens.dtype)
+            position = torch.cat([cls_pos, pe], dim=1).to(dtype)
         cells = self.adapters.assign(where, centres) if self.adapters is not None else None
-        cls = self.cls_token.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
-        x = torch.cat([cls, tokens], dim=1)
+        cls = self.cls_token.to(dtype).expand(tokens.shape[0], 1, -1)
+        x = torch.cat([cls, tokens.to(dtype)], dim=1)
         if position is not None:
             x = x + position
         return x, ForwardContext(position if inject in ("every", "input_and_every") else None, cells)
