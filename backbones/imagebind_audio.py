@@ -105,7 +105,7 @@ class ImageBindAudioSource(FrozenSource):
             raise ValueError(f"{name}: depth must be in [1, {DEPTH}], got {depth}")
         position = PositionTable("2d", GRID, canvas=CANVAS, patch=PATCH)
         # drop-path rising linearly from 0 at the first block to drop_path_rate at the last (as timm)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         blocks = nn.ModuleList(ImageBindAudioBlock(attn_drop=attn_drop_rate, drop_path=r) for r in rates)
         super().__init__(name, WIDTH, HEADS, position, blocks, nn.LayerNorm(WIDTH, eps=EPS), weights_tag)
         rows, cols = GRID

@@ -102,9 +102,9 @@ def array_digest(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def fps_indices(clouds: np.ndarray, n: int, starts: np.ndarray | None = None) -> np.ndarray:
+def fps_indices(clouds: np.ndarray, n: int, first_picks: np.ndarray | None = None) -> np.ndarray:
     """FPS indices (B, n) of clouds (B, N, 3), computed in batches with ``ops.furthest_point_sample``
-    (which spreads each batch's clouds over the CPU threads). ``starts`` (B,): each cloud's first
+    (which spreads each batch's clouds over the CPU threads). ``first_picks`` (B,): each cloud's first
     pick (default 0)."""
     count, size = clouds.shape[0], clouds.shape[1]
     dtype = np.uint16 if size <= np.iinfo(np.uint16).max + 1 else np.int64
@@ -114,7 +114,7 @@ def fps_indices(clouds: np.ndarray, n: int, starts: np.ndarray | None = None) ->
 
     def one_batch(start: int) -> int:
         batch = torch.from_numpy(np.ascontiguousarray(clouds[start:start + step], dtype=np.float32))
-        first = 0 if starts is None else torch.from_numpy(np.asarray(starts[start:start + step], dtype=np.int64))
+        first = 0 if first_picks is None else torch.from_numpy(np.asarray(first_picks[start:start + step], np.int64))
         out[start:start + step] = ops.furthest_point_sample(batch, n, start=first).numpy()
         return start
 
