@@ -67,9 +67,11 @@ def test_projection_geometry_is_float32_under_autocast(kind):
     assert torch.equal(plain.source_units, mixed.source_units) and torch.equal(plain.table_coords, mixed.table_coords)
 
 
+_BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, GroupedBatchNorm)
+
+
 def _norms(model: nn.Module, where: str) -> list[tuple[str, nn.Module]]:
-    part = getattr(model, where)
-    return [(n, m) for n, m in part.named_modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, GroupedBatchNorm))]
+    return [(n, m) for n, m in getattr(model, where).named_modules() if isinstance(m, _BATCH_NORMS)]
 
 
 def _batch_statistics(model: nn.Module, points: torch.Tensor, autocast: bool):
@@ -77,7 +79,7 @@ def _batch_statistics(model: nn.Module, points: torch.Tensor, autocast: bool):
     (read back from the running averages, which start equal in both runs)."""
     model = copy.deepcopy(model).train()
     before = {id(m): (m.running_mean.clone(), m.running_var.clone()) for m in model.modules()
-              if isinstance(m, (nn.modules.batchnorm._BatchNorm, GroupedBatchNorm))}
+              if isinstance(m, _BATCH_NORMS)}
     torch.manual_seed(1)  # the same dropout masks in both runs
     with torch.autocast(**BF16, enabled=autocast):
         logits = model(points).detach().float()
