@@ -84,3 +84,21 @@ def test_fps_pools_need_stored_clouds(tmp_path):
     cfg = compose_data("shapes", protocol={"train_fps": 64, "fps_pools": 2}, num_points=32)
     with pytest.raises(ValueError, match="fps_pools"):
         build_dataset(cfg, "train")
+
+
+def test_modelnet40_resampled_pools_are_drawn_from_the_presampled_clouds(tmp_path):
+    from test_data_datasets import _write_resampled
+
+    root = tmp_path / "modelnet40_normal_resampled"
+    _write_resampled(root, ["airplane", "bed"], 2, 300)
+    cfg = compose_data("modelnet40_resampled", root=root, num_points=32, protocol={"train_fps": 48, "fps_pools": 2},
+                       presample_points=128, cache_dir=str(tmp_path / "cache"), augment=None, normalize=False)
+    train = build_dataset(cfg, "train")
+    assert train._pools.shape == (4, 128, 3) and train._epoch_pools.shape == (2, 4, 48)
+    cfg.protocol = {"train_fps": 48}
+    plain = build_dataset(cfg, "train")  # FPS 48 of the same 128 presampled points, from start 0
+    np.testing.assert_array_equal(train._pools[0][train._epoch_pools[0, 0]], plain._pools[0])
+    for epoch in range(4):
+        train.set_epoch(epoch)
+        pool = {tuple(p) for p in train._pools[1][train._epoch_pools[epoch % 2, 1]].round(5)}
+        assert {tuple(p) for p in train[1][0].numpy().round(5)} <= pool

@@ -39,10 +39,10 @@ LOADERS: dict[str, Callable[[dict, str, int], LoadedSplit]] = {
 _NORMALIZE_BY_DEFAULT = {"modelnet40_resampled", "folder", "shapes"}
 
 # Formats whose loader returns each stored cloud whole when asked for this many points (the
-# HDF5 releases keep clouds of at most that many points unchanged; file formats are asked
-# for their pre-sampled size instead): the per-epoch FPS pools are drawn from whole clouds.
+# HDF5 releases keep clouds of at most that many points unchanged; the resampled release is
+# asked for its pre-sampled size instead): the per-epoch FPS pools are drawn from whole clouds.
 _WHOLE_CLOUDS = 1 << 20
-_EPOCH_POOL_FORMATS = {"modelnet40_h5", "scanobjectnn", "modelnet40_resampled", "folder"}
+_EPOCH_POOL_FORMATS = {"modelnet40_h5", "scanobjectnn", "modelnet40_resampled"}
 
 
 def _epoch_pools(options: dict, fmt: str, protocol) -> tuple[int, int]:
@@ -55,8 +55,9 @@ def _epoch_pools(options: dict, fmt: str, protocol) -> tuple[int, int]:
     if fmt not in _EPOCH_POOL_FORMATS:
         raise ValueError(f"data.protocol.fps_pools > 1 needs stored clouds; data.format {fmt!r} has none "
                          f"(supported: {sorted(_EPOCH_POOL_FORMATS)})")
-    presample = options.get("presample_points") or options.get("mesh_points")
-    return pools, int(presample) if fmt in ("modelnet40_resampled", "folder") and presample else _WHOLE_CLOUDS
+    if fmt == "modelnet40_resampled":  # the pre-sampled clouds (8,192 FPS points) are the whole clouds
+        return pools, int(options.get("presample_points") or 8192)
+    return pools, _WHOLE_CLOUDS
 
 
 def build_dataset(cfg: Any, split: str, seed: int = 0) -> PointCloudDataset:
