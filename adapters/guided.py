@@ -51,6 +51,7 @@ class AdapterConfig:
     guided: bool = True  # False: bottleneck adapters only (baseline)
     view_cells: bool = True  # False: ablation without 1D/2D cells (adapter + 3D reference)
     reference: str = "voxel"  # 'voxel' | 'uniform' (ablation: no 3D reference, equal view weights)
+    pool: str = "mean"  # cell pooling: 'mean' | 'mean_max' (implemented by the `simplify` branch)
 
 
 def _token_reference(norm: nn.Module, tokens: torch.Tensor, cells: CellAssignment) -> torch.Tensor:

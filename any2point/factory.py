@@ -7,6 +7,7 @@ files, so a model built here and one built by ``any2point-train`` agree.
 """
 from __future__ import annotations
 
+import dataclasses
 from importlib import resources
 from typing import Any, Mapping
 
@@ -19,7 +20,7 @@ from .registry import create_source
 
 __all__ = ["create_model", "model_config", "model_preset_names"]
 
-_SECTIONS = ("tokenizer", "projection", "adapter", "head")
+_SECTIONS = tuple(f.name for f in dataclasses.fields(ModelConfig))  # tokenizer, projection, ..., init
 
 
 def _load_model_yaml(name: str) -> DictConfig | None:

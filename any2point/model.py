@@ -23,6 +23,7 @@ from any2point.adapters import AdapterConfig, CellAssignment, GuidedAdapters
 from any2point.backbones.base import FrozenSource
 from any2point.projections import LearnedPositionEncoding, ProjectionConfig, VirtualProjection
 
+from .init import initialise
 from .peft import PeftConfig, apply_peft, frozen_modules
 from .recompute import run_maybe_recomputed
 from .tokenizer import PointTokenizer, TokenizerConfig
@@ -42,6 +43,18 @@ class ModelConfig:
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    # initialisation of the trainable parts (any2point.init): torch | scan | modelnet (the release's per dataset)
+    init: str = "torch"
+    # source: the source's cls token / cls position where it has one, else N(0, 0.02); random: N(0, 0.02)
+    cls_token: str = "source"
+    cls_position: str = "source"
+    # run the frozen source's own dropout / drop-path in training (weights stay frozen); the rates
+    # are the source's, set at creation (source.options, e.g. attn_drop_rate, drop_path_rate)
+    source_dropout: bool = False
+
+
+# where the projection PE is added (ProjectionConfig.inject)
+_INJECT = ("input", "every", "input_and_every", "none")
 
 
 class ClassifierHead(nn.Sequential):
@@ -73,8 +86,11 @@ class Any2PointModel(nn.Module):
         peft = peft or PeftConfig()
         self.config, self.peft_config, self.num_classes = config, peft, num_classes
         D = source.width
-        if config.projection.inject not in ("input", "every", "none"):
-            raise ValueError(f"projection.inject must be 'input', 'every' or 'none', got {config.projection.inject!r}")
+        if config.projection.inject not in _INJECT:
+            raise ValueError(f"projection.inject must be one of {', '.join(_INJECT)}, got {config.projection.inject!r}")
+        for key in ("cls_token", "cls_position"):
+            if getattr(config, key) not in ("source", "random"):
+                raise ValueError(f"model.{key} must be 'source' or 'random', got {getattr(config, key)!r}")
         self.source = source
         self.tokenizer = PointTokenizer(D, config.tokenizer)
         self.views = VirtualProjection(source.position, config.projection)
@@ -82,10 +98,10 @@ class Any2PointModel(nn.Module):
         if config.projection.kind not in ("virtual", "learned"):
             raise ValueError(f"projection.kind must be 'virtual' or 'learned', got {config.projection.kind!r}")
 
-        cls = source.cls_token()
+        cls = source.cls_token() if config.cls_token == "source" else None
         self.cls_token = nn.Parameter(cls.detach().clone() if cls is not None else torch.randn(D) * 0.02)
-        cls_pos = source.cls_position()
-        self.cls_position = nn.Parameter(cls_pos.detach().clone() if cls_pos is not None else torch.zeros(D))
+        cls_pos = source.cls_position() if config.cls_position == "source" else None
+        self.cls_position = nn.Parameter(cls_pos.detach().clone() if cls_pos is not None else torch.randn(D) * 0.02)
 
         self.adapters = self.prompts = None
         if peft.name == "prompt":  # deep prompt tuning: fresh tokens before every block
@@ -98,6 +114,7 @@ class Any2PointModel(nn.Module):
         has_norm = any(True for _ in source.final_norm.parameters())
         self.norm = copy.deepcopy(source.final_norm) if has_norm else nn.LayerNorm(D)
         self.head = ClassifierHead(2 * D, num_classes, config.head)
+        initialise(self, config.init)
         apply_peft(self, peft)
         self.activation_checkpointing = False
 
@@ -116,10 +133,14 @@ class Any2PointModel(nn.Module):
             stage.activation_checkpointing = bool(on)
 
     def train(self, mode: bool = True) -> "Any2PointModel":
-        """Frozen parts stay in eval mode (their BatchNorm statistics and dropout never change)."""
+        """Frozen parts stay in eval mode (their BatchNorm statistics and dropout never change),
+        except the source's own dropout / drop-path when ``model.source_dropout`` is on: a source
+        has no running statistics, so its training mode only switches those on."""
         super().train(mode)
         for module in frozen_modules(self):
             module.eval()
+        if self.config.source_dropout:
+            self.source.train(mode)
         return self
 
     # -- the three steps of forward, separately callable for tests and benchmarks --------------
@@ -127,6 +148,9 @@ class Any2PointModel(nn.Module):
     def embed(self, points: torch.Tensor) -> tuple[torch.Tensor, ForwardContext]:
         """Points -> input sequence (B, 1 + G, D) for the blocks, and the per-pass context."""
         tokens, centres = self.tokenizer(points)
+        # the sequence (and so the blocks' residual stream) in the parameters' dtype: under autocast
+        # the bf16 tokens join float32 positions, as a timm ViT's patches join its pos_embed
+        dtype = torch.promote_types(tokens.dtype, self.cls_token.dtype)
         where = self.views.positions(centres)
         inject = self.config.projection.inject
         position = None
@@ -136,19 +160,20 @@ class Any2PointModel(nn.Module):
             else:
                 pe = self.views.encode(self.source.position_table(), where)
             cls_pos = self.cls_position.to(pe.dtype).expand(pe.shape[0], 1, -1)
-            position = torch.cat([cls_pos, pe], dim=1).to(tokens.dtype)
+            position = torch.cat([cls_pos, pe], dim=1).to(dtype)
         cells = self.adapters.assign(where, centres) if self.adapters is not None else None
-        cls = self.cls_token.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
-        x = torch.cat([cls, tokens], dim=1)
+        cls = self.cls_token.to(dtype).expand(tokens.shape[0], 1, -1)
+        x = torch.cat([cls, tokens.to(dtype)], dim=1)
         if position is not None:
             x = x + position
-        return x, ForwardContext(position if inject == "every" else None, cells)
+        return x, ForwardContext(position if inject in ("every", "input_and_every") else None, cells)
 
     def run_blocks(self, x: torch.Tensor, context: ForwardContext) -> torch.Tensor:
         """The source's stem and blocks, with PE re-injection and adapters; no final norm."""
         x = self.source.stem(x)
+        first = 0 if self.config.projection.inject == "input_and_every" else 1
         for i, block in enumerate(self.source.blocks):
-            if i > 0 and context.position is not None:
+            if i >= first and context.position is not None:
                 x = x + context.position
             x = self._run_block(i, block, x, context)
         return x

@@ -1,7 +1,9 @@
 """Optimizer and learning-rate schedule of the training recipe (METHOD.md section 6).
 
-- AdamW over the trainable parameters only, in two groups: weight decay on matrices and
-  kernels, none on 1-D parameters (biases, norm scales, the cls token and its position).
+- AdamW over the trainable parameters only, in two groups decided by each parameter's role,
+  never by its shape: weight decay on the weights of linear, convolution and attention
+  projections; none on normalisation parameters, biases, tokens and positions (a stack of
+  per-view norms is still norms, a (1, 1, D) cls token is still a token).
 - Learning rate per optimizer step: linear warm-up from ``warmup_lr`` to ``lr`` over
   ``warmup_epochs`` epochs' worth of steps, then a cosine from ``lr`` down to ``min_lr`` at
   the last step. Stepping per step (not per epoch) keeps the warm-up smooth when an epoch
@@ -15,18 +17,40 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["parameter_groups", "build_optimizer", "lr_at", "build_scheduler"]
+__all__ = ["decays", "parameter_groups", "build_optimizer", "lr_at", "build_scheduler"]
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+_MATRICES = (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear)
+# Modules that store their parts as stacked Parameters instead of submodules: which of their
+# parameters are projection matrices (decayed) and which are norm parameters (not decayed).
+_STACKED_MATRICES = {"ViewMiniAttention": {"qkv_weight", "out_weight"}}
+_STACKED_NORMS = {"GroupedBatchNorm"}
+
+
+def decays(module: nn.Module, name: str) -> bool:
+    """Whether parameter ``name`` registered directly on ``module`` takes weight decay, by role:
+    projection weights do; norms, biases, tokens, positions, scales and embedding tables do not."""
+    kind = type(module).__name__
+    if isinstance(module, _NORMS) or kind in _STACKED_NORMS:
+        return False
+    if name == "bias" or name.endswith("_bias") or name.startswith("bias_"):
+        return False
+    if isinstance(module, _MATRICES) or isinstance(module, nn.MultiheadAttention):
+        return name.endswith("weight")
+    return name in _STACKED_MATRICES.get(kind, ())
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters split into decayed (ndim >= 2) and not decayed (ndim <= 1) groups."""
+    """Trainable parameters split into decayed and not decayed groups by role (:func:`decays`)."""
     decay, no_decay = [], []
     seen: set[int] = set()
-    for _, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        (no_decay if p.ndim <= 1 else decay).append(p)
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            (decay if decays(module, name) else no_decay).append(p)
     if not decay and not no_decay:
         raise ValueError("the model has no trainable parameters: check the peft config")
     groups = []

@@ -38,6 +38,11 @@ class TokenizerConfig:
     normalize: str = "scan"
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when it is a narrower float (geometry never runs in half precision)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 class SinusoidalOffsetEncoding(nn.Module):
     """sin/cos(beta * offset / alpha^(i/F)) per axis, F = C/6 frequencies -> C channels."""
 
@@ -49,9 +54,12 @@ class SinusoidalOffsetEncoding(nn.Module):
         inv = beta / alpha ** (torch.arange(freqs, dtype=torch.float32) / freqs)
         self.register_buffer("inv_freq", inv, persistent=False)
 
-    def forward(self, offsets: torch.Tensor) -> torch.Tensor:  # (..., 3) -> (..., C)
-        angles = offsets.unsqueeze(-1) * self.inv_freq.to(offsets.dtype)  # (..., 3, F)
-        return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+    def forward(self, offsets: torch.Tensor) -> torch.Tensor:  # (..., 3) -> (..., C) float32
+        # angles reach beta * max|offset| (~100 rad): float32 even under autocast (bf16 keeps
+        # 8 significant bits, an error of ~0.5 rad at 100 rad)
+        with torch.autocast(device_type=offsets.device.type, enabled=False):
+            angles = _wide(offsets).unsqueeze(-1) * self.inv_freq.to(_wide(offsets).dtype)  # (..., 3, F)
+            return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
 
 
 class Bottleneck(nn.Module):
@@ -88,7 +96,7 @@ class TokenizerStage(nn.Module):
     def forward(self, xyz: torch.Tensor, feats: torch.Tensor, num_centres: int) -> tuple[torch.Tensor, torch.Tensor]:
         B = feats.shape[0]
         centre_idx, centres, group_idx = self.group(xyz, num_centres)
-        offsets = gather_points(xyz, group_idx) - centres.unsqueeze(2)
+        offsets = gather_points(_wide(xyz), group_idx) - centres.unsqueeze(2)
         if self.normalize == "scan":
             offsets = offsets / offsets.abs().amax(dim=2, keepdim=True).clamp_min(1e-5)
         else:  # per cloud, so a cloud's tokens never depend on the rest of the batch
@@ -99,10 +107,13 @@ class TokenizerStage(nn.Module):
 
     def group(self, xyz: torch.Tensor, num_centres: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The stage's geometry: FPS centres (indices (B, G) and points (B, G, 3)) and the indices
-        of each centre's k nearest points (B, G, k)."""
-        centre_idx = furthest_point_sample(xyz, num_centres)
-        centres = gather_points(xyz, centre_idx)
-        return centre_idx, centres, knn(centres, xyz, min(self.k, xyz.shape[1]))
+        of each centre's k nearest points (B, G, k). Distances in float32 even under autocast
+        (a bf16 matmul would pick other neighbours)."""
+        with torch.autocast(device_type=xyz.device.type, enabled=False):
+            xyz = _wide(xyz)
+            centre_idx = furthest_point_sample(xyz, num_centres)
+            centres = gather_points(xyz, centre_idx)
+            return centre_idx, centres, knn(centres, xyz, min(self.k, xyz.shape[1]))
 
     def grouped_features(self, feats: torch.Tensor, centre_idx: torch.Tensor, group_idx: torch.Tensor,
                          offsets: torch.Tensor) -> torch.Tensor:
@@ -113,7 +124,7 @@ class TokenizerStage(nn.Module):
         centre_feats = gather_points(feats, centre_idx)  # (B, G, C)
         grouped = torch.cat([gather_points(feats, group_idx),
                              centre_feats.unsqueeze(2).expand(-1, -1, k, -1)], dim=-1)
-        grouped = grouped + self.encode(offsets.to(grouped.dtype))  # (B, G, k, 2C)
+        grouped = grouped + self.encode(offsets).to(grouped.dtype)  # (B, G, k, 2C)
         h = grouped.view(-1, 2 * C)  # (B*G*k, 2C)
         for block in self.blocks:
             # nested in the stage's own recomputation: in backward only one block's internals

@@ -61,19 +61,27 @@ class AudioMlp(nn.Module):
 
 
 class ImageBindAudioBlock(SourceBlock):
-    """ImageBind's ``BlockWithMasking`` (pre-LN, attention with bias tokens), batch-first."""
+    """ImageBind's ``BlockWithMasking`` (pre-LN, attention with bias tokens), batch-first.
 
-    def __init__(self, width: int = WIDTH, heads: int = HEADS, mlp_ratio: int = MLP_RATIO):
+    ``attn_drop`` / ``drop_path``: attention dropout and stochastic depth, active only when
+    the block is in training mode (the paper experiments' regulariser; weights stay frozen)."""
+
+    def __init__(self, width: int = WIDTH, heads: int = HEADS, mlp_ratio: int = MLP_RATIO,
+                 attn_drop: float = 0.0, drop_path: float = 0.0):
         super().__init__()
+        from timm.layers import DropPath
+
         self.norm_1 = nn.LayerNorm(width, eps=EPS)
-        self.attn = nn.MultiheadAttention(width, heads, bias=True, add_bias_kv=True, batch_first=True)
+        self.attn = nn.MultiheadAttention(width, heads, dropout=attn_drop, bias=True, add_bias_kv=True,
+                                          batch_first=True)
         self.norm_2 = nn.LayerNorm(width, eps=EPS)
         self.mlp = AudioMlp(width, mlp_ratio * width)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, ffn_hook=None) -> torch.Tensor:
         y = self.norm_1(x)
-        h = x + self.attn(y, y, y, need_weights=False)[0]
-        f = self.mlp(self.norm_2(h))
+        h = x + self.drop_path(self.attn(y, y, y, need_weights=False)[0])
+        f = self.drop_path(self.mlp(self.norm_2(h)))
         return h + f if ffn_hook is None else h + f + ffn_hook(f)
 
 
@@ -91,12 +99,15 @@ def _official_name(own: str) -> str:
 
 
 class ImageBindAudioSource(FrozenSource):
-    def __init__(self, name: str = "imagebind_audio", depth: int = DEPTH, weights_tag: str = "random"):
+    def __init__(self, name: str = "imagebind_audio", depth: int = DEPTH, weights_tag: str = "random",
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0):
         if not 1 <= depth <= DEPTH:
             raise ValueError(f"{name}: depth must be in [1, {DEPTH}], got {depth}")
         position = PositionTable("2d", GRID, canvas=CANVAS, patch=PATCH, cls=True)
-        super().__init__(name, WIDTH, HEADS, position, nn.ModuleList(ImageBindAudioBlock() for _ in range(depth)),
-                         nn.LayerNorm(WIDTH, eps=EPS), weights_tag)
+        # drop-path rising linearly from 0 at the first block to drop_path_rate at the last (as timm)
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        blocks = nn.ModuleList(ImageBindAudioBlock(attn_drop=attn_drop_rate, drop_path=r) for r in rates)
+        super().__init__(name, WIDTH, HEADS, position, blocks, nn.LayerNorm(WIDTH, eps=EPS), weights_tag)
         rows, cols = GRID
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + rows * cols, WIDTH))
         self.cls = nn.Parameter(torch.zeros(1, 1, WIDTH))
@@ -264,17 +275,19 @@ def _official_audio(name: str, depth: int) -> Path:
 
 
 def build_imagebind_audio(name: str = "imagebind_audio", *, pretrained: bool = True, weights: str | None = None,
-                          depth: int = DEPTH) -> ImageBindAudioSource:
+                          depth: int = DEPTH, attn_drop_rate: float = 0.0,
+                          drop_path_rate: float = 0.0) -> ImageBindAudioSource:
     """Random, a local checkpoint (``source.weights``: full .pth or audio .safetensors), or the official one."""
+    regularise = dict(attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
     if not pretrained:
-        return ImageBindAudioSource(name, depth)
+        return ImageBindAudioSource(name, depth, **regularise)
     local = local_weights(weights, name)
     if local is None:
         path, tag = _official_audio(name, depth), "imagebind_huge"
     else:
         path = local if local.suffix == ".safetensors" else _cached_audio(local, _cache_for(local), depth)
         tag = f"file:{local.name}"
-    source = ImageBindAudioSource(name, depth, weights_tag=tag)
+    source = ImageBindAudioSource(name, depth, weights_tag=tag, **regularise)
     with _open_checkpoint(path) as state:
         source.load_official(state, str(path))
     return source
@@ -283,6 +296,8 @@ def build_imagebind_audio(name: str = "imagebind_audio", *, pretrained: bool = T
 @register_source("imagebind_audio", family="imagebind", width=WIDTH, depth=DEPTH, heads=HEADS,
                  position=PositionTable("2d", GRID, canvas=CANVAS, patch=PATCH, cls=True), origin=f"official {CHECKPOINT} ({URL})", licence=LICENCE,
                  weights_available=_weights_on_disk)
-def imagebind_audio(pretrained: bool = True, weights: str | None = None, depth: int = DEPTH) -> ImageBindAudioSource:
+def imagebind_audio(pretrained: bool = True, weights: str | None = None, depth: int = DEPTH,
+                    attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> ImageBindAudioSource:
     """ImageBind-Huge audio trunk (audio spectrograms; key/value bias tokens kept)."""
-    return build_imagebind_audio("imagebind_audio", pretrained=pretrained, weights=weights, depth=depth)
+    return build_imagebind_audio("imagebind_audio", pretrained=pretrained, weights=weights, depth=depth,
+                                 attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)

@@ -27,7 +27,10 @@ class ProjectionConfig:
     # 'virtual': read the source's table; 'learned': ablation, a 3D position MLP instead.
     # The per-view positions are computed either way (the guided adapter's cells use them).
     kind: str = "virtual"
-    inject: str = "every"  # 'input' (once) | 'every' (before every block) | 'none'
+    # 'input' (once) | 'every' (before every block, the input included) | 'input_and_every' (at the input
+    # and again before every block: the first block sees it twice, as the release's CLIP ScanObjectNN run)
+    # | 'none'
+    inject: str = "every"
     views: int = 6  # M: 2D sources use the first M cube views, 1D sources the first M lines
     translation: float = -1.8  # 2D: camera pushed back by t (ScanObjectNN -1.8, ModelNet -1.4)
     directions: list[list[float]] | None = None  # 1D line directions; default: the cube's face diagonals
@@ -73,7 +76,7 @@ class VirtualProjection(nn.Module):
     def positions(self, centres: torch.Tensor) -> ViewPositions:
         if self.position.kind == "2d":
             pix = project_2d(centres.float(), self.rotations, self.config.translation, self.position.canvas)
-            return ViewPositions("2d", pix, pixels_to_grid(pix, self.position.patch, self.position.shape))
+            return ViewPositions("2d", pix, pixels_to_grid(pix, self.position.canvas, self.position.shape))
         rows = project_1d(centres.float(), self.directions, self.length)
         return ViewPositions("1d", rows.unsqueeze(-1), rows)
 

@@ -129,40 +129,14 @@ def test_clip_text_is_bidirectional_by_default():
     assert compose("train", overrides=["source=clip_text"]).source.options == {"causal": False}
 
 
-# The release's per-run settings (METHOD.md 5): r, s, c, g, g3, t, PE injection.
-RELEASE = {
-    ("clip_text", "scanobjectnn"): (16, 0.3, 0.3, 2, 0.08, None, "every"),
-    ("dinov2", "scanobjectnn"): (8, 0.3, 0.7, 26, 0.16, -1.8, "every"),
-    ("imagebind_audio", "scanobjectnn"): (12, 0.3, 0.5, 16, 0.16, -1.4, "input"),
-    ("clip_text", "modelnet40"): (16, 0.3, 0.5, 2, 0.16, None, "every"),
-    ("dinov2", "modelnet40"): (8, 1.0, 0.1, 26, 0.16, -1.4, "every"),
-    ("imagebind_audio", "modelnet40"): (8, 1.0, 0.1, 16, 0.16, -1.4, "input"),
-}
-
-
-@pytest.mark.parametrize("source,dataset", sorted(RELEASE))
-def test_experiments_carry_the_release_settings_and_recipe(source, dataset):
-    cfg = compose("train", overrides=[f"experiment={source}_{dataset}"])
-    r, s, c, g, g3, t, inject = RELEASE[(source, dataset)]
-    a, p, tok = cfg.model.adapter, cfg.model.projection, cfg.model.tokenizer
-    assert (a.rank, a.scale, a.coef, a.cell, a.voxel, p.inject) == (r, s, c, g, g3, inject)
-    if t is not None:
-        assert p.translation == t
-    assert cfg.source.name == source and cfg.peft.name == "any2point"
-    if dataset == "scanobjectnn":
-        assert cfg.data.name == "scanobjectnn_pb_t50_rs" and (tok.k, tok.normalize) == (81, "scan")
-    else:
-        assert cfg.data.name == "modelnet40" and (tok.k, tok.normalize) == (64, "modelnet")
-    tr = cfg.train
-    assert (tr.epochs, tr.batch_size, tr.eval_batch_size, tr.lr, tr.weight_decay, tr.warmup_epochs, tr.warmup_lr,
-            tr.min_lr, tr.grad_clip) == (300, 32, 64, 5e-4, 0.05, 10, 1e-6, 1e-6, 10.0)
+# The paper experiments against METHOD.md's per-run table: tests/test_paper_experiments.py
 
 
 def test_command_line_beats_experiment():
     cfg = compose("train", overrides=["experiment=dinov2_modelnet40", "train.epochs=2", "source=tiny_2d"])
     assert cfg.train.epochs == 2 and cfg.source.name == "tiny_2d"
-    # the model preset follows the chosen source (tiny_2d's cells), the experiment's values go over it
-    assert cfg.model.adapter.cell == 16 and cfg.model.adapter.coef == 0.1 and cfg.model.tokenizer.k == 64
+    # a paper experiment states all its values: they go over the chosen source's preset
+    assert cfg.model.adapter.cell == 26 and cfg.model.adapter.coef == 0.1 and cfg.model.tokenizer.k == 81
 
 
 def test_modelnet40_cpu_experiment_trains_minilm_with_a_validation_split():

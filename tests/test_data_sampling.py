@@ -57,7 +57,7 @@ def test_a_resumed_run_reproduces_an_uninterrupted_one(shapes_cfg):
 
 def test_test_split_is_deterministic_and_unaugmented(shapes_cfg):
     test = build_dataset(shapes_cfg, "test", seed=0)
-    assert test.transforms is None
+    assert not test.transforms  # no augmentation (shapes has no evaluation transforms)
     first = test[3][0]
     test.set_epoch(7)
     assert torch.equal(test[3][0], first)

@@ -156,15 +156,23 @@ def test_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():
     assert seen == pytest.approx([lr_at(s, **kw) for s in range(100)], rel=1e-12)
 
 
-def test_no_weight_decay_on_one_dimensional_parameters():
+def test_weight_decay_by_role_not_by_shape():
     model = any2point.create_model("tiny_2d", num_classes=3)
     decay, no_decay = parameter_groups(model, 0.05)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
-    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim <= 1 for p in no_decay["params"])
     ids = {id(p) for g in (decay, no_decay) for p in g["params"]}
     assert ids == {id(p) for p in model.parameters() if p.requires_grad}
-    assert id(model.cls_token) in {id(p) for p in no_decay["params"]}
     assert not any(id(p) in ids for p in model.source.parameters())
+    decayed = {id(p) for p in decay["params"]}
+    # decayed: exactly the projection matrices (Linear weights and the mini attention's stacked per-view ones)
+    matrices = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    attention = model.adapters.mini_attention
+    matrices |= {id(attention.qkv_weight), id(attention.out_weight)}
+    assert decayed == {i for i in matrices if i in ids}
+    # not decayed whatever their shape: the stacked per-view norms (2-D), tokens and positions
+    for p in (attention.norm_weight, attention.norm_bias, model.cls_token, model.cls_position):
+        assert id(p) not in decayed
+    assert attention.norm_weight.ndim == 2
 
 
 # ----------------------------------------------------------------------------- kill and resume

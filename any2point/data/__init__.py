@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .base import LoadedSplit, PointCloudDataset
+from .fps_cache import cached_epoch_pools
 from .folder import load_folder
 from .modelnet40 import load_modelnet40
 from .modelnet40_resampled import load_modelnet40_resampled
-from .options import as_dict, protocol_of
+from .options import as_dict, cache_of, protocol_of
 from .pointfile import read_points
 from .protocol import SPLITS
 from .readers import SUPPORTED_EXTENSIONS, Geometry, read_geometry
@@ -37,6 +38,27 @@ LOADERS: dict[str, Callable[[dict, str, int], LoadedSplit]] = {
 # Datasets whose stored clouds are not already centred and scaled: normalise each sample.
 _NORMALIZE_BY_DEFAULT = {"modelnet40_resampled", "folder", "shapes"}
 
+# Formats whose loader returns each stored cloud whole when asked for this many points (the
+# HDF5 releases keep clouds of at most that many points unchanged; the resampled release is
+# asked for its pre-sampled size instead): the per-epoch FPS pools are drawn from whole clouds.
+_WHOLE_CLOUDS = 1 << 20
+_EPOCH_POOL_FORMATS = {"modelnet40_h5", "scanobjectnn", "modelnet40_resampled"}
+
+
+def _epoch_pools(options: dict, fmt: str, protocol) -> tuple[int, int]:
+    """(pools, points to load per stored cloud) of the training split (``data.protocol.fps_pools``)."""
+    pools = int((options.get("protocol") or {}).get("fps_pools") or 1)
+    if pools < 1:
+        raise ValueError(f"data.protocol.fps_pools must be >= 1, got {pools}")
+    if pools == 1:
+        return 1, protocol.pool_size("train")
+    if fmt not in _EPOCH_POOL_FORMATS:
+        raise ValueError(f"data.protocol.fps_pools > 1 needs stored clouds; data.format {fmt!r} has none "
+                         f"(supported: {sorted(_EPOCH_POOL_FORMATS)})")
+    if fmt == "modelnet40_resampled":  # the pre-sampled clouds (8,192 FPS points) are the whole clouds
+        return pools, int(options.get("presample_points") or 8192)
+    return pools, _WHOLE_CLOUDS
+
 
 def build_dataset(cfg: Any, split: str, seed: int = 0) -> PointCloudDataset:
     """The ``split`` ('train', 'val' or 'test') of the dataset described by the ``data`` config.
@@ -54,13 +76,19 @@ def build_dataset(cfg: Any, split: str, seed: int = 0) -> PointCloudDataset:
         raise ValueError("split 'val' needs data.val_fraction > 0 (it is carved from the training split)")
     protocol = protocol_of(options, split)
     source_split = "test" if split == "test" else "train"
-    loaded = LOADERS[fmt](options, source_split, protocol.pool_size(split))
+    pools, load_size = _epoch_pools(options, fmt, protocol) if split == "train" else (1, protocol.pool_size(split))
+    loaded = LOADERS[fmt](options, source_split, load_size)
+    epoch_pools = None
+    if pools > 1 and loaded.pools.shape[1] > protocol.train_fps:
+        epoch_pools = cached_epoch_pools(loaded.pools, protocol.train_fps, pools, cache_of(options))
     rows = None
     if source_split == "train" and val_fraction > 0:
         train_rows, val_rows = stratified_split(loaded.labels, val_fraction, seed)
         rows = val_rows if split == "val" else train_rows
-    transforms = build_transforms(options.get("augment"), str(options.get("up_axis", "y")))
+    up_axis = str(options.get("up_axis", "y"))
+    transforms = build_transforms(options.get("augment") if split == "train" else options.get("eval_transforms"),
+                                  up_axis)
     return PointCloudDataset(loaded.pools, loaded.labels, loaded.class_names, split, protocol, rows=rows,
-                             transforms=transforms, seed=seed,
+                             transforms=transforms, seed=seed, epoch_pools=epoch_pools,
                              normalize=bool(options.get("normalize", fmt in _NORMALIZE_BY_DEFAULT)),
                              name=str(options.get("name", fmt)), skipped=loaded.skipped)

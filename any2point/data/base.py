@@ -37,13 +37,16 @@ class PointCloudDataset(Dataset):
 
     ``rows`` selects which stored pools belong to this split (the val split shares the
     training pools). ``normalize`` centres and scales each selected sample to the unit
-    sphere before augmentation.
+    sphere before augmentation. ``transforms`` are the training augmentations, or for val /
+    test the deterministic evaluation transforms (``data.eval_transforms``, e.g. centring).
+    ``epoch_pools`` (K, N, train_fps): K FPS orderings of every stored cloud; training takes
+    ordering ``epoch % K`` as the cloud's pool (data.protocol.fps_pools).
     """
 
     def __init__(self, pools: np.ndarray, labels: np.ndarray, class_names: list[str], split: str,
                  protocol: PointProtocol, rows: np.ndarray | None = None, transforms: Compose | None = None,
                  seed: int = 0, normalize: bool = False, name: str = "",
-                 skipped: list[tuple[str, str]] | None = None):
+                 skipped: list[tuple[str, str]] | None = None, epoch_pools: np.ndarray | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if pools.ndim != 3 or pools.shape[-1] != 3 or len(pools) != len(labels):
@@ -56,7 +59,10 @@ class PointCloudDataset(Dataset):
         self.protocol = protocol
         self.num_points = protocol.num_points
         self.training = split == "train"
-        self.transforms = transforms if self.training else None
+        self.transforms = transforms
+        if epoch_pools is not None and (epoch_pools.ndim != 3 or epoch_pools.shape[1] != len(pools)):
+            raise ValueError(f"epoch_pools must be (K, {len(pools)}, P), got {epoch_pools.shape}")
+        self._epoch_pools = epoch_pools
         self.seed = int(seed)
         self.normalize = normalize
         self.name = name
@@ -91,7 +97,11 @@ class PointCloudDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         index = int(index) % len(self)
         rng = self.rng(index)
-        points = self.protocol.select(self._pools[self._rows[index]], self.training, rng)
+        row = self._rows[index]
+        pool = self._pools[row]
+        if self._epoch_pools is not None:
+            pool = pool[self._epoch_pools[(self.epoch if self.training else 0) % len(self._epoch_pools), row]]
+        points = self.protocol.select(pool, self.training, rng)
         if self.normalize:
             points = normalize_unit_sphere(points)
         if self.transforms:

@@ -22,8 +22,8 @@ import torch
 
 from .. import ops
 
-__all__ = ["ArrayCache", "file_digest", "default_cache_dir", "fps_indices", "cached_fps_indices",
-           "FPS_VERSION"]
+__all__ = ["ArrayCache", "file_digest", "array_digest", "default_cache_dir", "fps_indices", "cached_fps_indices",
+           "fps_starts", "cached_epoch_pools", "FPS_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +95,17 @@ class ArrayCache:
             raise
 
 
-def fps_indices(clouds: np.ndarray, n: int) -> np.ndarray:
+def array_digest(array: np.ndarray) -> str:
+    """SHA-256 of an array's shape, dtype and bytes (hex): a cache key for data held in memory."""
+    h = hashlib.sha256(f"{array.shape}|{array.dtype}".encode())
+    h.update(np.ascontiguousarray(array).data)
+    return h.hexdigest()
+
+
+def fps_indices(clouds: np.ndarray, n: int, first_picks: np.ndarray | None = None) -> np.ndarray:
     """FPS indices (B, n) of clouds (B, N, 3), computed in batches with ``ops.furthest_point_sample``
-    (which spreads each batch's clouds over the CPU threads)."""
+    (which spreads each batch's clouds over the CPU threads). ``first_picks`` (B,): each cloud's first
+    pick (default 0)."""
     count, size = clouds.shape[0], clouds.shape[1]
     dtype = np.uint16 if size <= np.iinfo(np.uint16).max + 1 else np.int64
     out = np.empty((count, n), dtype=dtype)
@@ -106,7 +114,8 @@ def fps_indices(clouds: np.ndarray, n: int) -> np.ndarray:
 
     def one_batch(start: int) -> int:
         batch = torch.from_numpy(np.ascontiguousarray(clouds[start:start + step], dtype=np.float32))
-        out[start:start + step] = ops.furthest_point_sample(batch, n).numpy()
+        first = 0 if first_picks is None else torch.from_numpy(np.asarray(first_picks[start:start + step], np.int64))
+        out[start:start + step] = ops.furthest_point_sample(batch, n, start=first).numpy()
         return start
 
     started = last_report = time.perf_counter()
@@ -130,3 +139,35 @@ def cached_fps_indices(clouds: np.ndarray, n: int, cache: ArrayCache, key: str) 
     indices = fps_indices(clouds, n)
     cache.save(entry, indices)
     return indices
+
+
+# Seeds of the pools' start points: fixed, so every run (and the cache) sees the same pools.
+_POOL_STREAM = 0xF95
+
+
+def fps_starts(count: int, size: int, pool: int) -> np.ndarray:
+    """The first pick of every cloud in pool ``pool``: index 0 for pool 0 (the plain FPS order, the
+    one evaluation uses), a seeded random point for the others."""
+    if pool == 0:
+        return np.zeros(count, dtype=np.int64)
+    return np.random.default_rng([_POOL_STREAM, pool]).integers(0, size, count)
+
+
+def cached_epoch_pools(clouds: np.ndarray, n: int, pools: int, cache: ArrayCache) -> np.ndarray:
+    """``pools`` FPS orderings of ``n`` points of every cloud (pools, B, n), each from other start
+    points: training takes pool ``epoch % pools``, so the FPS points differ from epoch to epoch.
+
+    The release shuffles a cloud before FPS every epoch, which amounts to FPS from a random start
+    point; a fixed set of start points keeps that variation at a one-time, cached cost."""
+    if pools < 1:
+        raise ValueError(f"data.protocol.fps_pools must be >= 1, got {pools}")
+    key = f"pools-{array_digest(clouds)[:40]}"
+    out = []
+    for pool in range(pools):
+        entry = f"{key}-N{clouds.shape[1]}-n{n}-p{pool}-{FPS_VERSION}"
+        indices = cache.load(entry, (clouds.shape[0], n))
+        if indices is None or int(indices.max(initial=0)) >= clouds.shape[1]:
+            indices = fps_indices(clouds, n, fps_starts(clouds.shape[0], clouds.shape[1], pool))
+            cache.save(entry, indices)
+        out.append(indices)
+    return np.stack(out)
