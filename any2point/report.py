@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .errors import exit_on_user_error
+
 __all__ = ["collect_runs", "markdown_table", "write_report", "main", "COLUMNS"]
 
 COLUMNS = ["run", "source", "data", "peft", "split", "oa", "macc", "trainable_params", "seconds"]
@@ -94,6 +96,7 @@ def write_report(root: str | Path) -> tuple[str, list[dict], list[str]]:
     return table, rows, problems
 
 
+@exit_on_user_error("any2point-report")
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="any2point-report",
                                 description="Tabulate every run (metrics.json) below a folder, e.g. a sweep.")

@@ -102,7 +102,10 @@ class TokenizerStage(nn.Module):
         of each centre's k nearest points (B, G, k)."""
         centre_idx = furthest_point_sample(xyz, num_centres)
         centres = gather_points(xyz, centre_idx)
-        return centre_idx, centres, knn(centres, xyz, min(self.k, xyz.shape[1]))
+        if not 0 < self.k <= xyz.shape[1]:
+            raise ValueError(f"model.tokenizer.k={self.k} neighbours, but this stage groups {xyz.shape[1]} points: "
+                             f"k must be between 1 and the points grouped")
+        return centre_idx, centres, knn(centres, xyz, self.k)
 
     def grouped_features(self, feats: torch.Tensor, centre_idx: torch.Tensor, group_idx: torch.Tensor,
                          offsets: torch.Tensor) -> torch.Tensor:
