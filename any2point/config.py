@@ -77,7 +77,7 @@ class TrainConfig:
     grad_clip: float | None = 10.0  # max gradient norm; null: no clipping
     label_smoothing: float = 0.0
     val_every: int = 1  # validate every N epochs (and always after the last)
-    resume: bool = True  # continue from <run dir>/last.pt when it exists
+    resume: bool = True  # continue from <run dir>/last.safetensors when it exists
 
 
 @dataclass
