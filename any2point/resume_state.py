@@ -19,7 +19,6 @@ back (types, key sets, shapes, against the live model, optimizer and scheduler) 
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,6 +28,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from . import runtime
 from .atomic import atomic_write
 from .errors import CheckpointError
 from .plain_data import PlainDataError, from_plain
@@ -227,13 +227,15 @@ def _optimizer_state(state: TrainingState, optimizer: torch.optim.Optimizer) -> 
 
 
 def _restore_rng(info: RngInfo, tensors: Mapping[str, torch.Tensor], rank: int) -> None:
+    """The saved lists back to the forms :func:`any2point.runtime.set_rng_state` takes."""
     version, internal, gauss = info.python
-    random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = info.numpy
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(tensors[f"rng/{rank}/torch"])
-    if info.cuda_devices and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensors[f"rng/{rank}/cuda/{i}"] for i in range(info.cuda_devices)])
+    state = {"python": (version, tuple(internal), gauss),
+             "numpy": (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached),
+             "torch": tensors[f"rng/{rank}/torch"]}
+    if info.cuda_devices:
+        state["cuda"] = [tensors[f"rng/{rank}/cuda/{i}"] for i in range(info.cuda_devices)]
+    runtime.set_rng_state(state)
 
 
 def restore_training_state(state: TrainingState, *, model: torch.nn.Module, model_keys: set[str],

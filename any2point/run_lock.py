@@ -60,7 +60,11 @@ def acquire(run_dir: str | os.PathLike) -> None:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:  # never through a planted symlink: the file is truncated below
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:
+        raise RunDirectoryLockedError(f"cannot open the lock file {path} of the run directory {run_dir} ({exc}); "
+                                      f"remove it if it is not a plain file, or choose another hydra.run.dir") from None
     if not _try_lock(fd):
         os.close(fd)
         raise RunDirectoryLockedError(

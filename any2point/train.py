@@ -39,8 +39,8 @@ from .history import EpochHistory
 from .metrics import ClassificationResult
 from .optim import build_optimizer, build_scheduler
 from .params import parameter_report
-from .resume_state import (LEGACY_TRAINING_STATE, TRAINING_STATE, read_training_state, refuse_legacy_state,
-                           restore_training_state, save_training_state)
+from .resume_state import (LEGACY_TRAINING_STATE, TRAINING_STATE, TrainingState, read_training_state,
+                           refuse_legacy_state, restore_training_state, save_training_state)
 from .run_data import RunSplits, load_splits
 from .run_lock import run_directory_lock
 
@@ -73,8 +73,8 @@ def _check_resumable(saved: dict, now: dict, path: Path) -> None:
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
         raise CheckpointError(f"{path} was written by a run with other settings ({detail}{' ...' if len(changed) > 6 else ''}); "
-                         f"rerun with the same settings to resume, use another hydra.run.dir, or set train.resume=false "
-                         f"to start this directory over")
+                              f"rerun with the same settings to resume, use another hydra.run.dir, or set "
+                              f"train.resume=false to start this directory over")
 
 
 def _source_section(cfg: DictConfig) -> dict:
@@ -100,8 +100,9 @@ class _Run:
         autocast(ctx.device, cfg.trainer.precision)  # an unusable precision fails before any work
         if cfg.trainer.compile and cfg.trainer.activation_checkpointing:
             raise ConfigError("trainer.compile=true and trainer.activation_checkpointing=true cannot be combined: "
-                             "checkpointing keeps BatchNorm statistics right by re-running regions eagerly, "
-                             "which torch.compile does not trace; set one of them to false")
+                              "checkpointing keeps BatchNorm statistics right by re-running regions eagerly, "
+                              "which torch.compile does not trace; set one of them to false")
+        saved = self._read_state() if cfg.train.resume else None  # a bad state fails before any data is read
         runtime.configure(cfg.trainer, ctx.device)
         runtime.seed_everything(cfg.seed)
         self.splits: RunSplits = load_splits(cfg.data, cfg.seed)
@@ -121,9 +122,9 @@ class _Run:
         self.seconds_before = 0.0
         self.last_val: tuple[int, ClassificationResult] | None = None
         runtime.seed_everything(cfg.seed + ctx.rank)  # each rank its own dropout stream
-        if cfg.train.resume:
-            self._resume()
-        elif ctx.is_main:
+        if saved is not None:
+            self._resume(saved)
+        elif not cfg.train.resume and ctx.is_main:
             self._start_over()
         self.model.activation_checkpointing = bool(cfg.trainer.activation_checkpointing)
         self.net = self.model
@@ -135,12 +136,12 @@ class _Run:
 
     # -- resume ---------------------------------------------------------------------------------
 
-    def _resume(self) -> None:
+    def _read_state(self) -> TrainingState | None:
         refuse_legacy_state(self.run_dir)  # a pickle is never opened
-        path = self.run_dir / TRAINING_STATE
-        state = read_training_state(path)
-        if state is None:
-            return
+        return read_training_state(self.run_dir / TRAINING_STATE)
+
+    def _resume(self, state: TrainingState) -> None:
+        path = state.path
         _check_resumable(state.fingerprint, self.fingerprint, path)
         if not 0 <= state.epoch <= self.cfg.train.epochs:
             raise CheckpointError(f"{path} says {state.epoch} epochs are done, of {self.cfg.train.epochs}; set "

@@ -76,9 +76,11 @@ def test_a_pickled_last_pt_is_refused_unopened_and_resume_false_starts_over(tmp_
     run, marker = tmp_path / "run", tmp_path / "PWNED"
     run.mkdir()
     _pickle_bomb(run / "last.pt", marker)
+    nowhere = [o for o in TINY if not o.startswith("data.")] + [
+        "data=modelnet40", f"data.root={tmp_path / 'nowhere'}", "data.num_points=64"]
     with pytest.raises(CheckpointError, match=r"last\.pt is a resumable state in the old pickle format.*"
                                               r"train\.resume=false"):
-        run_training(compose_config("train", TINY), run)
+        run_training(compose_config("train", nowhere), run)  # refused before the (missing) data is read
     assert not marker.exists()
     m = run_training(compose_config("train", TINY + ["train.resume=false"]), run)
     assert m["epochs"] == 1 and not (run / "last.pt").exists() and (run / TRAINING_STATE).is_file()
