@@ -193,14 +193,19 @@ def parse_checkpoint_info(text: str, where: str) -> dict:
     return info
 
 
-def read_checkpoint_info(path: str | Path) -> dict:
-    """The checked ``checkpoint.json`` of a checkpoint (see :func:`parse_checkpoint_info`)."""
-    json_path = resolve_checkpoint(path).with_suffix(".json")
+def _read_info(weights_path: Path) -> dict:
+    json_path = weights_path.with_suffix(".json")
     try:
         text = json_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"cannot read {json_path}: {exc}") from None
     return parse_checkpoint_info(text, str(json_path))
+
+
+def read_checkpoint_info(path: str | Path) -> dict:
+    """The ``checkpoint.json`` of a checkpoint as plain JSON data, after every check of
+    :func:`parse_checkpoint_info`."""
+    return info_as_plain(_read_info(resolve_checkpoint(path)))
 
 
 def info_as_plain(info: Mapping[str, Any]) -> dict:
@@ -266,7 +271,7 @@ def load_checkpoint(path: str | Path, *, source: str | None = None, weights_tag:
     model sections to change (e.g. ``{"tokenizer": {"normalize": "modelnet"}}``); they must
     not change tensor shapes. ``info`` of the result is plain JSON data."""
     weights_path = resolve_checkpoint(path)
-    info = read_checkpoint_info(weights_path)
+    info = _read_info(weights_path)
     _check_expectations(info, weights_path, source, weights_tag, class_names)
     header = _tensor_header(weights_path)  # a damaged file fails before any model is built
     saved: SourceInfo = info["source"]
