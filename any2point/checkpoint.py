@@ -45,6 +45,7 @@ __all__ = ["CHECKPOINT", "BEST_VAL", "FORMAT", "INFO_FIELDS", "OPTIONAL_INFO_FIE
 CHECKPOINT = "checkpoint"  # the final model: checkpoint.safetensors + checkpoint.json
 BEST_VAL = "best_val"  # best epoch on the validation split (never chosen on test)
 FORMAT = 1
+MAX_INFO_BYTES = 16 << 20  # a checkpoint.json is a few KB; a larger one is refused before it is read
 
 
 @dataclass
@@ -190,12 +191,18 @@ def parse_checkpoint_info(text: str, where: str) -> dict:
             raise PlainDataError(f"num_points: expected a positive count, got {info['num_points']}")
     except PlainDataError as exc:
         raise CheckpointError(f"{where} is not a valid any2point checkpoint description: {exc}; {_REDO}") from None
+    except RecursionError:
+        raise CheckpointError(f"{where} is nested too deeply to be a checkpoint description; {_REDO}") from None
     return info
 
 
 def _read_info(weights_path: Path) -> dict:
     json_path = weights_path.with_suffix(".json")
     try:
+        size = json_path.stat().st_size
+        if size > MAX_INFO_BYTES:
+            raise CheckpointError(f"{json_path} is {size} bytes, more than the {MAX_INFO_BYTES} a checkpoint "
+                                  f"description can be; {_REDO}")
         text = json_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"cannot read {json_path}: {exc}") from None

@@ -237,11 +237,23 @@ def test_a_malformed_checkpoint_json_is_refused_naming_the_key(finished_run, tmp
         load_checkpoint(run)
 
 
-@pytest.mark.parametrize("text", ["", "{", "[1, 2]", "\xff\xfe", "null", '{"format": "1"}'])
+@pytest.mark.parametrize("text", ["", "{", "[1, 2]", "\xff\xfe", "null", '{"format": "1"}',
+                                  '{"format": 1, "config": ' + "[" * 5000 + "]" * 5000 + "}",
+                                  '{"format": 1, "config": {"a": ' + '{"a": ' * 900 + "1" + "}" * 901 + "}"])
 def test_checkpoint_json_that_is_not_an_object_is_refused(finished_run, tmp_path, text):
     run = _copy(finished_run, tmp_path)
     (run / "checkpoint.json").write_bytes(text.encode("latin-1"))
     with pytest.raises(CheckpointError, match=str(run / "checkpoint.json")):
+        load_checkpoint(run)
+
+
+def test_an_oversized_checkpoint_json_is_refused_before_it_is_read(finished_run, tmp_path):
+    from any2point.checkpoint import MAX_INFO_BYTES
+
+    run = _copy(finished_run, tmp_path)
+    with open(run / "checkpoint.json", "r+b") as f:
+        f.truncate(MAX_INFO_BYTES + 1)  # sparse: nothing is allocated
+    with pytest.raises(CheckpointError, match=rf"checkpoint\.json is {MAX_INFO_BYTES + 1} bytes, more than"):
         load_checkpoint(run)
 
 
