@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from .distributed import DistContext, gather_objects
-from .errors import ConfigError
+from .errors import ConfigError, TrainingDivergedError
 
 __all__ = ["PRECISIONS", "autocast", "make_loader", "EpochStats", "train_one_epoch", "Predictions", "predict"]
 
@@ -90,8 +90,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             logits = model(points)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: "
-                                     f"lower train.lr or check the data")
+            raise TrainingDivergedError(f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: "
+                                        f"lower train.lr or check the data")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
 __all__ = ["Any2PointError", "UnknownSourceError", "WeightsUnavailableError", "DataError", "ConfigError",
-           "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "RunDirectoryLockedError", "USER_ERROR_EXIT",
+           "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "RunDirectoryLockedError", "TrainingDivergedError", "USER_ERROR_EXIT",
            "exit_on_user_error", "user_errors_exit"]
 
 USER_ERROR_EXIT = 1  # exit status of a command stopped by a user error
@@ -64,6 +64,10 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 class CheckpointMismatchError(CheckpointError):
     """A checkpoint was loaded against a different source, class list or model layout."""
+
+
+class TrainingDivergedError(Any2PointError, FloatingPointError):
+    """The training loss stopped being finite (a learning rate too high, or bad data)."""
 
 
 class RunDirectoryLockedError(Any2PointError, RuntimeError):

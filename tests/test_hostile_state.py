@@ -22,7 +22,8 @@ from safetensors.torch import save_file
 import any2point
 from any2point.checkpoint import load_checkpoint, save_checkpoint
 from any2point.data.fps_cache import ArrayCache, cached_fps_indices, fps_indices
-from any2point.errors import (CheckpointError, ConfigError, DataError, RunDirectoryLockedError, exit_on_user_error)
+from any2point.errors import (CheckpointError, ConfigError, DataError, RunDirectoryLockedError, TrainingDivergedError,
+                              exit_on_user_error)
 from any2point.evaluate import _checkpoint_data_config, run_eval
 from any2point.predict import main as predict_main
 from any2point.resume_state import TRAINING_STATE, read_training_state
@@ -402,6 +403,11 @@ def test_bad_settings_are_refused_by_key_before_any_data_is_read(tmp_path, overr
     with pytest.raises(ConfigError, match=rf"^{key.replace('.', chr(92) + '.')}"):
         run_training(compose_config("train", overrides), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_diverging_run_stops_with_a_user_error(tmp_path):
+    with pytest.raises(TrainingDivergedError, match=r"training loss became nan at epoch 1.*lower train\.lr"):
+        run_training(compose_config("train", TINY + ["train.lr=1e30", "train.grad_clip=null"]), tmp_path)
 
 
 def test_the_tokenizer_refuses_more_neighbours_than_points():
