@@ -1,4 +1,4 @@
-"""Checkpoints: only what trained, in safetensors, plus a JSON that can rebuild the model.
+"""The checkpoint format: only what trained, in safetensors, plus a JSON that can rebuild the model.
 
 Layout of a checkpoint ``<stem>``:
 
@@ -12,38 +12,62 @@ norm, head and their BatchNorm buffers), plus the ``source.`` entries whose para
 ``requires_grad`` (LoRA, full fine-tuning), plus the whole source when its weights are
 ``random`` (random weights cannot be re-created from a name).
 
-The resumable training state (``last.pt``: trained tensors, optimizer, scheduler, epoch, RNG
-states, best-validation tracking) is written with the same atomic replace.
+A checkpoint may come from someone else, so reading one runs nothing: the JSON is plain data
+checked field by field against :data:`INFO_FIELDS` (unknown keys refused by name, no
+OmegaConf interpolation: a string holding ``${`` is refused), the tensors are safetensors.
+Every problem is a :class:`CheckpointError` naming the file and what to do.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 from omegaconf import OmegaConf
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import CheckpointMismatchError
+from .atomic import atomic_write, atomic_write_json
+from .errors import Any2PointError, CheckpointError, CheckpointMismatchError, CheckpointNotFoundError
+from .factory import create_model
 from .model import Any2PointModel, ModelConfig
 from .peft import PeftConfig
-from .registry import create_source
+from .plain_data import PlainDataError, check_type, from_plain, refuse_interpolations
 
-__all__ = ["CHECKPOINT", "BEST_VAL", "TRAINING_STATE", "FORMAT", "trained_state_dict", "trained_keys",
-           "build_model", "save_checkpoint", "load_checkpoint", "LoadedCheckpoint", "resolve_checkpoint",
-           "read_checkpoint_info", "atomic_write", "save_training_state", "load_training_state"]
+__all__ = ["CHECKPOINT", "BEST_VAL", "FORMAT", "INFO_FIELDS", "OPTIONAL_INFO_FIELDS", "SourceInfo",
+           "trained_state_dict", "trained_keys", "save_checkpoint", "load_checkpoint",
+           "LoadedCheckpoint", "resolve_checkpoint", "read_checkpoint_info"]
 
 CHECKPOINT = "checkpoint"  # the final model: checkpoint.safetensors + checkpoint.json
 BEST_VAL = "best_val"  # best epoch on the validation split (never chosen on test)
-TRAINING_STATE = "last.pt"  # everything needed to resume, rewritten after every epoch
 FORMAT = 1
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+MAX_INFO_BYTES = 16 << 20  # a checkpoint.json is a few KB; a larger one is refused before it is read
+
+
+@dataclass
+class SourceInfo:
+    """The source section of ``checkpoint.json``."""
+
+    name: str
+    pretrained: bool
+    weights: str | None  # where the weights were read from in training (read only, never written)
+    options: dict[str, Any]
+    weights_tag: str
+
+
+# checkpoint.json: every key with its type (ModelConfig / PeftConfig checked field by field).
+INFO_FIELDS: dict[str, Any] = {
+    "format": int, "any2point_version": str, "source": SourceInfo, "model": ModelConfig, "peft": PeftConfig,
+    "class_names": list[str], "num_points": int, "tensors": int, "config": dict[str, Any] | None,
+}
+# Keys a writer may add (``save_checkpoint(extra=...)``).
+OPTIONAL_INFO_FIELDS: dict[str, Any] = {
+    "epoch": int, "val_oa": float | None, "val_macc": float | None, "metrics": dict[str, Any],
+}
 
 
 # ----------------------------------------------------------------------------- what trained
@@ -69,53 +93,7 @@ def trained_state_dict(model: Any2PointModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items() if k in keys}
 
 
-# ----------------------------------------------------------------------------- building
-
-def _source_kwargs(source: Mapping[str, Any]) -> dict:
-    kwargs = dict(source.get("options") or {})
-    if source.get("weights"):
-        kwargs["weights"] = str(source["weights"])
-    return kwargs
-
-
-def build_model(source: Mapping[str, Any], num_classes: int, model: ModelConfig | Mapping[str, Any],
-                peft: PeftConfig | Mapping[str, Any]) -> Any2PointModel:
-    """An Any2Point model from config sections: ``source`` (name, pretrained, weights, options),
-    ``model`` (a ModelConfig or its dict) and ``peft`` (a PeftConfig or its dict)."""
-    if not isinstance(model, ModelConfig):
-        model = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.create(dict(model))))
-    if not isinstance(peft, PeftConfig):
-        peft = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PeftConfig), OmegaConf.create(dict(peft))))
-    built = create_source(str(source["name"]), pretrained=bool(source.get("pretrained", True)),
-                          **_source_kwargs(source))
-    return Any2PointModel(built, num_classes, model, peft)
-
-
-# ----------------------------------------------------------------------------- files
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp_path)`` then ``os.replace`` onto ``path``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            f.write(text)
-
-    atomic_write(path, write)
-
+# ----------------------------------------------------------------------------- writing
 
 def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
@@ -129,17 +107,21 @@ def save_checkpoint(model: Any2PointModel, stem: str | Path, *, source: Mapping[
                     num_points: int, config: Any = None, extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``<stem>.safetensors`` and ``<stem>.json``; returns the safetensors path.
 
-    ``source``: the source section used to build the model (name, pretrained, weights, options)."""
+    ``source``: the source section used to build the model (name, pretrained, weights, options);
+    ``extra``: keys of :data:`OPTIONAL_INFO_FIELDS` (epoch, validation accuracy, metrics)."""
     from . import __version__
 
+    unknown = sorted(set(extra or {}) - set(OPTIONAL_INFO_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown checkpoint.json keys {unknown}; known extras: {sorted(OPTIONAL_INFO_FIELDS)}")
     stem = Path(stem)
     tensors = trained_state_dict(model)
     info = {
         "format": FORMAT,
         "any2point_version": __version__,
         "source": {"name": str(source["name"]), "pretrained": bool(source.get("pretrained", True)),
-                   "weights": source.get("weights"), "options": dict(source.get("options") or {}),
-                   "weights_tag": model.source.weights_tag},
+                   "weights": None if source.get("weights") is None else str(source["weights"]),
+                   "options": dict(source.get("options") or {}), "weights_tag": model.source.weights_tag},
         "model": _jsonable(model.config),
         "peft": _jsonable(model.peft_config),
         "class_names": list(class_names),
@@ -150,9 +132,11 @@ def save_checkpoint(model: Any2PointModel, stem: str | Path, *, source: Mapping[
     }
     weights = stem.with_name(stem.name + ".safetensors")
     atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": str(FORMAT)}))
-    _atomic_text(stem.with_name(stem.name + ".json"), json.dumps(info, indent=2, default=str) + "\n")
+    atomic_write_json(stem.with_name(stem.name + ".json"), info)
     return weights
 
+
+# ----------------------------------------------------------------------------- reading
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """The ``.safetensors`` file of a checkpoint given as a run directory, a ``.safetensors``
@@ -161,28 +145,89 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if p.is_dir():
         candidate = p / f"{CHECKPOINT}.safetensors"
         if not candidate.is_file():
-            raise FileNotFoundError(f"no {CHECKPOINT}.safetensors in the run directory {p} (has the run finished? "
-                                    f"pass a checkpoint file such as {p / (BEST_VAL + '.safetensors')} instead)")
+            raise CheckpointNotFoundError(f"no {CHECKPOINT}.safetensors in the run directory {p} (has the run finished? "
+                                  f"pass a checkpoint file such as {p / (BEST_VAL + '.safetensors')} instead)")
         return candidate
     if p.suffix == ".json":
         p = p.with_suffix(".safetensors")
     if p.suffix != ".safetensors":
-        raise ValueError(f"a checkpoint is a run directory, a .safetensors or a .json file, got {path}")
+        raise CheckpointError(f"a checkpoint is a run directory, a .safetensors or a .json file, got {path}")
     if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
+        raise CheckpointNotFoundError(f"checkpoint not found: {p}")
     if not p.with_suffix(".json").is_file():
-        raise FileNotFoundError(f"checkpoint {p} has no {p.with_suffix('.json').name} beside it (it says how to "
-                                f"rebuild the model)")
+        raise CheckpointNotFoundError(f"checkpoint {p} has no {p.with_suffix('.json').name} beside it (it says how to "
+                              f"rebuild the model)")
     return p
 
 
-def read_checkpoint_info(path: str | Path) -> dict:
-    weights = resolve_checkpoint(path)
-    info = json.loads(weights.with_suffix(".json").read_text())
-    if info.get("format") != FORMAT:
-        raise CheckpointMismatchError(f"{weights.with_suffix('.json')}: checkpoint format {info.get('format')!r}, "
-                                      f"this any2point reads format {FORMAT}")
+_REDO = "copy the checkpoint again from where it was made, or retrain"
+
+
+def parse_checkpoint_info(text: str, where: str) -> dict:
+    """``checkpoint.json`` text -> its checked fields (``model``/``peft`` as dataclasses,
+    ``source`` as :class:`SourceInfo`). Raises :class:`CheckpointError` naming ``where``."""
+    try:
+        raw = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{where} is not valid JSON ({exc}); {_REDO}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{where} must hold a JSON object, got {type(raw).__name__}; {_REDO}")
+    if raw.get("format") != FORMAT:
+        raise CheckpointMismatchError(f"{where}: checkpoint format {raw.get('format')!r:.40}, this any2point reads "
+                                      f"format {FORMAT}")
+    fields = {**INFO_FIELDS, **OPTIONAL_INFO_FIELDS}
+    unknown = sorted(set(raw) - set(fields))
+    missing = sorted(set(INFO_FIELDS) - set(raw))
+    try:
+        if unknown:
+            raise PlainDataError(f"unknown keys {unknown}")
+        if missing:
+            raise PlainDataError(f"missing keys {missing}")
+        refuse_interpolations(raw, "checkpoint")
+        info = {key: check_type(value, fields[key], key) for key, value in raw.items()}
+        if not info["class_names"] or len(set(info["class_names"])) != len(info["class_names"]):
+            raise PlainDataError("class_names: expected a non-empty list of distinct names")
+        if info["num_points"] < 1:
+            raise PlainDataError(f"num_points: expected a positive count, got {info['num_points']}")
+    except PlainDataError as exc:
+        raise CheckpointError(f"{where} is not a valid any2point checkpoint description: {exc}; {_REDO}") from None
+    except RecursionError:
+        raise CheckpointError(f"{where} is nested too deeply to be a checkpoint description; {_REDO}") from None
     return info
+
+
+def _read_info(weights_path: Path) -> dict:
+    json_path = weights_path.with_suffix(".json")
+    try:
+        size = json_path.stat().st_size
+        if size > MAX_INFO_BYTES:
+            raise CheckpointError(f"{json_path} is {size} bytes, more than the {MAX_INFO_BYTES} a checkpoint "
+                                  f"description can be; {_REDO}")
+        text = json_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"cannot read {json_path}: {exc}") from None
+    return parse_checkpoint_info(text, str(json_path))
+
+
+def read_checkpoint_info(path: str | Path) -> dict:
+    """The ``checkpoint.json`` of a checkpoint as plain JSON data, after every check of
+    :func:`parse_checkpoint_info`."""
+    return info_as_plain(_read_info(resolve_checkpoint(path)))
+
+
+def info_as_plain(info: Mapping[str, Any]) -> dict:
+    """A checked info dict back to plain JSON data (dataclasses as dicts)."""
+    return {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in info.items()}
+
+
+def _tensor_header(path: Path) -> dict[str, tuple[str, list[int]]]:
+    """Names, dtypes and shapes in a safetensors file (the header only: nothing is loaded)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: (str(f.get_slice(k).get_dtype()), list(f.get_slice(k).get_shape())) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); it may be truncated or "
+                              f"damaged: {_REDO}") from None
 
 
 @dataclass
@@ -202,11 +247,11 @@ class LoadedCheckpoint:
 
 def _check_expectations(info: dict, path: Path, source: str | None, weights_tag: str | None,
                         class_names: list[str] | None) -> None:
-    saved = info["source"]
-    if source is not None and source != saved["name"]:
-        raise CheckpointMismatchError(f"{path} was trained on source {saved['name']!r}, not {source!r}")
-    if weights_tag is not None and weights_tag != saved["weights_tag"]:
-        raise CheckpointMismatchError(f"{path} was trained on {saved['name']} weights {saved['weights_tag']!r}, "
+    saved: SourceInfo = info["source"]
+    if source is not None and source != saved.name:
+        raise CheckpointMismatchError(f"{path} was trained on source {saved.name!r}, not {source!r}")
+    if weights_tag is not None and weights_tag != saved.weights_tag:
+        raise CheckpointMismatchError(f"{path} was trained on {saved.name} weights {saved.weights_tag!r}, "
                                       f"not {weights_tag!r}")
     if class_names is not None and list(class_names) != list(info["class_names"]):
         theirs, ours = list(info["class_names"]), list(class_names)
@@ -231,49 +276,50 @@ def load_checkpoint(path: str | Path, *, source: str | None = None, weights_tag:
     raises :class:`CheckpointMismatchError` saying which. ``weights``: a local copy of the
     source's weights when they are no longer where the checkpoint says. ``model_overrides``:
     model sections to change (e.g. ``{"tokenizer": {"normalize": "modelnet"}}``); they must
-    not change tensor shapes."""
+    not change tensor shapes. ``info`` of the result is plain JSON data."""
     weights_path = resolve_checkpoint(path)
-    info = read_checkpoint_info(weights_path)
+    info = _read_info(weights_path)
     _check_expectations(info, weights_path, source, weights_tag, class_names)
-    saved = info["source"]
-    source_cfg = dict(saved)
-    if weights is not None:
-        source_cfg["weights"] = weights
-    if saved["weights_tag"] == "random":
-        source_cfg["pretrained"] = False  # the checkpoint holds the whole source
-    model_cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.create(info["model"]))
-    if model_overrides:
-        model_cfg = OmegaConf.merge(model_cfg, OmegaConf.create({k: dict(v) for k, v in model_overrides.items()}))
-    model = build_model(source_cfg, len(info["class_names"]), OmegaConf.to_object(model_cfg), info["peft"])
-    if model.source.weights_tag != saved["weights_tag"]:
+    header = _tensor_header(weights_path)  # a damaged file fails before any model is built
+    saved: SourceInfo = info["source"]
+    options = dict(saved.options)
+    if weights is not None or saved.weights:
+        options["weights"] = str(weights if weights is not None else saved.weights)
+    model_cfg: ModelConfig = info["model"]
+    for section, values in (model_overrides or {}).items():
+        if not hasattr(model_cfg, section):
+            raise ValueError(f"unknown model section {section!r} in model_overrides")
+        model_cfg = dataclasses.replace(model_cfg, **{section: dataclasses.replace(getattr(model_cfg, section),
+                                                                                   **dict(values))})
+    try:
+        model = create_model(saved.name, len(info["class_names"]),
+                             pretrained=saved.pretrained and saved.weights_tag != "random",  # random: all saved
+                             peft=info["peft"], source_options=options, model=model_cfg)
+    except Any2PointError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{weights_path.with_suffix('.json')} describes a model that cannot be built: "
+                              f"{exc}") from None
+    if model.source.weights_tag != saved.weights_tag:
         raise CheckpointMismatchError(
-            f"{weights_path} was trained on {saved['name']} weights {saved['weights_tag']!r} but they now load as "
+            f"{weights_path} was trained on {saved.name} weights {saved.weights_tag!r} but they now load as "
             f"{model.source.weights_tag!r}; point source.weights (eval: weights=...) at the weights used in training")
 
-    tensors = load_file(str(weights_path), device=str(map_location))
     expected = trained_keys(model)
-    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    missing, unexpected = sorted(expected - set(header)), sorted(set(header) - expected)
     if missing or unexpected:
         raise CheckpointMismatchError(
             f"{weights_path} does not fit the model it describes: missing {missing[:8]}"
             f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+    state = model.state_dict()
+    wrong = [f"{k} {shape} (model: {list(state[k].shape)})" for k, (_, shape) in header.items()
+             if list(state[k].shape) != shape]
+    if wrong:
+        raise CheckpointMismatchError(f"{weights_path}: tensors do not fit the model: {', '.join(wrong[:8])}")
     try:
-        model.load_state_dict(tensors, strict=False)  # the key sets were compared above
-    except RuntimeError as exc:  # shape mismatches
-        raise CheckpointMismatchError(f"{weights_path}: tensors do not fit the model: {exc}") from exc
+        tensors = load_file(str(weights_path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{weights_path} could not be read ({exc}); {_REDO}") from None
+    model.load_state_dict(tensors, strict=False)  # key sets and shapes were compared above
     model.to(map_location)
-    return LoadedCheckpoint(model=model.eval(), info=info, path=weights_path)
-
-
-# ----------------------------------------------------------------------------- resumable state
-
-def save_training_state(path: str | Path, state: dict) -> None:
-    """Atomically write the resumable state (torch.save to a temporary file, then os.replace)."""
-    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
-
-
-def load_training_state(path: str | Path) -> dict | None:
-    p = Path(path)
-    if not p.is_file():
-        return None
-    return torch.load(p, map_location="cpu", weights_only=False)
+    return LoadedCheckpoint(model=model.eval(), info=info_as_plain(info), path=weights_path)

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from .errors import exit_on_user_error
 from .registry import get_source_spec, list_families, list_sources
 
 __all__ = ["main", "source_rows", "family_rows"]
@@ -69,6 +70,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@exit_on_user_error("any2point-sources")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="any2point-sources", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true",

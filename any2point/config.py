@@ -21,11 +21,13 @@ from typing import Any, Dict
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from .errors import ConfigError
 from .model import ModelConfig
 from .peft import PeftConfig
 
 __all__ = ["job_dirname", "SourceConfig", "DataConfig", "TrainConfig", "TrainerConfig", "TrainAppConfig", "EvalOptions",
-           "ExpectConfig", "EvalAppConfig", "register_configs", "check_required", "CONFIG_MODULE"]
+           "ExpectConfig", "EvalAppConfig", "register_configs", "check_required", "check_train_settings",
+           "CONFIG_MODULE"]
 
 CONFIG_MODULE = "any2point.conf"
 
@@ -75,7 +77,7 @@ class TrainConfig:
     grad_clip: float | None = 10.0  # max gradient norm; null: no clipping
     label_smoothing: float = 0.0
     val_every: int = 1  # validate every N epochs (and always after the last)
-    resume: bool = True  # continue from <run dir>/last.pt when it exists
+    resume: bool = True  # continue from <run dir>/last.safetensors when it exists
 
 
 @dataclass
@@ -161,5 +163,29 @@ def check_required(cfg: DictConfig) -> None:
     """Fail with the names of required keys (``???``) that are still unset."""
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if k not in _EXPLAINED_ELSEWHERE)
     if missing:
-        raise ValueError("missing required config values: " + ", ".join(missing)
+        raise ConfigError("missing required config values: " + ", ".join(missing)
                          + " (set them on the command line, e.g. " + f"{missing[0]}=...)")
+
+
+def _tokenizer_pools(tokenizer, num_points: int) -> list[int]:
+    """How many points each tokenizer stage groups from: the cloud, then the previous stage's
+    centres (null centres halve the count per stage, as ``PointTokenizer.centres_for``)."""
+    centres = list(tokenizer.centres) if tokenizer.centres is not None else \
+        [num_points >> (i + 1) for i in range(int(tokenizer.stages))]
+    return [num_points] + centres[:-1]
+
+
+def check_train_settings(cfg: DictConfig) -> None:
+    """Refuse settings that cannot give a meaningful run, naming the key, before any data is read."""
+    t = cfg.train
+    for key in ("epochs", "batch_size", "eval_batch_size", "val_every"):
+        if t[key] is None or t[key] <= 0:
+            raise ConfigError(f"train.{key} must be a positive integer, got {t[key]}")
+    num_points = cfg.data.num_points
+    if num_points is None or num_points <= 0:
+        raise ConfigError(f"data.num_points must be a positive integer, got {num_points}")
+    k = cfg.model.tokenizer.k
+    pools = _tokenizer_pools(cfg.model.tokenizer, int(num_points))
+    if k <= 0 or k > min(pools):
+        raise ConfigError(f"model.tokenizer.k={k} must be between 1 and the fewest points a tokenizer stage groups "
+                          f"({min(pools)}: stages group {pools} points with data.num_points={num_points})")

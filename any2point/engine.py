@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from .distributed import DistContext, gather_objects
+from .errors import ConfigError, TrainingDivergedError
 
 __all__ = ["PRECISIONS", "autocast", "make_loader", "EpochStats", "train_one_epoch", "Predictions", "predict"]
 
@@ -28,10 +29,10 @@ PRECISIONS = ("32", "bf16")
 def autocast(device: torch.device, precision: str):
     """bf16 autocast on CUDA; full precision otherwise."""
     if precision not in PRECISIONS:
-        raise ValueError(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ConfigError(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "bf16":
         if device.type != "cuda":
-            raise ValueError("trainer.precision=bf16 is for CUDA devices; use trainer.precision=32 on CPU")
+            raise ConfigError("trainer.precision=bf16 is for CUDA devices; use trainer.precision=32 on CPU")
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
 
@@ -42,7 +43,7 @@ def make_loader(dataset: Dataset, batch_size: int, ctx: DistContext, *, train: b
     (BatchNorm needs more than one sample). Evaluation: in order, every sample once per rank's
     share (the sampler pads the shares to equal length; :func:`predict` removes the repeats)."""
     if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=train, seed=seed,
                                  drop_last=False)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=num_workers,
@@ -89,8 +90,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             logits = model(points)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: "
-                                     f"lower train.lr or check the data")
+            raise TrainingDivergedError(f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: "
+                                        f"lower train.lr or check the data")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:
@@ -108,7 +109,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     bar.close()
     loss_sum, correct, seen = _all_reduce_sum([loss_sum, correct, seen], ctx)
     if seen == 0:
-        raise ValueError("the training epoch had no full batch: lower train.batch_size or add data")
+        raise ConfigError("the training epoch had no full batch: lower train.batch_size or add data")
     return EpochStats(loss=loss_sum / seen, accuracy=100.0 * correct / seen, samples=int(seen),
                       seconds=time.perf_counter() - start, lr=optimizer.param_groups[0]["lr"])
 
@@ -140,7 +141,7 @@ def predict(model: nn.Module, loader: DataLoader, ctx: DistContext, *, precision
     """Class probabilities for every sample of the loader's dataset, gathered from all ranks and
     put in dataset order, each sample exactly once (the sampler's padding is dropped)."""
     if votes < 1:
-        raise ValueError(f"eval.votes must be at least 1, got {votes}")
+        raise ConfigError(f"eval.votes must be at least 1, got {votes}")
     model.eval()
     dataset = loader.dataset
     order = torch.as_tensor(list(iter(loader.sampler)), dtype=torch.long)  # this rank's dataset indices

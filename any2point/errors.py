@@ -1,12 +1,27 @@
-"""Errors any2point raises on purpose; each message says what was expected and where."""
+"""Errors any2point raises on purpose; each message says what was expected and where.
+
+Every one of them derives from :class:`Any2PointError`: a *user error* (a setting, a file, a
+checkpoint or a run directory that is not what it must be), as opposed to a bug. The command
+line tools print a user error's message alone and exit non-zero (:func:`exit_on_user_error`);
+``HYDRA_FULL_ERROR=1`` shows the traceback as well.
+"""
 from __future__ import annotations
 
-__all__ = ["Any2PointError", "UnknownSourceError", "WeightsUnavailableError", "DataError",
-           "CheckpointMismatchError"]
+import functools
+import os
+import sys
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
+
+__all__ = ["Any2PointError", "UnknownSourceError", "WeightsUnavailableError", "DataError", "ConfigError",
+           "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "RunDirectoryLockedError", "TrainingDivergedError", "USER_ERROR_EXIT",
+           "exit_on_user_error", "user_errors_exit"]
+
+USER_ERROR_EXIT = 1  # exit status of a command stopped by a user error
 
 
 class Any2PointError(Exception):
-    """Base class of the errors any2point raises on purpose."""
+    """Base class of the errors any2point raises on purpose (user errors, not bugs)."""
 
 
 class UnknownSourceError(Any2PointError, KeyError):
@@ -34,5 +49,61 @@ class DataError(Any2PointError, ValueError):
         self.path, self.index, self.reason = path, index, message
 
 
-class CheckpointMismatchError(Any2PointError, ValueError):
+class ConfigError(Any2PointError, ValueError):
+    """A setting is out of range or contradicts another; the message names the key."""
+
+
+class CheckpointError(Any2PointError, ValueError):
+    """A checkpoint or resumable state is missing, corrupt, foreign or refused; the message
+    names the file and what to do."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No checkpoint where one was named."""
+
+
+class CheckpointMismatchError(CheckpointError):
     """A checkpoint was loaded against a different source, class list or model layout."""
+
+
+class TrainingDivergedError(Any2PointError, FloatingPointError):
+    """The training loss stopped being finite (a learning rate too high, or bad data)."""
+
+
+class RunDirectoryLockedError(Any2PointError, RuntimeError):
+    """Another process is writing to the run directory."""
+
+
+def _full_error() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+@contextmanager
+def user_errors_exit(prog: str, status: int = USER_ERROR_EXIT) -> Iterator[None]:
+    """Turn a user error raised inside into ``prog: error: <message>`` on stderr and
+    ``SystemExit(status)``; other exceptions (bugs) pass with their traceback. With
+    ``HYDRA_FULL_ERROR=1`` user errors pass too."""
+    try:
+        yield
+    except Any2PointError as exc:
+        if _full_error():
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(status) from None
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def exit_on_user_error(prog: str, status: int = USER_ERROR_EXIT) -> Callable[[F], F]:
+    """Decorator form of :func:`user_errors_exit`, for the entry point of every command."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            with user_errors_exit(prog, status):
+                return fn(*args, **kwargs)
+
+        return run  # type: ignore[return-value]
+
+    return wrap

@@ -13,7 +13,6 @@ The helpers :func:`evaluate_dataset` and :func:`write_split_results` are shared 
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -22,8 +21,10 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, runtime
-from .checkpoint import atomic_write, load_checkpoint, read_checkpoint_info
+from .atomic import atomic_write_json, atomic_write_text
+from .checkpoint import load_checkpoint, read_checkpoint_info
 from .config import CONFIG_MODULE, check_required
+from .errors import CheckpointError, exit_on_user_error, user_errors_exit
 from .engine import make_loader, predict
 from .metrics import ClassificationResult, classification_metrics
 from .plots import plot_confusion_matrix
@@ -37,12 +38,8 @@ METRICS_JSON = "metrics.json"
 
 
 def write_json(path: str | Path, obj) -> None:
-    text = json.dumps(obj, indent=2, default=str) + "\n"
-
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(text)
-
-    atomic_write(Path(path), write)
+    """Strict JSON, written atomically (kept for callers; see any2point.atomic)."""
+    atomic_write_json(path, obj)
 
 
 def evaluate_dataset(model, dataset, ctx: distributed.DistContext, *, batch_size: int, precision: str = "32",
@@ -63,7 +60,7 @@ def write_split_results(run_dir: str | Path, split: str, result: ClassificationR
     lines = ["class,accuracy,support"] + [
         f"{r['class']},{'' if r['accuracy'] is None else format(r['accuracy'], '.4f')},{r['support']}" for r in rows]
     names = [f"per_class_{split}.csv", f"per_class_{split}.json", f"confusion_{split}.png"]
-    (run_dir / names[0]).write_text("\n".join(lines) + "\n")
+    atomic_write_text(run_dir / names[0], "\n".join(lines) + "\n")
     write_json(run_dir / names[1], {"split": split, "oa": result.oa, "macc": result.macc, "classes": rows,
                                     "confusion": result.confusion.tolist()})
     plot_confusion_matrix(result.confusion, class_names, run_dir / names[2],
@@ -81,12 +78,15 @@ def run_eval(cfg: DictConfig, run_dir: str | Path) -> dict:
         start = time.perf_counter()
         info = read_checkpoint_info(cfg.checkpoint)
         trained = info.get("config") or {}
-        data_cfg = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True) if cfg.data is not None
-                                    else trained.get("data"))
-        if data_cfg is None:
-            raise ValueError(f"{cfg.checkpoint}: the checkpoint stores no data config; choose one with data=NAME")
+        if cfg.data is not None:
+            data_cfg = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
+        else:
+            data_cfg = _checkpoint_data_config(trained.get("data"), cfg.checkpoint)
         data_cfg.num_points = int(cfg.eval.num_points or info["num_points"])
-        seed = int(cfg.seed if cfg.seed is not None else trained.get("seed", 0))
+        seed = cfg.seed if cfg.seed is not None else trained.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise CheckpointError(f"{cfg.checkpoint}: the checkpoint's config.seed is {seed!r:.40}, not an integer; "
+                                  f"set seed=... to choose the validation split")
         dataset = load_eval_split(data_cfg, cfg.eval.split, seed)
         overrides = {"tokenizer": {"normalize": cfg.eval.normalize}} if cfg.eval.normalize else None
         loaded = load_checkpoint(cfg.checkpoint, source=cfg.expect.source, weights_tag=cfg.expect.weights_tag,
@@ -121,13 +121,29 @@ def run_eval(cfg: DictConfig, run_dir: str | Path) -> dict:
         distributed.cleanup()
 
 
+def _checkpoint_data_config(data, checkpoint) -> DictConfig:
+    """The data config a checkpoint trained on, as data to read from: its ``cache_dir`` (a place
+    to write) is dropped for the default cache, and nothing in it is interpolated (the
+    checkpoint reader refused any ``${...}``)."""
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{checkpoint}: the checkpoint stores no data config; choose one with data=NAME")
+    data = dict(data)
+    if data.get("cache_dir") is not None:
+        log.info("not writing to the checkpoint's data.cache_dir %s: using the default cache (set data=... and "
+                 "data.cache_dir to choose)", data["cache_dir"])
+        data["cache_dir"] = None
+    return OmegaConf.create(data)
+
+
 @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="eval", version_base="1.3")
 def _app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    run_eval(cfg, HydraConfig.get().runtime.output_dir)
+    with user_errors_exit("any2point-eval"):  # inside: Hydra would print a traceback
+        run_eval(cfg, HydraConfig.get().runtime.output_dir)
 
 
+@exit_on_user_error("any2point-eval")
 def main() -> None:
     _app()
 

@@ -64,14 +64,20 @@ def _peft_config(peft: str | Mapping[str, Any] | PeftConfig) -> PeftConfig:
 
 def create_model(source: str | FrozenSource, num_classes: int, pretrained: bool = True,
                  peft: str | Mapping[str, Any] | PeftConfig = "any2point",
-                 source_options: Mapping[str, Any] | None = None, **overrides) -> Any2PointModel:
-    """Build an Any2Point classifier on a frozen source.
+                 source_options: Mapping[str, Any] | None = None, model: ModelConfig | None = None,
+                 **overrides) -> Any2PointModel:
+    """Build an Any2Point classifier on a frozen source (the one model builder: the apps and
+    checkpoint loading call it too).
 
     ``source``: a registered name or an already built source. ``overrides``: model sections
     (``tokenizer``, ``projection``, ``adapter``, ``head``) as dicts, e.g.
-    ``adapter={"rank": 8}``. ``source_options``: extra arguments of the source's factory
-    (e.g. ``{"weights": "/path/to/file"}``).
+    ``adapter={"rank": 8}``. ``model``: complete model settings used as they are instead of
+    the source's preset (a composed config, a checkpoint's). ``source_options``: extra
+    arguments of the source's factory (e.g. ``{"weights": "/path/to/file"}``).
     """
+    if model is not None and overrides:
+        raise ValueError("pass either complete model settings (model=...) or section overrides, not both")
     if isinstance(source, str):
         source = create_source(source, pretrained=pretrained, **dict(source_options or {}))
-    return Any2PointModel(source, num_classes, model_config(source.name, overrides), _peft_config(peft))
+    config = model if model is not None else model_config(source.name, overrides)
+    return Any2PointModel(source, num_classes, config, _peft_config(peft))

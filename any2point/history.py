@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
+
+from .atomic import atomic_write_text
 
 __all__ = ["EpochHistory", "HISTORY_CSV", "TENSORBOARD_DIR"]
 
@@ -28,11 +31,13 @@ class EpochHistory:
         kept: list[dict] = []
         if self.csv_path.is_file():
             with open(self.csv_path, newline="") as f:
-                kept = [r for r in csv.DictReader(f) if r.get("epoch") and int(r["epoch"]) <= done_epochs]
-        with open(self.csv_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(kept)
+                kept = [r for r in csv.DictReader(f)
+                        if str(r.get("epoch") or "").isdigit() and int(r["epoch"]) <= done_epochs]
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write_text(self.csv_path, table.getvalue())  # a crash here leaves the old table whole
         self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=done_epochs + 1 if done_epochs else None)
 
     def log(self, epoch: int, row: dict) -> None:

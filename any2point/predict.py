@@ -3,10 +3,12 @@
 Top-k classes with probabilities for each mesh or point file (every format the readers know:
 see ``any2point.data.SUPPORTED_EXTENSIONS``). Files are read the way the test split is (FPS to
 the checkpoint's number of points, centred and scaled to the unit sphere) and predicted in
-batches. A file that cannot be read gets its error while the others are still predicted; the
-exit status is 1 when any file failed (2 when the checkpoint itself cannot be used).
+batches. A file that cannot be read, or whose coordinates are not finite once cast to the
+model's dtype (float64 values beyond float32's range), gets its error while the others are
+still predicted. Exit status: 0 all predicted, 1 when any file failed, 2 when the checkpoint
+itself cannot be used (one line naming the file and what to do).
 
-``--json`` prints one JSON object per file and line:
+``--json`` prints one strict JSON object per file and line (never a bare ``NaN``):
 ``{"file": ..., "topk": [{"label": ..., "prob": ...}, ...]}`` or ``{"file": ..., "error": ...}``.
 """
 from __future__ import annotations
@@ -23,9 +25,12 @@ import torch
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .data import SUPPORTED_EXTENSIONS, read_points
 from .distributed import resolve_device
-from .errors import Any2PointError
+from .errors import Any2PointError, exit_on_user_error
 
-__all__ = ["Prediction", "predict_files", "main"]
+__all__ = ["Prediction", "predict_files", "main", "EXIT_FILES_FAILED", "EXIT_CHECKPOINT"]
+
+EXIT_FILES_FAILED = 1  # some input files could not be predicted
+EXIT_CHECKPOINT = 2  # the checkpoint (or the command line) cannot be used
 
 
 @dataclass
@@ -59,21 +64,36 @@ def predict_files(checkpoint: LoadedCheckpoint, files: Sequence[str], *, topk: i
                   seed: int = 0) -> Iterator[Prediction]:
     """Predictions for ``files`` in order, read and run ``batch_size`` files at a time."""
     model, names = checkpoint.model.eval(), checkpoint.class_names
-    device = next(model.parameters()).device
+    first = next(model.parameters())
+    device, dtype = first.device, first.dtype
     k = max(1, min(topk, len(names)))
     for start in range(0, len(files), batch_size):
         chunk = list(files[start:start + batch_size])
-        clouds = [_read(f, checkpoint.num_points, seed) for f in chunk]
-        good = [i for i, (cloud, _) in enumerate(clouds) if cloud is not None]
+        read = [_read(f, checkpoint.num_points, seed) for f in chunk]
+        clouds: list[torch.Tensor | None] = [None] * len(chunk)
+        errors = [error for _, error in read]
+        for i, (cloud, _) in enumerate(read):
+            if cloud is None:
+                continue
+            cast = torch.from_numpy(np.ascontiguousarray(cloud)).to(device=device, dtype=dtype)
+            if not bool(torch.isfinite(cast).all()):  # finite in float64 may overflow the model's dtype
+                errors[i] = (f"{chunk[i]}: coordinates are not finite as {str(dtype).replace('torch.', '')} "
+                             f"(the model's dtype); rescale the file's coordinates")
+            else:
+                clouds[i] = cast
+        good = [i for i, cloud in enumerate(clouds) if cloud is not None]
         results: dict[int, list[tuple[str, float]]] = {}
         if good:
-            points = torch.from_numpy(np.stack([clouds[i][0] for i in good])).to(device)
-            probs = model(points).float().softmax(dim=1)
+            probs = model(torch.stack([clouds[i] for i in good])).float().softmax(dim=1)
             values, indices = probs.topk(k, dim=1)
+            finite = torch.isfinite(probs).all(dim=1).tolist()
             for row, i in enumerate(good):
+                if not finite[row]:
+                    errors[i] = f"{chunk[i]}: the model gave non-finite probabilities for this cloud"
+                    continue
                 results[i] = [(names[c], float(p)) for p, c in zip(values[row].tolist(), indices[row].tolist())]
         for i, path in enumerate(chunk):
-            yield Prediction(path, topk=results.get(i), error=clouds[i][1])
+            yield Prediction(path, topk=results.get(i), error=errors[i])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,26 +111,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@exit_on_user_error("any2point-predict", status=EXIT_CHECKPOINT)
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.topk < 1 or args.batch_size < 1:
         print("any2point-predict: --topk and --batch-size must be at least 1", file=sys.stderr)
-        return 2
+        return EXIT_CHECKPOINT
     try:
         loaded = load_checkpoint(args.checkpoint, weights=args.weights, map_location=resolve_device(args.device))
     except (Any2PointError, OSError, ValueError, RuntimeError) as exc:
         print(f"any2point-predict: cannot use checkpoint {args.checkpoint}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CHECKPOINT
     failed = 0
     for prediction in predict_files(loaded, args.files, topk=args.topk, batch_size=args.batch_size, seed=args.seed):
         failed += prediction.error is not None
         if args.json:
-            print(json.dumps(prediction.as_json()), flush=True)
+            print(json.dumps(prediction.as_json(), allow_nan=False), flush=True)
         else:
             print(prediction.as_text(), file=sys.stderr if prediction.error else sys.stdout, flush=True)
     if failed:
         print(f"any2point-predict: {failed} of {len(args.files)} files failed", file=sys.stderr)
-    return 1 if failed else 0
+    return EXIT_FILES_FAILED if failed else 0
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .atomic import atomic_write_text
+from .errors import exit_on_user_error
 from .report_compare import METRICS, Comparison, NoBaseline, compare_groups, group_summary
 from .report_runs import Group, Run, find_runs, group_runs
 from .report_stats import LEVEL, Interval
@@ -190,21 +192,22 @@ def write_report(root: str | Path, compare: str | None = None, baseline: str | N
     groups = group_runs(runs)
     parts = [f"## Runs\n\n{markdown_table(rows)}",
              f"## Groups (runs differing only in seed and few-shot fold; Student-t {_CI})\n\n{groups_table(groups)}"]
-    (root / "report.csv").write_text(_csv(rows, COLUMNS))
+    atomic_write_text(root / "report.csv", _csv(rows, COLUMNS))
     group_rows = _group_rows(groups)
-    (root / "report_groups.csv").write_text(_csv(group_rows, _columns(group_rows, ["group"])))
+    atomic_write_text(root / "report_groups.csv", _csv(group_rows, _columns(group_rows, ["group"])))
     if compare is not None and groups:
         value, comparisons, notes = compare_groups(groups, compare, baseline)
         notes = "".join(f"- not compared: {n}\n" for n in notes)
         parts.append(f"## Difference to {compare}={value} (group - baseline; {_CI})\n\n"
                      f"{compare_table(comparisons)}" + (f"\n{notes}" if notes else ""))
         compare_rows = _compare_rows(compare, comparisons)
-        (root / "report_compare.csv").write_text(_csv(compare_rows, _columns(compare_rows, ["key"])))
+        atomic_write_text(root / "report_compare.csv", _csv(compare_rows, _columns(compare_rows, ["key"])))
     markdown = "\n".join(parts)
-    (root / "report.md").write_text(f"# Runs below {root}\n\n{markdown}")
+    atomic_write_text(root / "report.md", f"# Runs below {root}\n\n{markdown}")
     return markdown, rows, problems
 
 
+@exit_on_user_error("any2point-report")
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="any2point-report",
                                 description="Tabulate every run (metrics.json) below a folder, e.g. a sweep, "

@@ -109,11 +109,14 @@ class TokenizerStage(nn.Module):
         """The stage's geometry: FPS centres (indices (B, G) and points (B, G, 3)) and the indices
         of each centre's k nearest points (B, G, k). Distances in float32 even under autocast
         (a bf16 matmul would pick other neighbours)."""
+        if not 0 < self.k <= xyz.shape[1]:
+            raise ValueError(f"model.tokenizer.k={self.k} neighbours, but this stage groups {xyz.shape[1]} points: "
+                             f"k must be between 1 and the points grouped")
         with torch.autocast(device_type=xyz.device.type, enabled=False):
             xyz = _wide(xyz)
             centre_idx = furthest_point_sample(xyz, num_centres)
             centres = gather_points(xyz, centre_idx)
-            return centre_idx, centres, knn(centres, xyz, min(self.k, xyz.shape[1]))
+            return centre_idx, centres, knn(centres, xyz, self.k)
 
     def grouped_features(self, feats: torch.Tensor, centre_idx: torch.Tensor, group_idx: torch.Tensor,
                          offsets: torch.Tensor) -> torch.Tensor:

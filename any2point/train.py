@@ -6,17 +6,20 @@
     torchrun --nproc_per_node=4 -m any2point.train trainer=ddp ...
 
 Everything a run writes goes to its Hydra run directory: ``.hydra/`` (the composed config),
-``train.log``, ``history.csv`` and ``tensorboard/`` (per epoch), ``last.pt`` (resumable state,
-replaced atomically after every epoch), ``best_val.safetensors/.json`` (best epoch on the
+``train.log``, ``history.csv`` and ``tensorboard/`` (per epoch), ``last.safetensors`` (resumable
+state, replaced atomically after every epoch; any2point.resume_state), ``best_val.safetensors/.json`` (best epoch on the
 validation split), ``checkpoint.safetensors/.json`` (the final model, the one reported),
 ``per_class_<split>.csv/.json``, ``confusion_<split>.png`` and ``metrics.json``.
 
 Rerunning the same command on the same run directory (``hydra.run.dir=...``) continues from
-the last completed epoch; on CPU the result is bitwise that of an uninterrupted run.
+the last completed epoch; on CPU the result is bitwise that of an uninterrupted run. One
+process writes a run directory at a time (any2point.run_lock); settings that cannot work are
+refused before any data is read (any2point.config.check_train_settings).
 """
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,16 +29,21 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, runtime
-from .checkpoint import (BEST_VAL, CHECKPOINT, TRAINING_STATE, build_model, load_training_state, save_checkpoint,
-                         save_training_state, trained_keys, trained_state_dict)
-from .config import CONFIG_MODULE, check_required
+from .atomic import atomic_write_json
+from .checkpoint import BEST_VAL, CHECKPOINT, save_checkpoint, trained_keys, trained_state_dict
+from .config import CONFIG_MODULE, check_required, check_train_settings
 from .engine import autocast, make_loader, train_one_epoch
-from .evaluate import METRICS_JSON, evaluate_dataset, write_json, write_split_results
+from .errors import CheckpointError, ConfigError, exit_on_user_error, user_errors_exit
+from .evaluate import METRICS_JSON, evaluate_dataset, write_split_results
+from .factory import create_model
 from .history import EpochHistory
 from .metrics import ClassificationResult
 from .optim import build_optimizer, build_scheduler
 from .params import parameter_report
+from .resume_state import (LEGACY_TRAINING_STATE, TRAINING_STATE, TrainingState, read_training_state,
+                           refuse_legacy_state, restore_training_state, save_training_state)
 from .run_data import RunSplits, load_splits
+from .run_lock import run_directory_lock
 from .source_overrides import route_source_overrides
 
 __all__ = ["run_training", "main"]
@@ -66,13 +74,22 @@ def _check_resumable(saved: dict, now: dict, path: Path) -> None:
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
-        raise ValueError(f"{path} was written by a run with other settings ({detail}{' ...' if len(changed) > 6 else ''}); "
-                         f"rerun with the same settings to resume, use another hydra.run.dir, or set train.resume=false "
-                         f"to start this directory over")
+        raise CheckpointError(f"{path} was written by a run with other settings ({detail}{' ...' if len(changed) > 6 else ''}); "
+                              f"rerun with the same settings to resume, use another hydra.run.dir, or set "
+                              f"train.resume=false to start this directory over")
 
 
 def _source_section(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg.source, resolve=True)
+
+
+def _build_model(cfg: DictConfig, num_classes: int):
+    source = _source_section(cfg)
+    options = dict(source.get("options") or {})
+    if source.get("weights"):
+        options["weights"] = str(source["weights"])
+    return create_model(source["name"], num_classes, pretrained=bool(source["pretrained"]),
+                        peft=OmegaConf.to_object(cfg.peft), source_options=options, model=OmegaConf.to_object(cfg.model))
 
 
 class _Run:
@@ -84,15 +101,15 @@ class _Run:
         self.started = time.perf_counter()
         autocast(ctx.device, cfg.trainer.precision)  # an unusable precision fails before any work
         if cfg.trainer.compile and cfg.trainer.activation_checkpointing:
-            raise ValueError("trainer.compile=true and trainer.activation_checkpointing=true cannot be combined: "
-                             "checkpointing keeps BatchNorm statistics right by re-running regions eagerly, "
-                             "which torch.compile does not trace; set one of them to false")
+            raise ConfigError("trainer.compile=true and trainer.activation_checkpointing=true cannot be combined: "
+                              "checkpointing keeps BatchNorm statistics right by re-running regions eagerly, "
+                              "which torch.compile does not trace; set one of them to false")
+        saved = self._read_state() if cfg.train.resume else None  # a bad state fails before any data is read
         runtime.configure(cfg.trainer, ctx.device)
         runtime.seed_everything(cfg.seed)
         self.splits: RunSplits = load_splits(cfg.data, cfg.seed)
         self.class_names = self.splits.class_names
-        self.model = build_model(_source_section(cfg), len(self.class_names), OmegaConf.to_object(cfg.model),
-                                 OmegaConf.to_object(cfg.peft)).to(ctx.device)
+        self.model = _build_model(cfg, len(self.class_names)).to(ctx.device)
         self.params = parameter_report(self.model)
         t = cfg.train
         self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay, t.betas)
@@ -107,8 +124,10 @@ class _Run:
         self.seconds_before = 0.0
         self.last_val: tuple[int, ClassificationResult] | None = None
         runtime.seed_everything(cfg.seed + ctx.rank)  # each rank its own dropout stream
-        if cfg.train.resume:
-            self._resume()
+        if saved is not None:
+            self._resume(saved)
+        elif not cfg.train.resume and ctx.is_main:
+            self._start_over()
         self.model.activation_checkpointing = bool(cfg.trainer.activation_checkpointing)
         self.net = self.model
         if ctx.distributed:
@@ -119,29 +138,34 @@ class _Run:
 
     # -- resume ---------------------------------------------------------------------------------
 
-    def _resume(self) -> None:
-        path = self.run_dir / TRAINING_STATE
-        state = load_training_state(path)
-        if state is None:
-            return
-        _check_resumable(state["fingerprint"], self.fingerprint, path)
-        expected = trained_keys(self.model)
-        if set(state["model"]) != expected:
-            raise ValueError(f"{path} holds other tensors than this model trains; set train.resume=false to start over")
-        self.model.load_state_dict(state["model"], strict=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.best, self.seconds_before = state["epoch"], state["best"], state["seconds"]
-        runtime.set_rng_state(state["rng"][self.ctx.rank])
+    def _read_state(self) -> TrainingState | None:
+        refuse_legacy_state(self.run_dir)  # a pickle is never opened
+        return read_training_state(self.run_dir / TRAINING_STATE)
+
+    def _resume(self, state: TrainingState) -> None:
+        path = state.path
+        _check_resumable(state.fingerprint, self.fingerprint, path)
+        if not 0 <= state.epoch <= self.cfg.train.epochs:
+            raise CheckpointError(f"{path} says {state.epoch} epochs are done, of {self.cfg.train.epochs}; set "
+                                  f"train.resume=false to start this directory over")
+        restore_training_state(state, model=self.model, model_keys=trained_keys(self.model),
+                               optimizer=self.optimizer, scheduler=self.scheduler, rank=self.ctx.rank)
+        self.epoch, self.best, self.seconds_before = state.epoch, state.best, state.seconds
         log.info("resuming %s after epoch %d of %d", self.run_dir, self.epoch, self.cfg.train.epochs)
+
+    def _start_over(self) -> None:
+        for name in (TRAINING_STATE, LEGACY_TRAINING_STATE):
+            if (self.run_dir / name).exists():
+                log.warning("train.resume=false: starting %s over (its %s is replaced)", self.run_dir, name)
+                os.unlink(self.run_dir / name)
 
     def _save_state(self) -> None:
         rng = distributed.gather_objects(runtime.rng_state(), self.ctx)
         if self.ctx.is_main:
-            save_training_state(self.run_dir / TRAINING_STATE, {
-                "epoch": self.epoch, "model": trained_state_dict(self.model),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": rng, "best": self.best, "seconds": self.elapsed(), "fingerprint": self.fingerprint})
+            save_training_state(self.run_dir / TRAINING_STATE, epoch=self.epoch,
+                                model=trained_state_dict(self.model), optimizer=self.optimizer.state_dict(),
+                                scheduler=self.scheduler.state_dict(), rng=rng, best=self.best,
+                                seconds=self.elapsed(), fingerprint=self.fingerprint)
 
     def elapsed(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
@@ -225,7 +249,7 @@ class _Run:
         if self.ctx.is_main:
             for name, r in results.items():
                 write_split_results(self.run_dir, name, r, self.class_names)
-            write_json(self.run_dir / METRICS_JSON, metrics)
+            atomic_write_json(self.run_dir / METRICS_JSON, metrics)
             if report:
                 log.info("final model (epoch %d) on the %s split of %s: OA %.2f%%  mAcc %.2f%%  (%d samples, %d "
                          "classes, chance %.1f%%)%s", self.epoch, report, c.data.name, metrics["oa"], metrics["macc"],
@@ -241,18 +265,21 @@ class _Run:
 
 def run_training(cfg: DictConfig, run_dir: str | Path, peft_config: str | None = None) -> dict:
     """Train as ``cfg`` says, writing everything to ``run_dir``; returns the final metrics.
-    ``peft_config``: the name of the ``peft`` config option, recorded to tell ablations apart."""
+    ``peft_config``: the name of the ``peft`` config option, recorded to tell ablations apart.
+    Rank 0 holds the run directory's lock for the whole run."""
     check_required(cfg)
+    check_train_settings(cfg)
     ctx = distributed.setup(cfg.trainer)
     try:
         shared = Path(distributed.broadcast_object(str(run_dir), ctx))  # rank 0's directory for all
         if shared != Path(run_dir):
             log.warning("rank %d: writing to rank 0's run directory %s (pass hydra.run.dir to torchrun jobs)",
                         ctx.rank, shared)
-        shared.mkdir(parents=True, exist_ok=True)
-        run = _Run(cfg, shared, ctx, peft_config)
-        run.fit()
-        return run.finish()
+        with run_directory_lock(shared, enabled=ctx.is_main):
+            shared.mkdir(parents=True, exist_ok=True)
+            run = _Run(cfg, shared, ctx, peft_config)
+            run.fit()
+            return run.finish()
     finally:
         distributed.cleanup()
 
@@ -262,9 +289,11 @@ def _app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     runtime_info = HydraConfig.get().runtime
-    return run_training(cfg, runtime_info.output_dir, runtime_info.choices.get("peft")).get("oa")
+    with user_errors_exit("any2point-train"):  # inside: Hydra would print a traceback
+        return run_training(cfg, runtime_info.output_dir, runtime_info.choices.get("peft")).get("oa")
 
 
+@exit_on_user_error("any2point-train")
 def main() -> None:
     sys.argv[1:] = route_source_overrides(sys.argv[1:])  # source.name=timm:... runs on model/base.yaml
     _app()

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import any2point
-from any2point.checkpoint import (atomic_write, build_model, load_checkpoint, resolve_checkpoint, save_checkpoint,
-                                  trained_state_dict)
+from any2point.atomic import atomic_write
+from any2point.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, trained_state_dict
 from any2point.errors import CheckpointMismatchError
 from any2point.registry import get_source_spec
 
@@ -25,7 +25,8 @@ def _clouds(b: int = 4, n: int = 64, seed: int = 0) -> torch.Tensor:
 
 def _model(source: dict, **model_overrides):
     torch.manual_seed(0)
-    return build_model(source, len(CLASSES), any2point.model_config(source["name"], model_overrides), {"name": "any2point"})
+    return any2point.create_model(source["name"], len(CLASSES), pretrained=source["pretrained"],
+                                  model=any2point.model_config(source["name"], model_overrides))
 
 
 def _train_a_step(model) -> None:
@@ -165,7 +166,7 @@ def test_lora_checkpoint_holds_only_lora_and_non_source_tensors(tmp_path, minilm
     source (tokenizer, cls, norm, head), never the frozen source, and loads back to the same model."""
     source = minilm_source
     torch.manual_seed(0)
-    model = build_model(source, len(CLASSES), any2point.model_config("minilm"), {"name": "lora", "lora_rank": 4})
+    model = any2point.create_model("minilm", len(CLASSES), peft={"name": "lora", "lora_rank": 4})
     _train_a_step(model)
     path = save_checkpoint(model, tmp_path / "checkpoint", source=source, class_names=CLASSES, num_points=64)
     keys = set(load_file(str(path)))

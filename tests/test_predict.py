@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import any2point
-from any2point.checkpoint import build_model, save_checkpoint
+from any2point.checkpoint import save_checkpoint
 from any2point.predict import main
 from data_files import MESHES_SHARED, need_shared, write_off, write_ply
 from tiny_run import run_module
@@ -23,7 +23,7 @@ def checkpoint(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     source = {"name": "tiny_1d", "pretrained": False, "weights": None, "options": {}}
     torch.manual_seed(0)
-    model = build_model(source, len(MODELNET10), any2point.model_config("tiny_1d"), {"name": "any2point"}).eval()
+    model = any2point.create_model("tiny_1d", len(MODELNET10), pretrained=False).eval()
     save_checkpoint(model, run / "checkpoint", source=source, class_names=MODELNET10, num_points=128)
     return run
 

@@ -24,12 +24,13 @@ from any2point.distributed import DistContext
 from any2point.engine import make_loader, predict, vote_scales
 from any2point.errors import CheckpointMismatchError
 from any2point.evaluate import run_eval
+from any2point.resume_state import read_training_state
 from any2point.optim import build_optimizer, build_scheduler, lr_at, parameter_groups
 from any2point.train import run_training
 from tiny_run import TINY, compose_config, env, metrics
 
 RUN_FILES = ["metrics.json", "checkpoint.safetensors", "checkpoint.json", "best_val.safetensors", "best_val.json",
-             "last.pt", "history.csv", "per_class_test.csv", "per_class_test.json", "confusion_test.png",
+             "last.safetensors", "history.csv", "per_class_test.csv", "per_class_test.json", "confusion_test.png",
              "per_class_val.csv", "confusion_val.png"]
 
 
@@ -199,10 +200,10 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_result(tmp_path):
     proc = subprocess.Popen(_train_cmd(killed), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        # last.pt first appears when epoch 1 is complete; an epoch here is ~40 steps (over a second on this
+        # last.safetensors first appears when epoch 1 is complete; an epoch here is ~40 steps (over a second on this
         # machine), so a kill 0.2 s later lands inside epoch 2 without depending on how long epoch 1 took
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None and not (killed / "last.pt").is_file():
+        while time.monotonic() < deadline and proc.poll() is None and not (killed / "last.safetensors").is_file():
             time.sleep(0.01)
         assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
         time.sleep(0.2)
@@ -212,12 +213,12 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_result(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    state = torch.load(killed / "last.pt", weights_only=False)
-    assert 1 <= state["epoch"] < 4 and not (killed / "metrics.json").exists()
+    state = read_training_state(killed / "last.safetensors")
+    assert 1 <= state.epoch < 4 and not (killed / "metrics.json").exists()
 
     resumed = subprocess.run(_train_cmd(killed), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming {killed} after epoch {state['epoch']} of 4" in resumed.stderr + resumed.stdout
+    assert f"resuming {killed} after epoch {state.epoch} of 4" in resumed.stderr + resumed.stdout
     assert uninterrupted.wait(timeout=300) == 0, uninterrupted.stderr.read()[-3000:]
 
     a, b = metrics(killed), metrics(straight)

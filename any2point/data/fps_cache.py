@@ -80,10 +80,18 @@ class ArrayCache:
         return array
 
     def save(self, key: str, array: np.ndarray) -> None:
+        """Store an entry; an unwritable cache folder turns caching off with a warning (the
+        result is still computed, only not kept)."""
         if self.directory is None:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".npy")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".npy")
+        except OSError as exc:
+            log.warning("cannot write the cache folder %s (%s); computing without caching (set data.cache_dir to a "
+                        "writable folder to keep results)", self.directory, exc)
+            self.directory = None
+            return
         try:
             with os.fdopen(fd, "wb") as f:
                 np.save(f, array, allow_pickle=False)
