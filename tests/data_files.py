@@ -70,13 +70,14 @@ def write_ply(path: Path, vertices, faces=None, fmt: str = "ascii") -> Path:
 
 
 def write_obj(path: Path, vertices, faces, negative: bool = False) -> Path:
-    """Faces alternate the v, v/vt, v/vt/vn and v//vn forms; ``negative`` uses relative indices."""
+    """Faces alternate the v, v/vt, v/vt/vn and v//vn forms (one form per face, as OBJ
+    writers do); ``negative`` uses relative indices."""
     lines = ["# any2point test", "o shape"] + [f"v {x:.9g} {y:.9g} {z:.9g}" for x, y, z in vertices]
     lines += ["vt 0 0", "vn 0 0 1"]
     forms = ["{i}", "{i}/1", "{i}/1/1", "{i}//1"]
     for k, f in enumerate(faces):
         refs = [(i - len(vertices)) if negative else i + 1 for i in f]
-        lines.append("f " + " ".join(forms[(k + j) % 4].format(i=r) for j, r in enumerate(refs)))
+        lines.append("f " + " ".join(forms[k % 4].format(i=r) for r in refs))
     path.write_text("\n".join(lines) + "\n")
     return path
 
