@@ -59,8 +59,11 @@ def read_labelled_h5(path: Path, data_key: str = "data", label_key: str = "label
                                 "genuine)", str(path))
             points = data[:, :, :3] if data.shape[2] > 3 else data[()]
             labels = label[()].reshape(-1)
-    except OSError as exc:  # h5py reports truncated / corrupt files and failed reads as OSError
-        raise DataError(f"not a readable HDF5 file (truncated or corrupt?): {exc}", str(path)) from None
+    except DataError:
+        raise
+    except (OSError, RuntimeError, ValueError, TypeError, KeyError) as exc:  # h5py on truncated / corrupt files
+        raise DataError(f"not a readable HDF5 file (truncated or corrupt?): {type(exc).__name__}: {exc}",
+                        str(path)) from None
     if not np.issubdtype(points.dtype, np.floating):
         raise DataError(f"'{data_key}' holds {points.dtype}; expected floating-point coordinates", str(path))
     bad = ~np.isfinite(points).all(axis=(1, 2))

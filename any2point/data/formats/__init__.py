@@ -58,6 +58,6 @@ def read_file(path: str | Path, max_points: int = DEFAULT_MAX_POINTS_PER_FILE) -
         return reader(path, int(max_points))
     except DataError:
         raise
-    except (ValueError, IndexError, KeyError, TypeError, OSError, EOFError, MemoryError, OverflowError) as exc:
+    except Exception as exc:  # a library's own error on a bad file (h5py raises RuntimeError, ...)
         raise DataError(f"cannot read this {path.suffix.lower()} file: {type(exc).__name__}: {exc}",
                         str(path)) from None

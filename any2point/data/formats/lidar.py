@@ -1,7 +1,13 @@
 """LAS / LAZ lidar through laspy (the ``any2point[lidar]`` extra, with the lazrs backend for
-LAZ). The point count of the header is checked before laspy reads the points."""
+LAZ). The point count of the header is checked before laspy reads the points.
+
+LAZ is decoded in a child process: lazrs aborts the whole process on some corrupt files
+(found by the fuzz tests), which would end a prediction over many files. The child sends
+plain arrays back (an .npz stream loaded without pickle)."""
 from __future__ import annotations
 
+import io
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +18,53 @@ from .records import PointFile, check_declared, check_points
 __all__ = ["read_las"]
 
 _EXTRA = "pip install 'any2point[lidar]'"
+_COLOR = ("red", "green", "blue")
+
+
+def _arrays(path: str) -> dict[str, np.ndarray]:
+    import laspy
+
+    with laspy.open(path) as reader:
+        las = reader.read()
+    out = {"xyz": np.stack([np.asarray(las.x), np.asarray(las.y), np.asarray(las.z)], axis=1)}
+    for name in las.point_format.dimension_names:
+        if name not in ("X", "Y", "Z"):
+            out[f"field_{name}"] = np.asarray(las[name])
+    return out
+
+
+def _child(path: str, conn) -> None:
+    try:
+        stream = io.BytesIO()
+        np.savez(stream, **_arrays(path))
+        conn.send_bytes(b"A" + stream.getvalue())
+    except Exception as exc:
+        conn.send_bytes(b"E" + f"{type(exc).__name__}: {exc}".encode("utf-8", "replace"))
+    finally:
+        conn.close()
+
+
+def _arrays_in_child(path: Path) -> dict[str, np.ndarray]:
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child, args=(str(path), send), daemon=True)
+    child.start()
+    send.close()
+    try:
+        message = receive.recv_bytes()
+    except EOFError:
+        message = None
+    finally:
+        receive.close()
+        child.join()
+    if message is None:
+        raise DataError(f"the LAZ decoder (lazrs) crashed on this file (exit code {child.exitcode}): the file is "
+                        "corrupt", str(path))
+    if message[:1] == b"E":
+        raise ValueError(message[1:].decode("utf-8", "replace"))
+    with np.load(io.BytesIO(message[1:]), allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
 
 
 def read_las(path: Path, limit: int) -> PointFile:
@@ -19,22 +72,22 @@ def read_las(path: Path, limit: int) -> PointFile:
         import laspy
     except ImportError:
         raise DataError(f"reading {path.suffix} files needs laspy: {_EXTRA}", str(path)) from None
+    laz = path.suffix.lower() == ".laz"
     try:
         with laspy.open(str(path)) as reader:
             check_declared(path, "LAS points", int(reader.header.point_count), limit)
-            if path.suffix.lower() == ".laz" and not laspy.LazBackend.detect_available():
-                raise DataError(f"reading .laz files needs a LAZ backend: {_EXTRA}", str(path))
-            las = reader.read()
+        if laz and not laspy.LazBackend.detect_available():
+            raise DataError(f"reading .laz files needs a LAZ backend: {_EXTRA}", str(path))
+        arrays = _arrays_in_child(path) if laz else _arrays(str(path))
     except DataError:
         raise
     except Exception as exc:  # laspy.LaspyException, struct / numpy errors on short files
         raise DataError(f"cannot read this {path.suffix} file (laspy: {type(exc).__name__}: {exc}); expected a valid "
                         "LAS 1.0-1.4 or LAZ file", str(path)) from None
-    points = check_points(path, np.stack([np.asarray(las.x), np.asarray(las.y), np.asarray(las.z)], axis=1))
-    names = list(las.point_format.dimension_names)
+    points = check_points(path, arrays.pop("xyz"))
+    fields = {name[len("field_"):]: values for name, values in arrays.items()}
     colors = None
-    if all(k in names for k in ("red", "green", "blue")):  # 16-bit colour, or 8-bit values in 16-bit fields
-        rgb = np.stack([np.asarray(las[k]) for k in ("red", "green", "blue")], axis=1)
+    if all(k in fields for k in _COLOR):  # 16-bit colour, or 8-bit values in 16-bit fields
+        rgb = np.stack([fields.pop(k) for k in _COLOR], axis=1)
         colors = (rgb >> 8 if rgb.size and rgb.max() > 255 else rgb).astype(np.uint8)
-    skip = {"X", "Y", "Z", "red", "green", "blue"}
-    return PointFile(points, None, colors, {k: np.asarray(las[k]) for k in names if k not in skip})
+    return PointFile(points, None, colors, fields)
