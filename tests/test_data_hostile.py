@@ -12,16 +12,14 @@ from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
-import trimesh
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from any2point.data import SUPPORTED_EXTENSIONS, read_points
 from any2point.errors import DataError
-from data_files import random_clouds, write_ply, write_text_cloud
+from data_files import write_sample_file
 
 LIMIT = 5_000  # points per file in these tests: a mutated header may declare anything up to it
 ALARM_SECONDS = 20
@@ -33,42 +31,11 @@ FUZZ = settings(max_examples=int(os.environ.get("ANY2POINT_FUZZ_EXAMPLES", 25)),
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
-def _write_seed(ext: str, path: Path) -> None:
-    cloud = random_clouds(1, 40, seed=1)[0]
-    mesh = trimesh.creation.icosphere(subdivisions=1)
-    if ext in (".off", ".obj", ".stl", ".glb"):
-        data = mesh.export(file_type=ext[1:])
-        path.write_bytes(data.encode() if isinstance(data, str) else data)
-    elif ext == ".gltf":  # one self-contained file: the buffer embedded as a data URI
-        path.write_bytes(trimesh.exchange.gltf.export_gltf(mesh.scene(), embed_buffers=True)["model.gltf"])
-    elif ext == ".ply":
-        write_ply(path, cloud, [[0, 1, 2], [2, 3, 4, 5]], "binary_little_endian")
-    elif ext == ".pcd":
-        import pypcd4
-
-        pypcd4.PointCloud.from_xyz_points(cloud).save(str(path), encoding=pypcd4.Encoding.BINARY_COMPRESSED)
-    elif ext in (".las", ".laz"):
-        import laspy
-
-        las = laspy.LasData(laspy.LasHeader(point_format=2, version="1.2"))
-        las.x, las.y, las.z = cloud.T.astype(np.float64)
-        las.write(str(path))
-    elif ext == ".npy":
-        np.save(path, cloud)
-    elif ext == ".npz":
-        np.savez_compressed(path, points=cloud, normals=cloud)
-    elif ext in (".h5", ".hdf5"):
-        with h5py.File(path, "w") as f:
-            f.create_dataset("data", data=cloud, compression="gzip")
-    else:
-        write_text_cloud(path, cloud, sep="," if ext == ".csv" else " ", header="x,y,z,nx,ny,nz")
-
-
 @functools.lru_cache(maxsize=None)
 def _seed(ext: str) -> bytes:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"seed{ext}"
-        _write_seed(ext, path)
+        write_sample_file(ext, path)
         return path.read_bytes()
 
 
