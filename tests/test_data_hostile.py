@@ -159,3 +159,24 @@ def test_named_hostile_cases(tmp_path):
         with _alarm(ALARM_SECONDS), pytest.raises(DataError) as info:
             read_points(tmp_path / name, num_points=16)
         assert name in str(info.value), name
+
+
+def test_cases_the_fuzzing_found(tmp_path):
+    """A LAS header whose VLR count reads as billions (laspy loops over it past the end of the
+    file), a PCD COUNT in the quintillions (pypcd4 builds one dtype entry per value), and a LAZ
+    file with one flipped byte (lazrs aborts the process: it is decoded in a child)."""
+    las = bytearray(write_sample_file(".las", tmp_path / "seed.las").read_bytes())
+    las[100:104] = (1_879_048_192).to_bytes(4, "little")
+    (tmp_path / "vlrs.las").write_bytes(bytes(las))
+    pcd = write_sample_file(".pcd", tmp_path / "seed.pcd").read_bytes().replace(b"COUNT 1 1 1",
+                                                                              b"COUNT 1 92233720368547758081 1")
+    (tmp_path / "count.pcd").write_bytes(pcd)
+    laz = bytearray(write_sample_file(".laz", tmp_path / "seed.laz").read_bytes())
+    laz[296] ^= 0xFF
+    (tmp_path / "flipped.laz").write_bytes(bytes(laz))
+    expected = {"vlrs.las": "1,879,048,192 variable-length records", "count.pcd": "expected counts of 1 to 4096",
+                "flipped.laz": ""}
+    for name, message in expected.items():
+        with _alarm(ALARM_SECONDS), pytest.raises(DataError, match=message) as info:
+            read_points(tmp_path / name, num_points=16)
+        assert name in str(info.value)

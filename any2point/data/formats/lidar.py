@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,26 @@ __all__ = ["read_las"]
 
 _EXTRA = "pip install 'any2point[lidar]'"
 _COLOR = ("red", "green", "blue")
+_CHILD_SECONDS = 600  # a LAZ decode of the largest file the limit allows takes seconds, not minutes
+
+
+def _check_record_counts(path: Path) -> None:
+    """laspy loops over the VLR / EVLR counts of the header even past the end of the file (a
+    flipped byte there reads as billions of records and never ends): check that they fit."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(247)
+    if len(head) < 104 or head[:4] != b"LASF":
+        return  # laspy says what is wrong
+    (vlrs,) = struct.unpack_from("<I", head, 100)
+    if vlrs * 54 > size:  # a VLR header alone is 54 bytes
+        raise DataError(f"the header declares {vlrs:,} variable-length records, more than a {size:,}-byte file "
+                        "holds", str(path))
+    if head[25] >= 4 and len(head) >= 247:
+        (evlrs,) = struct.unpack_from("<I", head, 243)
+        if evlrs * 60 > size:  # an extended VLR header is 60 bytes
+            raise DataError(f"the header declares {evlrs:,} extended variable-length records, more than a "
+                            f"{size:,}-byte file holds", str(path))
 
 
 def _arrays(path: str) -> dict[str, np.ndarray]:
@@ -33,7 +54,22 @@ def _arrays(path: str) -> dict[str, np.ndarray]:
     return out
 
 
-def _child(path: str, conn) -> None:
+def _cap_memory(limit: int) -> None:
+    """Bound the child's address space: a corrupt LAZ chunk table can make lazrs allocate
+    without limit (the kernel then kills whatever is largest on a shared machine)."""
+    try:
+        import resource
+
+        with open("/proc/self/statm") as f:
+            mapped = int(f.read().split()[0]) * resource.getpagesize()
+        budget = max(512 << 20, 256 * limit)  # ~60 bytes a decoded point, several copies
+        resource.setrlimit(resource.RLIMIT_AS, (mapped + budget, mapped + budget))
+    except (ImportError, OSError, ValueError):  # not Linux: no cap
+        pass
+
+
+def _child(path: str, limit: int, conn) -> None:
+    _cap_memory(limit)
     try:
         stream = io.BytesIO()
         np.savez(stream, **_arrays(path))
@@ -44,20 +80,25 @@ def _child(path: str, conn) -> None:
         conn.close()
 
 
-def _arrays_in_child(path: Path) -> dict[str, np.ndarray]:
+def _arrays_in_child(path: Path, limit: int) -> dict[str, np.ndarray]:
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_child, args=(str(path), send), daemon=True)
+    child = context.Process(target=_child, args=(str(path), limit, send), daemon=True)
     child.start()
     send.close()
     try:
-        message = receive.recv_bytes()
+        message = receive.recv_bytes() if receive.poll(_CHILD_SECONDS) else b"T"
     except EOFError:
         message = None
     finally:
         receive.close()
+        if child.is_alive():
+            child.kill()
         child.join()
+    if message == b"T":
+        raise DataError(f"decoding did not finish in {_CHILD_SECONDS} s; the file is corrupt or far larger than "
+                        "its header says", str(path))
     if message is None:
         raise DataError(f"the LAZ decoder (lazrs) crashed on this file (exit code {child.exitcode}): the file is "
                         "corrupt", str(path))
@@ -73,12 +114,13 @@ def read_las(path: Path, limit: int) -> PointFile:
     except ImportError:
         raise DataError(f"reading {path.suffix} files needs laspy: {_EXTRA}", str(path)) from None
     laz = path.suffix.lower() == ".laz"
+    _check_record_counts(path)
     try:
         with laspy.open(str(path)) as reader:
             check_declared(path, "LAS points", int(reader.header.point_count), limit)
         if laz and not laspy.LazBackend.detect_available():
             raise DataError(f"reading .laz files needs a LAZ backend: {_EXTRA}", str(path))
-        arrays = _arrays_in_child(path) if laz else _arrays(str(path))
+        arrays = _arrays_in_child(path, limit) if laz else _arrays(str(path))
     except DataError:
         raise
     except Exception as exc:  # laspy.LaspyException, struct / numpy errors on short files

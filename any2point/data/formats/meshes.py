@@ -36,7 +36,10 @@ def _off_counts(path: Path, raw: bytes, limit: int) -> tuple[int, int]:
     vertices, faces = (first, second) if first is not None else (second, third)
     check_declared(path, "vertices", vertices, limit)
     check_declared(path, "faces", faces, limit)
-    rows = sum(1 for line in raw.split(b"\n") if line.strip() and not line.lstrip().startswith(b"#"))
+    if b"#" in raw or re.search(rb"\n[ \t\r]*\n", raw.strip()):  # comments or blank lines: count data lines
+        rows = sum(1 for _ in re.finditer(rb"(?m)^[ \t\r]*[^\s#]", raw))
+    else:  # one line per row: count newlines without splitting a large file into objects
+        rows = raw.strip().count(b"\n") + 1
     rows -= 1 if first is not None else 2
     if rows < vertices + faces:
         raise DataError(f"file is truncated: the header declares {vertices} vertices and {faces} faces, "
@@ -52,8 +55,8 @@ def _stl_counts(path: Path, raw: bytes) -> tuple[int, int]:
     """(vertices, faces) of an STL file: binary STL declares its triangle count at byte 80."""
     if len(raw) >= 84:
         (triangles,) = struct.unpack_from("<I", raw, 80)
-        if len(raw) == 84 + 50 * triangles or not raw.lstrip()[:5].lower() == b"solid":
-            if len(raw) != 84 + 50 * triangles:
+        if len(raw) == 84 + 50 * triangles or not raw.lstrip()[:5].lower() == b"solid":  # binary
+            if len(raw) < 84 + 50 * triangles:
                 raise DataError(f"binary STL declares {triangles:,} triangles ({84 + 50 * triangles:,} bytes) but "
                                 f"the file has {len(raw):,} bytes", str(path))
             return 3 * triangles, triangles

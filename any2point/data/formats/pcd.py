@@ -15,6 +15,7 @@ from .records import PointFile, check_declared, check_points
 __all__ = ["read_pcd"]
 
 _NORMALS = ("normal_x", "normal_y", "normal_z")
+_MAX_COUNT = 4096  # values per field (a 4096-bin descriptor); pypcd4 builds one dtype entry per value
 
 
 def _header(path: Path, raw: bytes):
@@ -48,6 +49,10 @@ def read_pcd(path: Path, limit: int) -> PointFile:
     if meta.width * meta.height != meta.points:
         raise DataError(f"PCD header declares WIDTH {meta.width} x HEIGHT {meta.height} but POINTS {meta.points}",
                         str(path))
+    counts = tuple(meta.count or ())
+    if any(not 1 <= c <= _MAX_COUNT for c in counts) or any(z not in (1, 2, 4, 8) for z in meta.size or ()):
+        raise DataError(f"PCD COUNT {list(counts)[:8]} / SIZE {list(meta.size or ())[:8]}; expected counts of 1 to "
+                        f"{_MAX_COUNT} values per field and sizes of 1, 2, 4 or 8 bytes", str(path))
     try:
         itemsize = meta.build_dtype().itemsize
     except Exception as exc:
