@@ -54,7 +54,8 @@ def file_cloud(path: str | Path, mesh_points: int = DEFAULT_MESH_POINTS, seed: i
     points = file_points(path, mesh_points, seed, max_points).points
     if np.ptp(points, axis=0).max() == 0:
         raise DataError(f"all {len(points)} points coincide: not a shape", str(path))
-    cloud = points.astype(np.float32)
+    with np.errstate(over="ignore"):  # reported below
+        cloud = points.astype(np.float32)
     bad = ~np.isfinite(cloud).all(axis=1)
     if bad.any():
         raise DataError(f"point {int(np.argmax(bad))} overflows float32 (coordinates beyond ~3.4e38)", str(path))

@@ -69,6 +69,11 @@ def _cap_memory(limit: int) -> None:
 
 
 def _child(path: str, limit: int, conn) -> None:
+    import faulthandler
+    import os
+
+    faulthandler.disable()  # a crash is reported once, by the parent, as a DataError naming the file
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # and lazrs' panic backtrace is not the user's business
     _cap_memory(limit)
     try:
         stream = io.BytesIO()

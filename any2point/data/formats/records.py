@@ -80,7 +80,8 @@ def cloud_columns(path: Path | str, what: str, shape: tuple[int, ...], dtype: np
 
 def check_points(path: Path | str, points: np.ndarray) -> np.ndarray:
     """Non-empty, finite (n, 3) float64 coordinates."""
-    points = np.asarray(points, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite values are reported below
+        points = np.asarray(points, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 3:
         raise DataError(f"points have shape {points.shape}; expected (num_points, 3)", str(path))
     if len(points) == 0:
