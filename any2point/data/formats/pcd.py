@@ -80,7 +80,7 @@ def read_pcd(path: Path, limit: int) -> PointFile:
         raise DataError(f"file is truncated: {meta.points} points declared, {len(table)} read", str(path))
     if not all(k in names for k in "xyz"):
         raise DataError(f"PCD fields {list(names)}; expected x, y and z", str(path))
-    points = check_points(path, np.stack([table[k].astype(np.float64) for k in "xyz"], axis=1))
+    points = check_points(path, np.stack([table[k] for k in "xyz"], axis=1))
     normals = np.stack([table[k] for k in _NORMALS], axis=1) if all(k in names for k in _NORMALS) else None
     colors = None
     if "rgb" in names or "rgba" in names:

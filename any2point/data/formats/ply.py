@@ -57,7 +57,7 @@ def read_ply(path: Path, limit: int):
                         "file", str(path)) from None
     if vertex is None or not all(k in (vertex.dtype.names or ()) for k in "xyz"):
         raise DataError("expected a 'vertex' element with properties x, y, z", str(path))
-    points = check_points(path, np.stack([np.asarray(vertex[k], dtype=np.float64) for k in "xyz"], axis=1))
+    points = check_points(path, np.stack([np.asarray(vertex[k]) for k in "xyz"], axis=1))
     normals, colors = _columns(vertex, _NORMALS), _columns(vertex, _COLORS)
     if faces:
         return mesh_from_faces(path, points, faces, vertex_normals=normals, vertex_colors=colors)
