@@ -70,13 +70,14 @@ def write_ply(path: Path, vertices, faces=None, fmt: str = "ascii") -> Path:
 
 
 def write_obj(path: Path, vertices, faces, negative: bool = False) -> Path:
-    """Faces alternate the v, v/vt, v/vt/vn and v//vn forms; ``negative`` uses relative indices."""
+    """Faces alternate the v, v/vt, v/vt/vn and v//vn forms (one form per face, as OBJ
+    writers do); ``negative`` uses relative indices."""
     lines = ["# any2point test", "o shape"] + [f"v {x:.9g} {y:.9g} {z:.9g}" for x, y, z in vertices]
     lines += ["vt 0 0", "vn 0 0 1"]
     forms = ["{i}", "{i}/1", "{i}/1/1", "{i}//1"]
     for k, f in enumerate(faces):
         refs = [(i - len(vertices)) if negative else i + 1 for i in f]
-        lines.append("f " + " ".join(forms[(k + j) % 4].format(i=r) for j, r in enumerate(refs)))
+        lines.append("f " + " ".join(forms[k % 4].format(i=r) for r in refs))
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -131,3 +132,40 @@ def write_modelnet40_release(root: Path, split: str, clouds, labels, class_names
     if listing:
         (root / f"{split}_files.txt").write_text("".join(f"{prefix}{p.name}\n" for p in paths))
     return paths
+
+
+def write_sample_file(ext: str, path: Path, cloud=None) -> Path:
+    """A small genuine file of type ``ext``, written by the format's own library where there is
+    one: a sphere mesh (OFF, OBJ, STL, GLB, glTF), a PLY mesh with a quad, otherwise ``cloud``
+    ((n, 3), 40 random points by default) as a point file."""
+    import trimesh
+
+    cloud = random_clouds(1, 40, seed=1)[0] if cloud is None else np.asarray(cloud, dtype=np.float32)
+    mesh = trimesh.creation.icosphere(subdivisions=1)
+    if ext in (".off", ".obj", ".stl", ".glb"):
+        data = mesh.export(file_type=ext[1:])
+        path.write_bytes(data.encode() if isinstance(data, str) else data)
+    elif ext == ".gltf":  # one self-contained file: the buffer embedded as a data URI
+        path.write_bytes(trimesh.exchange.gltf.export_gltf(mesh.scene(), embed_buffers=True)["model.gltf"])
+    elif ext == ".ply":
+        write_ply(path, cloud, [[0, 1, 2], [2, 3, 4, 5]], "binary_little_endian")
+    elif ext == ".pcd":
+        import pypcd4
+
+        pypcd4.PointCloud.from_xyz_points(cloud).save(str(path), encoding=pypcd4.Encoding.BINARY_COMPRESSED)
+    elif ext in (".las", ".laz"):
+        import laspy
+
+        las = laspy.LasData(laspy.LasHeader(point_format=2, version="1.2"))
+        las.x, las.y, las.z = cloud.T.astype(np.float64)
+        las.write(str(path))
+    elif ext == ".npy":
+        np.save(path, cloud)
+    elif ext == ".npz":
+        np.savez_compressed(path, points=cloud, normals=cloud)
+    elif ext in (".h5", ".hdf5"):
+        with h5py.File(path, "w") as f:
+            f.create_dataset("data", data=cloud, compression="gzip")
+    else:
+        write_text_cloud(path, cloud, sep="," if ext == ".csv" else " ", header="x,y,z,nx,ny,nz")
+    return path

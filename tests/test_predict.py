@@ -11,7 +11,7 @@ import torch
 import any2point
 from any2point.checkpoint import save_checkpoint
 from any2point.predict import main
-from data_files import MESHES_SHARED, need_shared, write_off, write_ply
+from data_files import MESHES_SHARED, need_shared, write_off, write_ply, write_sample_file
 from tiny_run import run_module
 
 MODELNET10 = ["bathtub", "bed", "chair", "desk", "dresser", "monitor", "night_stand", "sofa", "table", "toilet"]
@@ -84,3 +84,26 @@ def test_text_output_and_an_unusable_checkpoint(checkpoint, tmp_path, capsys):
     assert line.startswith(f"{mesh}: ") and line.count("%)") == 2
     assert main([str(tmp_path / "nowhere"), str(mesh)]) == 2
     assert "cannot use checkpoint" in capsys.readouterr().err
+
+
+def test_every_supported_format_is_predicted(checkpoint, tmp_path, capsys):
+    """One file per extension, written by the format's own library where there is one; the
+    point formats hold the same float32 cloud, so they must get the same probabilities."""
+    from any2point.data import SUPPORTED_EXTENSIONS
+
+    cloud = np.random.default_rng(5).normal(size=(300, 3)).astype(np.float32)
+    files = []
+    for ext in SUPPORTED_EXTENSIONS:
+        path = tmp_path / f"sample{ext}"
+        if ext == ".ply":  # a PLY point cloud (write_sample_file writes a PLY mesh)
+            write_ply(path, cloud)
+        else:
+            write_sample_file(ext, path, cloud)
+        files.append(str(path))
+    assert main([str(checkpoint), *files, "--json", "--topk", "10"]) == 0
+    out = {o["file"].rsplit(".", 1)[1]: o for o in _lines(capsys.readouterr().out)}
+    assert sorted(out) == sorted(ext[1:] for ext in SUPPORTED_EXTENSIONS)
+    probs = {ext: {t["label"]: t["prob"] for t in o["topk"]} for ext, o in out.items()}
+    for ext in ("npz", "h5", "hdf5", "ply", "pcd", "txt", "xyz", "pts", "csv"):  # lossless copies of the .npy cloud
+        assert probs[ext].keys() == probs["npy"].keys(), ext
+        assert all(abs(probs[ext][k] - probs["npy"][k]) < 1e-5 for k in probs["npy"]), ext

@@ -14,16 +14,16 @@ from .fps_cache import cached_epoch_pools
 from .folder import load_folder
 from .modelnet40 import load_modelnet40
 from .modelnet40_resampled import load_modelnet40_resampled
+from .file_to_cloud import file_points, read_points
+from .formats import SUPPORTED_EXTENSIONS, PointFile, read_file
 from .options import as_dict, cache_of, protocol_of
-from .pointfile import read_points
 from .protocol import SPLITS
-from .readers import SUPPORTED_EXTENSIONS, Geometry, read_geometry
 from .scanobjectnn import load_scanobjectnn
 from .shapes import load_shapes
 from .splits import stratified_split
 from .transforms import build_transforms
 
-__all__ = ["build_dataset", "PointCloudDataset", "read_points", "read_geometry", "Geometry",
+__all__ = ["build_dataset", "PointCloudDataset", "read_points", "read_file", "file_points", "PointFile",
            "SUPPORTED_EXTENSIONS", "LOADERS"]
 
 # data.format -> loader(cfg dict, source split 'train' | 'test', pool size) -> LoadedSplit

@@ -4,8 +4,10 @@ The class list is every ``<class>`` folder (sorted), the same for both splits, u
 ``data.class_names`` fixes it (a folder not in that list is then an error, or skipped).
 Meshes are surface-sampled to ``data.mesh_points`` (seed 0, so a file always gives the
 same cloud); every file is reduced by FPS once and cached by content.
-With ``data.on_error: skip`` unreadable files are logged and listed in
-``dataset.skipped`` as (path, reason) instead of stopping the run.
+Every entry that does not become a sample is listed in ``dataset.skipped`` as (path,
+reason): hidden entries, files at the root, class folders without the split, directories
+(even when named like a file), broken links and symlink loops, unreadable or bad files.
+Bad files stop the run unless ``data.on_error: skip``; the others are only listed.
 """
 from __future__ import annotations
 
@@ -13,15 +15,17 @@ from functools import partial
 from pathlib import Path
 
 import logging
+import os
+import stat
 
 import numpy as np
 
 from ..errors import DataError
 from .base import LoadedSplit
-from .file_clouds import pool_files
+from .file_pools import pool_files
+from .file_to_cloud import DEFAULT_MESH_POINTS, file_cloud
+from .formats import DEFAULT_MAX_POINTS_PER_FILE, SUPPORTED_EXTENSIONS
 from .options import cache_of, class_names_of, existing_root
-from .pointfile import DEFAULT_MESH_POINTS, file_cloud
-from .readers import SUPPORTED_EXTENSIONS
 
 __all__ = ["load_folder"]
 
@@ -30,8 +34,29 @@ log = logging.getLogger(__name__)
 _LAYOUT = "one folder per class, each with train/ and test/ subfolders of point-cloud or mesh files"
 
 
-def _class_folders(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _kind(path: Path) -> str | None:
+    """None for a regular file (links followed), else why the entry is not one."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:  # ELOOP: a symlink loop; ENOENT: a broken link
+        return f"cannot be opened: {exc.strerror or exc}"
+    if stat.S_ISREG(mode):
+        return None if os.access(path, os.R_OK) else "not readable (permission denied)"
+    if stat.S_ISDIR(mode):
+        return "a directory named like a data file; expected a file"
+    return "not a regular file (a device, socket or pipe)"
+
+
+def _class_folders(root: Path, note) -> list[str]:
+    folders = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            note(entry, "hidden entry, ignored")
+        elif entry.is_dir():
+            folders.append(entry.name)
+        else:
+            note(entry, "not a class folder (expected root/<class>/<split>/<files>)")
+    return folders
 
 
 def load_folder(cfg: dict, source_split: str, pool_size: int) -> LoadedSplit:
@@ -40,22 +65,34 @@ def load_folder(cfg: dict, source_split: str, pool_size: int) -> LoadedSplit:
     on_error = str(cfg.get("on_error", "raise"))
     if on_error not in ("raise", "skip"):
         raise ValueError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
-    folders = _class_folders(root)
+    skipped: list[tuple[str, str]] = []
+
+    def note(path: Path, reason: str) -> None:  # listed, never an error
+        log.info("not a sample: %s: %s", path, reason)
+        skipped.append((str(path), reason))
+
+    folders = _class_folders(root, note)
     class_names = class_names_of(cfg) or folders
     if not class_names:
         raise DataError(f"no class folders: expected {_LAYOUT}", str(root))
     index = {name: i for i, name in enumerate(class_names)}
-    skipped: list[tuple[str, str]] = []
     files, labels = [], []
     for folder in folders:
         split_dir = root / folder / source_split
         if not split_dir.is_dir():
+            note(split_dir, f"class folder {folder!r} has no {source_split}/ subfolder (no {source_split} samples)")
             continue
-        for path in sorted(p for p in split_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
-            reason = None
-            if folder not in index:
+        for path in sorted(split_dir.iterdir()):
+            if path.name.startswith("."):
+                note(path, "hidden entry, ignored")
+                continue
+            if path.is_dir() and path.suffix.lower() not in SUPPORTED_EXTENSIONS:
+                note(path, "a directory; files are read only directly inside the split folder")
+                continue
+            reason = _kind(path)
+            if reason is None and folder not in index:
                 reason = f"class folder {folder!r} is not in data.class_names {class_names}"
-            elif path.suffix.lower() not in SUPPORTED_EXTENSIONS:
+            elif reason is None and path.suffix.lower() not in SUPPORTED_EXTENSIONS:
                 reason = (f"unsupported file type {path.suffix or '(no extension)'!r}; supported: "
                           f"{', '.join(SUPPORTED_EXTENSIONS)}")
             if reason is not None:
@@ -67,9 +104,11 @@ def load_folder(cfg: dict, source_split: str, pool_size: int) -> LoadedSplit:
             files.append(path)
             labels.append(index[folder])
     mesh_points = int(cfg.get("mesh_points", DEFAULT_MESH_POINTS))
+    max_points = int(cfg.get("max_points_per_file") or DEFAULT_MAX_POINTS_PER_FILE)
     presample = int(cfg.get("presample_points") or pool_size)
-    pools, kept = pool_files(files, partial(file_cloud, mesh_points=mesh_points, seed=0), pool_size=pool_size,
-                             presample=presample, cache=cache_of(cfg), recipe=f"folder-mesh{mesh_points}-seed0",
+    reader = partial(file_cloud, mesh_points=mesh_points, seed=0, max_points=max_points)
+    pools, kept = pool_files(files, reader, pool_size=pool_size,
+                             presample=presample, cache=cache_of(cfg), recipe=f"folder-trimesh{mesh_points}-seed0",
                              on_error=on_error, skipped=skipped)
     if not kept:
         raise DataError(f"no usable {source_split} files ({len(skipped)} skipped): expected {_LAYOUT}", str(root))

@@ -1,8 +1,10 @@
 """Labelled HDF5 collections (the ModelNet40 and ScanObjectNN releases): read, check, pool.
 
 A file holds ``data`` (n, P, >=3) and ``label`` (n,) or (n, 1). Every problem (unreadable
-file, wrong shapes, NaN / infinite coordinates, a label outside the class list) is a
-``DataError`` naming the file and, where it applies, the sample index.
+file, wrong shapes or dtypes, sizes above the limits, NaN / infinite coordinates, a label
+outside the class list) is a ``DataError`` naming the file and, where it applies, the
+sample index. Shapes are checked against ``data.max_points_per_file`` (per cloud) and
+``data.max_points_per_collection`` (the whole file) before anything is read or decompressed.
 """
 from __future__ import annotations
 
@@ -11,12 +13,25 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from .formats.records import DEFAULT_MAX_POINTS_PER_FILE, check_declared, check_dtype
 from .fps_cache import ArrayCache, cached_fps_indices, file_digest
 
-__all__ = ["read_labelled_h5", "pool_points", "check_labels"]
+__all__ = ["read_labelled_h5", "pool_points", "check_labels", "limits_of", "DEFAULT_MAX_POINTS_PER_COLLECTION"]
+
+# Fallback of data.max_points_per_collection (the YAMLs state it): the largest official file,
+# ScanObjectNN PB-T50-RS training, holds 11,416 x 2,048 = 23.4 M points.
+DEFAULT_MAX_POINTS_PER_COLLECTION = 50_000_000
 
 
-def read_labelled_h5(path: Path, data_key: str = "data", label_key: str = "label") -> tuple[np.ndarray, np.ndarray]:
+def limits_of(cfg: dict) -> dict[str, int]:
+    """The size limits of the data config, as keyword arguments of ``read_labelled_h5``."""
+    return {"max_points": int(cfg.get("max_points_per_file") or DEFAULT_MAX_POINTS_PER_FILE),
+            "max_total": int(cfg.get("max_points_per_collection") or DEFAULT_MAX_POINTS_PER_COLLECTION)}
+
+
+def read_labelled_h5(path: Path, data_key: str = "data", label_key: str = "label",
+                     max_points: int = DEFAULT_MAX_POINTS_PER_FILE,
+                     max_total: int = DEFAULT_MAX_POINTS_PER_COLLECTION) -> tuple[np.ndarray, np.ndarray]:
     """(points (n, P, 3) float32, labels (n,) int64) of one file."""
     import h5py
 
@@ -35,10 +50,20 @@ def read_labelled_h5(path: Path, data_key: str = "data", label_key: str = "label
             if label.shape[0] != data.shape[0]:
                 raise DataError(f"'{data_key}' holds {data.shape[0]} clouds but '{label_key}' holds "
                                 f"{label.shape[0]} labels", str(path))
+            check_dtype(path, f"'{data_key}'", data.dtype)
+            check_dtype(path, f"'{label_key}'", label.dtype)
+            check_declared(path, f"'{data_key}' points per cloud", data.shape[1], max_points)
+            if data.shape[0] * data.shape[1] > max_total:
+                raise DataError(f"'{data_key}' declares {data.shape[0]:,} clouds x {data.shape[1]:,} points, above "
+                                f"data.max_points_per_collection={max_total:,} (raise the limit if the file is "
+                                "genuine)", str(path))
             points = data[:, :, :3] if data.shape[2] > 3 else data[()]
             labels = label[()].reshape(-1)
-    except OSError as exc:  # h5py reports truncated / corrupt files and failed reads as OSError
-        raise DataError(f"not a readable HDF5 file (truncated or corrupt?): {exc}", str(path)) from None
+    except DataError:
+        raise
+    except (OSError, RuntimeError, ValueError, TypeError, KeyError) as exc:  # h5py on truncated / corrupt files
+        raise DataError(f"not a readable HDF5 file (truncated or corrupt?): {type(exc).__name__}: {exc}",
+                        str(path)) from None
     if not np.issubdtype(points.dtype, np.floating):
         raise DataError(f"'{data_key}' holds {points.dtype}; expected floating-point coordinates", str(path))
     bad = ~np.isfinite(points).all(axis=(1, 2))

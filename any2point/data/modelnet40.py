@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import DataError
 from .base import LoadedSplit
-from .h5sets import check_labels, pool_points, read_labelled_h5
+from .h5sets import check_labels, limits_of, pool_points, read_labelled_h5
 from .options import cache_of, class_names_of, existing_root
 
 __all__ = ["load_modelnet40", "DOWNLOAD"]
@@ -64,7 +64,7 @@ def load_modelnet40(cfg: dict, source_split: str, pool_size: int) -> LoadedSplit
     cache = cache_of(cfg)
     pools, labels = [], []
     for path in split_files(root, source_split):
-        points, file_labels = read_labelled_h5(path)
+        points, file_labels = read_labelled_h5(path, **limits_of(cfg))
         check_labels(file_labels, class_names, path)
         pools.append(pool_points(points, pool_size, cache, path, tag="modelnet40"))
         labels.append(file_labels)

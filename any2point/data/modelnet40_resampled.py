@@ -7,15 +7,16 @@ cached; the train pool and the test FPS are prefixes of that order.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
 from .base import LoadedSplit
-from .file_clouds import pool_files
+from .file_pools import pool_files
+from .formats import DEFAULT_MAX_POINTS_PER_FILE, PointFile, read_file
 from .options import cache_of, class_names_of, existing_root
-from .readers import read_geometry
 
 __all__ = ["load_modelnet40_resampled", "DOWNLOAD"]
 
@@ -29,8 +30,11 @@ def _read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def _read_shape(path: Path) -> np.ndarray:
-    return read_geometry(path).vertices
+def _read_shape(path: Path, max_points: int) -> np.ndarray:
+    loaded = read_file(path, max_points)
+    if not isinstance(loaded, PointFile):
+        raise DataError("holds a mesh; expected rows of 'x,y,z,nx,ny,nz'", str(path))
+    return loaded.points
 
 
 def load_modelnet40_resampled(cfg: dict, source_split: str, pool_size: int) -> LoadedSplit:
@@ -51,7 +55,8 @@ def load_modelnet40_resampled(cfg: dict, source_split: str, pool_size: int) -> L
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise DataError(f"{len(missing)} listed shape file(s) are missing, e.g. {missing[0]}", str(listing))
-    pools, kept = pool_files(files, _read_shape, pool_size=pool_size,
+    max_points = int(cfg.get("max_points_per_file") or DEFAULT_MAX_POINTS_PER_FILE)
+    pools, kept = pool_files(files, partial(_read_shape, max_points=max_points), pool_size=pool_size,
                              presample=int(cfg.get("presample_points", 8192)), cache=cache_of(cfg),
                              recipe="mn40resampled-xyz")
     return LoadedSplit(pools, np.asarray(labels, dtype=np.int64)[kept], class_names)

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import DataError
 from .base import LoadedSplit
-from .h5sets import check_labels, pool_points, read_labelled_h5
+from .h5sets import check_labels, limits_of, pool_points, read_labelled_h5
 from .options import cache_of, class_names_of, existing_root
 
 __all__ = ["load_scanobjectnn", "CLASS_NAMES", "VARIANTS", "DOWNLOAD"]
@@ -46,7 +46,7 @@ def load_scanobjectnn(cfg: dict, source_split: str, pool_size: int) -> LoadedSpl
         raise DataError(f"missing ScanObjectNN {variant} file: expected {relative} inside data.root={root}. "
                         f"Download: {DOWNLOAD}", str(path))
     class_names = class_names_of(cfg, CLASS_NAMES)
-    points, labels = read_labelled_h5(path)
+    points, labels = read_labelled_h5(path, **limits_of(cfg))
     check_labels(labels, class_names, path)
     pools = pool_points(points, pool_size, cache_of(cfg), path, tag=f"scanobjectnn-{variant}")
     return LoadedSplit(np.ascontiguousarray(pools), labels, class_names)
