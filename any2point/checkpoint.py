@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointMismatchError
 from .model import Any2PointModel, ModelConfig
-from .peft import PeftConfig
+from .peft import PeftConfig, peft_config
 from .registry import create_source
 
 __all__ = ["CHECKPOINT", "BEST_VAL", "TRAINING_STATE", "FORMAT", "trained_state_dict", "trained_keys",
@@ -84,8 +84,7 @@ def build_model(source: Mapping[str, Any], num_classes: int, model: ModelConfig 
     ``model`` (a ModelConfig or its dict) and ``peft`` (a PeftConfig or its dict)."""
     if not isinstance(model, ModelConfig):
         model = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.create(dict(model))))
-    if not isinstance(peft, PeftConfig):
-        peft = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PeftConfig), OmegaConf.create(dict(peft))))
+    peft = peft_config(peft)  # the method's own config dataclass, chosen by peft["name"]
     built = create_source(str(source["name"]), pretrained=bool(source.get("pretrained", True)),
                           **_source_kwargs(source))
     return Any2PointModel(built, num_classes, model, peft)
