@@ -157,7 +157,7 @@ def test_every_builtin_method_is_a_typed_option_of_the_peft_group():
 
 
 def test_a_checkpoints_peft_json_rebuilds_the_methods_own_config_and_rejects_strangers():
-    from any2point.peft import LoraPeftConfig, ShuffledPositionConfig, peft_config
+    from any2point.peft import LoraPeftConfig, PeftConfig, ShuffledPositionConfig, peft_config
 
     assert peft_config({"name": "lora", "lora_rank": 2}) == LoraPeftConfig(lora_rank=2)
     assert peft_config({"name": "any2point_shuffled_position", "seed": 4}) == ShuffledPositionConfig(seed=4)
@@ -167,6 +167,11 @@ def test_a_checkpoints_peft_json_rebuilds_the_methods_own_config_and_rejects_str
         peft_config({"name": "lora", "prompt_tokens": 2})
     with pytest.raises(ValueError, match="'name'"):
         peft_config({"lora_rank": 2})
+    # checkpoints written before each method had its own config hold every method's fields
+    flat = {"lora_rank": 4, "lora_alpha": 8.0, "lora_dropout": 0.0, "lora_mlp": False, "prompt_tokens": 3}
+    assert peft_config({"name": "lora", **flat}) == LoraPeftConfig(lora_rank=4, lora_alpha=8.0)
+    assert peft_config({"name": "prompt", **flat}).prompt_tokens == 3
+    assert type(peft_config({"name": "any2point", **flat})) is PeftConfig
 
 
 # -- controls (issue 17) -------------------------------------------------------------------------

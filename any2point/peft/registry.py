@@ -37,6 +37,10 @@ class PeftMethodSpec:
     description: str
 
 
+# The one flat config of every method that checkpoints held before this registry (all five
+# keys, whatever the method): each method keeps the ones it defines.
+_FLAT_FIELDS = frozenset({"lora_rank", "lora_alpha", "lora_dropout", "lora_mlp", "prompt_tokens"})
+
 _REGISTRY: dict[str, PeftMethodSpec] = {}
 _loaded_entry_points = False
 
@@ -114,6 +118,9 @@ def peft_config(value: str | Mapping[str, Any] | PeftConfig | None) -> PeftConfi
     if not isinstance(name, str):
         raise ValueError(f"a peft config needs the method's name under 'name', got {fields!r}")
     spec = get_peft_method(name)
+    if _FLAT_FIELDS <= set(fields):  # a checkpoint written before methods had configs of their own
+        own = {f.name for f in dataclasses.fields(spec.config)}
+        fields = {k: v for k, v in fields.items() if k in own or k not in _FLAT_FIELDS}
     try:
         merged = OmegaConf.merge(OmegaConf.structured(spec.config(name=name)), OmegaConf.create(fields))
     except Exception as exc:
