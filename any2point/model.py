@@ -90,12 +90,12 @@ class Any2PointModel(nn.Module):
         cls_pos = source.cls_position()
         self.cls_position = nn.Parameter(cls_pos.detach().clone() if cls_pos is not None else torch.zeros(D))
 
-        self.adapters = self.prompts = None  # set by the methods that use them
         # The final norm trains: a copy of the source's own (or a fresh LayerNorm for post-LN sources).
         has_norm = any(True for _ in source.final_norm.parameters())
         self.norm = copy.deepcopy(source.final_norm) if has_norm else nn.LayerNorm(D)
+        self.adapters = self.prompts = None  # set by the methods that use them
+        self.peft_method.inject(self)  # before the head: a seed gives the same adapters as always
         self.head = ClassifierHead(2 * D, num_classes, config.head)
-        self.peft_method.inject(self)
         self.peft_method.mark_trainable(self)
         self.activation_checkpointing = False
 
@@ -169,5 +169,7 @@ class Any2PointModel(nn.Module):
         return torch.cat([x[:, 1:].amax(dim=1), x[:, 0]], dim=-1)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
-        # embed -> run_blocks -> features, unless the method encodes otherwise (tokenizer_only)
-        return self.head(self.peft_method.encode(self, points))
+        if self.peft_method.encode is not None:  # a method that replaces the pipeline (tokenizer_only)
+            return self.head(self.peft_method.encode(self, points))
+        x, context = self.embed(points)
+        return self.head(self.features(self.run_blocks(x, context)))

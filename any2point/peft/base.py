@@ -3,13 +3,14 @@
 A method never sees parameter names; it works on the model's modules. ``Any2PointModel``
 builds the shared parts (tokenizer, position encoding, cls, final norm, head) on the source
 the method prepared, then lets the method inject its modules and name what trains. During
-the forward pass it asks the method for the position table, each block's run and the
-pooled features, so a method changes behaviour without any ``if name ==`` in the model.
+the forward pass it asks the method for the position table and each block's run (or, for a
+method that replaces the pipeline, the head's input), so a method changes behaviour without
+any ``if name ==`` in the model.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Iterator
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -80,7 +81,6 @@ class PeftMethod:
         """Source block ``i`` on ``x`` (B, 1 + G, D); methods with adapters or prompts wrap it."""
         return block(x)
 
-    def encode(self, model: "Any2PointModel", points: torch.Tensor) -> torch.Tensor:
-        """Points (B, N, 3) -> the head's input (B, 2D): embed, blocks, final norm and pooling."""
-        x, context = model.embed(points)
-        return model.features(model.run_blocks(x, context))
+    # None: the composition's own embed -> run_blocks -> features. A method that replaces the
+    # whole pipeline defines ``encode(self, model, points) -> (B, 2D)``, the head's input.
+    encode: ClassVar[Callable[..., torch.Tensor] | None] = None

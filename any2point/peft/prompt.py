@@ -20,7 +20,9 @@ class PromptPeftConfig(PeftConfig):
 
 @register_peft_method("prompt", PromptPeftConfig)
 class PromptMethod(PeftMethod):
-    """Baseline: deep prompt tuning, fresh learnable tokens before every block; tokenizer, cls, final norm and head train."""
+    """Baseline: deep prompt tuning, fresh learnable tokens before every block.
+
+    Tokenizer, cls, final norm and head train as in every method."""
 
     def inject(self, model) -> None:
         source = model.source

@@ -61,7 +61,8 @@ def register_peft_method(name: str, config: type[PeftConfig] = PeftConfig) -> Ca
         if not (isinstance(method, type) and issubclass(method, PeftMethod)):
             raise TypeError(f"peft method {name!r}: {method!r} is not a subclass of PeftMethod")
         if name in _REGISTRY and _REGISTRY[name].method is not method:
-            raise ValueError(f"a peft method named {name!r} is already registered (by {_REGISTRY[name].method.__module__})")
+            other = _REGISTRY[name].method.__module__
+            raise ValueError(f"a peft method named {name!r} is already registered (by {other})")
         method.config_class = config
         description = (method.__doc__ or "").strip().split("\n")[0]
         _REGISTRY[name] = PeftMethodSpec(name=name, method=method, config=config, description=description)
