@@ -11,7 +11,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 from torch import nn
 
 import any2point
@@ -84,7 +83,6 @@ def _expected_trainable(norms: bool) -> int:
     return own + biases + (ln if norms else 0)
 
 
-@pytest.mark.slow  # one any2point-train process with two tiny runs: about 20 s alone, minutes on a loaded machine
 def test_a_method_registered_outside_the_package_trains_through_any2point_train(tmp_path):
     plugin_root = tmp_path / "site"
     _install_plugin(plugin_root)
