@@ -35,7 +35,7 @@ from .atomic import atomic_write, atomic_write_json
 from .errors import Any2PointError, CheckpointError, CheckpointMismatchError, CheckpointNotFoundError
 from .factory import create_model
 from .model import Any2PointModel, ModelConfig
-from .peft import PeftConfig
+from .peft import peft_config
 from .plain_data import PlainDataError, check_type, from_plain, refuse_interpolations
 
 __all__ = ["CHECKPOINT", "BEST_VAL", "FORMAT", "INFO_FIELDS", "OPTIONAL_INFO_FIELDS", "SourceInfo",
@@ -59,9 +59,10 @@ class SourceInfo:
     weights_tag: str
 
 
-# checkpoint.json: every key with its type (ModelConfig / PeftConfig checked field by field).
+# checkpoint.json: every key with its type (ModelConfig checked field by field; ``peft`` by the
+# config dataclass of the method its ``name`` selects, in parse_checkpoint_info).
 INFO_FIELDS: dict[str, Any] = {
-    "format": int, "any2point_version": str, "source": SourceInfo, "model": ModelConfig, "peft": PeftConfig,
+    "format": int, "any2point_version": str, "source": SourceInfo, "model": ModelConfig, "peft": dict[str, Any],
     "class_names": list[str], "num_points": int, "tensors": int, "config": dict[str, Any] | None,
 }
 # Keys a writer may add (``save_checkpoint(extra=...)``).
@@ -189,6 +190,10 @@ def parse_checkpoint_info(text: str, where: str) -> dict:
             raise PlainDataError("class_names: expected a non-empty list of distinct names")
         if info["num_points"] < 1:
             raise PlainDataError(f"num_points: expected a positive count, got {info['num_points']}")
+        try:  # interpolations were refused above: the method's typed config sees plain data only
+            info["peft"] = peft_config(info["peft"])
+        except ValueError as exc:
+            raise PlainDataError(f"peft: {exc}") from None
     except PlainDataError as exc:
         raise CheckpointError(f"{where} is not a valid any2point checkpoint description: {exc}; {_REDO}") from None
     except RecursionError:

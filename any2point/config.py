@@ -5,8 +5,9 @@
 type fails at start-up with the key's name. Importing this module registers the schemas
 (the apps import it; so must code that composes the configs with Hydra's compose API).
 
-- ``model`` is :class:`any2point.model.ModelConfig` itself and ``peft`` is
-  :class:`any2point.peft.PeftConfig`, so the schema follows the model code.
+- ``model`` is :class:`any2point.model.ModelConfig` itself; ``peft`` is typed by the chosen
+  method's own config dataclass (a subclass of :class:`any2point.peft.PeftConfig`, stored in
+  the ConfigStore when the method registers), so the schema follows the model code.
 - ``data`` is strict and typed for the keys every dataset config has; dataset-specific keys
   (``samples_per_class``, ``variant``, ``mesh_points``, ...) are accepted as they are, but a
   key that the chosen data config does not define still cannot be set by an override.
@@ -23,7 +24,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .errors import ConfigError
 from .model import ModelConfig
-from .peft import PeftConfig
+from .peft import PeftConfig, load_peft_methods
 
 __all__ = ["job_dirname", "SourceConfig", "DataConfig", "TrainConfig", "TrainerConfig", "TrainAppConfig", "EvalOptions",
            "ExpectConfig", "EvalAppConfig", "register_configs", "check_required", "check_train_settings",
@@ -150,6 +151,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainAppConfig)
     cs.store(name="eval_schema", node=EvalAppConfig)
+    load_peft_methods()  # third-party methods become options of the peft group
     OmegaConf.register_new_resolver("a2p_dirname", job_dirname, replace=True)
 
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .backbones.base import FrozenSource
 from .model import Any2PointModel, ModelConfig
-from .peft import PeftConfig
+from .peft import PeftConfig, peft_config
 from .registry import create_source
 
 __all__ = ["create_model", "model_config", "model_preset_names"]
@@ -54,14 +54,6 @@ def model_config(source_name: str, overrides: Mapping[str, Any] | DictConfig | N
     return OmegaConf.to_object(merged)
 
 
-def _peft_config(peft: str | Mapping[str, Any] | PeftConfig) -> PeftConfig:
-    if isinstance(peft, PeftConfig):
-        return peft
-    if isinstance(peft, str):
-        return PeftConfig(name=peft)
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PeftConfig), OmegaConf.create(dict(peft))))
-
-
 def create_model(source: str | FrozenSource, num_classes: int, pretrained: bool = True,
                  peft: str | Mapping[str, Any] | PeftConfig = "any2point",
                  source_options: Mapping[str, Any] | None = None, model: ModelConfig | None = None,
@@ -80,4 +72,4 @@ def create_model(source: str | FrozenSource, num_classes: int, pretrained: bool 
     if isinstance(source, str):
         source = create_source(source, pretrained=pretrained, **dict(source_options or {}))
     config = model if model is not None else model_config(source.name, overrides)
-    return Any2PointModel(source, num_classes, config, _peft_config(peft))
+    return Any2PointModel(source, num_classes, config, peft_config(peft))

@@ -13,18 +13,18 @@ down as immutable records; no block recomputes it.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from any2point.adapters import AdapterConfig, CellAssignment, GuidedAdapters
+from any2point.adapters import AdapterConfig, CellAssignment
 from any2point.backbones.base import FrozenSource
 from any2point.projections import LearnedPositionEncoding, ProjectionConfig, VirtualProjection
 
 from .init import initialise
-from .peft import PeftConfig, apply_peft, frozen_modules
+from .peft import PeftConfig, create_peft_method
 from .recompute import run_maybe_recomputed
 from .tokenizer import PointTokenizer, TokenizerConfig
 
@@ -80,11 +80,14 @@ class ForwardContext:
 
 class Any2PointModel(nn.Module):
     def __init__(self, source: FrozenSource, num_classes: int, config: ModelConfig | None = None,
-                 peft: PeftConfig | None = None):
+                 peft: PeftConfig | str | Mapping[str, Any] | None = None):
         super().__init__()
         config = config or ModelConfig()
-        peft = peft or PeftConfig()
-        self.config, self.peft_config, self.num_classes = config, peft, num_classes
+        # the PEFT method (any2point.peft): prepares the source, injects its modules, names
+        # what trains and runs the blocks; the model never branches on its name
+        self.peft_method = create_peft_method(peft)
+        self.config, self.peft_config, self.num_classes = config, self.peft_method.config, num_classes
+        source = self.peft_method.prepare_source(source)
         D = source.width
         if config.projection.inject not in _INJECT:
             raise ValueError(f"projection.inject must be one of {', '.join(_INJECT)}, got {config.projection.inject!r}")
@@ -103,19 +106,14 @@ class Any2PointModel(nn.Module):
         cls_pos = source.cls_position() if config.cls_position == "source" else None
         self.cls_position = nn.Parameter(cls_pos.detach().clone() if cls_pos is not None else torch.randn(D) * 0.02)
 
-        self.adapters = self.prompts = None
-        if peft.name == "prompt":  # deep prompt tuning: fresh tokens before every block
-            self.prompts = nn.Parameter(torch.randn(source.depth, peft.prompt_tokens, D) * 0.02)
-        if peft.name in ("any2point", "adapter"):
-            adapter_cfg = config.adapter if peft.name == "any2point" else dataclasses.replace(config.adapter, guided=False)
-            self.adapters = GuidedAdapters(D, source.depth, config.projection.views, adapter_cfg,
-                                           canvas=source.position.canvas)
         # The final norm trains: a copy of the source's own (or a fresh LayerNorm for post-LN sources).
         has_norm = any(True for _ in source.final_norm.parameters())
         self.norm = copy.deepcopy(source.final_norm) if has_norm else nn.LayerNorm(D)
+        self.adapters = self.prompts = None  # set by the methods that use them
+        self.peft_method.inject(self)  # before the head: a seed gives the same adapters as always
         self.head = ClassifierHead(2 * D, num_classes, config.head)
         initialise(self, config.init)
-        apply_peft(self, peft)
+        self.peft_method.mark_trainable(self)
         self.activation_checkpointing = False
 
     @property
@@ -137,7 +135,7 @@ class Any2PointModel(nn.Module):
         except the source's own dropout / drop-path when ``model.source_dropout`` is on: a source
         has no running statistics, so its training mode only switches those on."""
         super().train(mode)
-        for module in frozen_modules(self):
+        for module in self.peft_method.frozen_modules(self):
             module.eval()
         if self.config.source_dropout:
             self.source.train(mode)
@@ -158,7 +156,7 @@ class Any2PointModel(nn.Module):
             if self.learned_position is not None:
                 pe = self.learned_position(centres.to(tokens.dtype))
             else:
-                pe = self.views.encode(self.source.position_table(), where)
+                pe = self.views.encode(self.position_table(), where)
             cls_pos = self.cls_position.to(pe.dtype).expand(pe.shape[0], 1, -1)
             position = torch.cat([cls_pos, pe], dim=1).to(dtype)
         cells = self.adapters.assign(where, centres) if self.adapters is not None else None
@@ -182,18 +180,13 @@ class Any2PointModel(nn.Module):
         return run_maybe_recomputed(self.activation_checkpointing, self, self._adapted_block, i, block, x, context)
 
     def _adapted_block(self, i: int, block: nn.Module, x: torch.Tensor, context: ForwardContext) -> torch.Tensor:
-        """Source block ``i`` with its FFN hook (adapter) or prompts, then the guided aggregation."""
-        hook = self.adapters.ffn_hook(i) if self.adapters is not None else None
-        if self.prompts is not None:
-            P = self.prompts.shape[1]
-            prompts = self.prompts[i].to(x.dtype).expand(x.shape[0], -1, -1)
-            y = block(torch.cat([x[:, :1], prompts, x[:, 1:]], dim=1), hook)
-            return torch.cat([y[:, :1], y[:, 1 + P:]], dim=1)
-        x = block(x, hook)
-        if context.cells is None:  # no adapters, or plain bottleneck adapters: nothing to aggregate
-            return x
-        points = self.adapters.aggregate(i, x[:, 1:], context.cells)
-        return torch.cat([x[:, :1], points], dim=1)
+        """Source block ``i`` as the PEFT method runs it (with its adapter and the guided
+        aggregation, with prompts, or as it is)."""
+        return self.peft_method.run_block(self, i, block, x, context)
+
+    def position_table(self) -> torch.Tensor:
+        """The source's position table as the PEFT method presents it (a control permutes it)."""
+        return self.peft_method.position_table(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm, then concat(max over point tokens, cls) -> (B, 2D)."""
@@ -201,5 +194,7 @@ class Any2PointModel(nn.Module):
         return torch.cat([x[:, 1:].amax(dim=1), x[:, 0]], dim=-1)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
+        if self.peft_method.encode is not None:  # a method that replaces the pipeline (tokenizer_only)
+            return self.head(self.peft_method.encode(self, points))
         x, context = self.embed(points)
         return self.head(self.features(self.run_blocks(x, context)))

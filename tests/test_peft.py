@@ -1,12 +1,13 @@
-"""PEFT baselines: each variant builds, exactly its documented parts train, LoRA goes through
-the HF peft library, full fine-tuning moves the source, ablation switches change the model."""
+"""PEFT methods: each registered method builds, exactly its documented parts train, LoRA goes
+through the HF peft library, full fine-tuning moves the source, ablation switches change the
+model, and the controls (tokenizer_only, shuffled positions) do what they claim."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 import any2point
-from any2point.peft import PEFT_METHODS, lora_layers
+from any2point.peft import lora_layers
 from any2point.weights import package_dir
 
 COMMON = {"tokenizer", "cls_token", "cls_position", "norm", "head"}
@@ -17,7 +18,10 @@ EXPECTED_TRAINABLE = {
     "prompt": COMMON | {"prompts"},
     "linear": {"head"},
     "full": COMMON | {"source"},
+    "tokenizer_only": {"tokenizer", "head"},
+    "any2point_shuffled_position": COMMON | {"adapters"},
 }
+PEFT_METHODS = list(EXPECTED_TRAINABLE)
 
 
 def _roots(model) -> set[str]:
@@ -120,7 +124,7 @@ def test_ablation_without_cells_and_reference_is_rejected():
 
 
 def test_unknown_peft_method_names_the_choices():
-    with pytest.raises(ValueError, match="any2point, adapter, lora, prompt, linear, full"):
+    with pytest.raises(ValueError, match="unknown peft method 'loraa'. Did you mean 'lora'.*adapter, any2point"):
         any2point.create_model("tiny_1d", num_classes=3, peft="loraa")
 
 
@@ -133,3 +137,113 @@ def test_each_variant_builds_and_steps_on_minilm(peft):
     assert _roots(model) == EXPECTED_TRAINABLE[peft]
     _step(model, torch.randn(2, 256, 3), torch.arange(2))
     assert all((p.grad is not None) == p.requires_grad for p in model.parameters())
+
+
+# -- the registry and the typed peft group -------------------------------------------------------
+
+def test_every_builtin_method_is_a_typed_option_of_the_peft_group():
+    from omegaconf import OmegaConf
+
+    from any2point.peft import get_peft_method, list_peft_methods
+    from tiny_run import compose_config
+
+    assert set(PEFT_METHODS) <= set(list_peft_methods())
+    for name in PEFT_METHODS:
+        cfg = compose_config("train", ["source=tiny_1d", f"peft={name}"])
+        config = OmegaConf.to_object(cfg.peft)
+        assert type(config) is get_peft_method(name).config and config.name == name
+    cfg = compose_config("train", ["peft=any2point_random_source"])
+    assert cfg.peft.name == "any2point" and cfg.source.pretrained is False
+
+
+def test_a_checkpoints_peft_json_rebuilds_the_methods_own_config_and_rejects_strangers():
+    from any2point.peft import LoraPeftConfig, PeftConfig, ShuffledPositionConfig, peft_config
+
+    assert peft_config({"name": "lora", "lora_rank": 2}) == LoraPeftConfig(lora_rank=2)
+    assert peft_config({"name": "any2point_shuffled_position", "seed": 4}) == ShuffledPositionConfig(seed=4)
+    with pytest.raises(ValueError, match="peft method 'lora'.*lora_rnak.*lora_rank"):
+        peft_config({"name": "lora", "lora_rnak": 2})
+    with pytest.raises(ValueError, match="prompt_tokens"):  # a setting of another method
+        peft_config({"name": "lora", "prompt_tokens": 2})
+    with pytest.raises(ValueError, match="'name'"):
+        peft_config({"lora_rank": 2})
+    # checkpoints written before each method had its own config hold every method's fields
+    flat = {"lora_rank": 4, "lora_alpha": 8.0, "lora_dropout": 0.0, "lora_mlp": False, "prompt_tokens": 3}
+    assert peft_config({"name": "lora", **flat}) == LoraPeftConfig(lora_rank=4, lora_alpha=8.0)
+    assert peft_config({"name": "prompt", **flat}).prompt_tokens == 3
+    assert type(peft_config({"name": "any2point", **flat})) is PeftConfig
+
+
+# -- controls (issue 17) -------------------------------------------------------------------------
+
+def _raise(*args, **kwargs):
+    raise AssertionError("a source block ran")
+
+
+def test_tokenizer_only_never_runs_the_source_and_pools_the_tokens_into_the_head():
+    torch.manual_seed(0)
+    source = any2point.create_source("tiny_2d")
+    for block in source.blocks:
+        block.forward = _raise
+    model = any2point.create_model(source, num_classes=4, peft="tokenizer_only").train()
+    assert not any(True for _ in model.source.parameters()) and len(model.source.blocks) == 0
+    assert model.cls_token is None and model.norm is None and model.adapters is None
+    assert all(p.requires_grad for p in model.parameters())
+    points, labels = torch.randn(4, 256, 3), torch.arange(4)
+    opt, _ = _step(model, points, labels)
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    with torch.no_grad():  # reference: max and mean of the tokenizer's tokens, then the head
+        tokens, _ = model.tokenizer(points)
+        expected = model.head(torch.cat([tokens.max(dim=1).values, tokens.sum(dim=1) / tokens.shape[1]], dim=1))
+        assert torch.allclose(model(points), expected, atol=1e-6)
+
+
+def _row_indices(shuffled: torch.Tensor, real: torch.Tensor) -> list[int]:
+    """For each entry of ``shuffled`` the index of the equal entry of ``real`` (tables of distinct rows)."""
+    flat_s, flat_r = shuffled.reshape(-1, shuffled.shape[-1]), real.reshape(-1, real.shape[-1])
+    matches = (flat_s[:, None, :] == flat_r[None, :, :]).all(dim=-1)
+    assert (matches.sum(dim=1) == 1).all(), "every shuffled entry is exactly one entry of the real table"
+    return matches.float().argmax(dim=1).tolist()
+
+
+@pytest.mark.parametrize("source", ["tiny_1d", "tiny_2d"])
+def test_shuffled_position_is_a_fixed_permutation_of_the_real_table(source):
+    def build(seed):
+        torch.manual_seed(0)
+        return any2point.create_model(source, num_classes=3,
+                                      peft={"name": "any2point_shuffled_position", "seed": seed})
+
+    model = build(0)
+    real, shuffled = model.source.position_table(), model.position_table()
+    assert shuffled.shape == real.shape  # rows (1D) or grid cells (2D) move, the grid keeps its shape
+    order = _row_indices(shuffled, real)
+    assert sorted(order) == list(range(len(order))) and order != sorted(order)
+    assert _row_indices(build(0).position_table(), real) == order  # the same seed, the same permutation
+    assert _row_indices(build(1).position_table(), real) != order
+    assert _roots(model) == EXPECTED_TRAINABLE["any2point"]
+
+
+def test_the_shuffled_table_is_what_the_tokens_receive():
+    torch.manual_seed(0)
+    plain = any2point.create_model("tiny_2d", num_classes=3).eval()
+    shuffled = any2point.create_model("tiny_2d", num_classes=3, peft="any2point_shuffled_position").eval()
+    shuffled.load_state_dict(plain.state_dict())
+    points = torch.randn(2, 256, 3)
+    with torch.no_grad():
+        assert not torch.allclose(shuffled.embed(points)[0], plain.embed(points)[0])
+        shuffled.position_permutation = torch.arange(len(shuffled.position_permutation))  # the identity
+        assert torch.equal(shuffled.embed(points)[0], plain.embed(points)[0])
+
+
+def test_a_control_trains_and_its_checkpoint_evaluates_to_the_same_figures(tmp_path):
+    from any2point.evaluate import run_eval
+    from any2point.train import run_training
+    from tiny_run import TINY, compose_config
+
+    for peft in ("tokenizer_only", "any2point_shuffled_position"):
+        run = tmp_path / peft
+        result = run_training(compose_config("train", TINY + [f"peft={peft}"]), run, peft)
+        assert result["peft"] == peft and result["trainable_params"] > 0
+        evaluated = run_eval(compose_config("eval", [f"checkpoint={run}", "trainer.progress=false"]), tmp_path / "e")
+        assert (evaluated["oa"], evaluated["macc"]) == (result["oa"], result["macc"])

@@ -1,0 +1,86 @@
+"""What a PEFT method is: a config dataclass and an object that changes the composition.
+
+A method never sees parameter names; it works on the model's modules. ``Any2PointModel``
+builds the shared parts (tokenizer, position encoding, cls, final norm, head) on the source
+the method prepared, then lets the method inject its modules and name what trains. During
+the forward pass it asks the method for the position table and each block's run (or, for a
+method that replaces the pipeline, the head's input), so a method changes behaviour without
+any ``if name ==`` in the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterator
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:  # only for annotations: the model imports this package
+    from any2point.backbones.base import FrozenSource
+    from any2point.model import Any2PointModel, ForwardContext
+
+__all__ = ["PeftConfig", "PeftMethod", "parameters_outside_source"]
+
+
+@dataclass
+class PeftConfig:
+    """The fields every method's config has. ``name`` selects the registered method; a
+    method with settings of its own subclasses this dataclass."""
+
+    name: str = "any2point"
+
+
+def parameters_outside_source(model: "Any2PointModel") -> Iterator[nn.Parameter]:
+    """Every parameter of the composition that is not part of the frozen source."""
+    for name, p in model.named_parameters():
+        if not name.startswith("source."):
+            yield p
+
+
+class PeftMethod:
+    """Base class of PEFT methods; the defaults are "train everything outside the source and
+    run the source's blocks as they are" (no adapters)."""
+
+    config_class: ClassVar[type[PeftConfig]] = PeftConfig  # set by register_peft_method
+
+    def __init__(self, config: PeftConfig):
+        self.config = config
+
+    # -- building ------------------------------------------------------------------------------
+
+    def prepare_source(self, source: "FrozenSource") -> "FrozenSource":
+        """The source the composition is built on (a control may replace or strip it)."""
+        return source
+
+    def inject(self, model: "Any2PointModel") -> None:
+        """Add this method's modules to ``model`` (adapters, prompts, LoRA layers, ...)."""
+
+    def trainable_parameters(self, model: "Any2PointModel") -> Iterator[nn.Parameter]:
+        """The parameters that train; every other parameter is frozen."""
+        return parameters_outside_source(model)
+
+    def frozen_modules(self, model: "Any2PointModel") -> list[nn.Module]:
+        """Submodules kept in eval mode while training (their norms and dropout never change)."""
+        return [model.source]
+
+    def mark_trainable(self, model: "Any2PointModel") -> None:
+        """Set ``requires_grad`` structurally: off everywhere, on for :meth:`trainable_parameters`."""
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in self.trainable_parameters(model):
+            p.requires_grad_(True)
+
+    # -- the forward pass ----------------------------------------------------------------------
+
+    def position_table(self, model: "Any2PointModel") -> torch.Tensor:
+        """The table the virtual projection reads position encodings from."""
+        return model.source.position_table()
+
+    def run_block(self, model: "Any2PointModel", i: int, block: nn.Module, x: torch.Tensor,
+                  context: "ForwardContext") -> torch.Tensor:
+        """Source block ``i`` on ``x`` (B, 1 + G, D); methods with adapters or prompts wrap it."""
+        return block(x)
+
+    # None: the composition's own embed -> run_blocks -> features. A method that replaces the
+    # whole pipeline defines ``encode(self, model, points) -> (B, 2D)``, the head's input.
+    encode: ClassVar[Callable[..., torch.Tensor] | None] = None

@@ -1,0 +1,136 @@
+"""The PEFT-method registry: names -> (method class, config dataclass).
+
+Built-in methods register when ``any2point.peft`` is imported; third-party packages register
+theirs through the entry-point group ``any2point.peft_methods`` (an entry point names a module
+or a callable; loading it must call :func:`register_peft_method`). Registering also stores
+the method's config dataclass in Hydra's ConfigStore as option ``<name>`` of the ``peft``
+group, so ``any2point-train peft=<name>`` finds it with no YAML file, typed: a misspelt key
+or a wrong type fails at start-up.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.metadata
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from .base import PeftConfig, PeftMethod
+
+__all__ = ["PeftMethodSpec", "register_peft_method", "list_peft_methods", "get_peft_method", "peft_config",
+           "create_peft_method", "load_peft_methods", "ENTRY_POINT_GROUP"]
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "any2point.peft_methods"
+CONFIG_GROUP = "peft"
+
+
+@dataclass(frozen=True)
+class PeftMethodSpec:
+    name: str
+    method: type[PeftMethod]
+    config: type[PeftConfig]
+    description: str
+
+
+# The one flat config of every method that checkpoints held before this registry (all five
+# keys, whatever the method): each method keeps the ones it defines.
+_FLAT_FIELDS = frozenset({"lora_rank", "lora_alpha", "lora_dropout", "lora_mlp", "prompt_tokens"})
+
+_REGISTRY: dict[str, PeftMethodSpec] = {}
+_loaded_entry_points = False
+
+
+def _store_config(name: str, config: type[PeftConfig], provider: str) -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group=CONFIG_GROUP, name=name, node=config(name=name), provider=provider)
+
+
+def register_peft_method(name: str, config: type[PeftConfig] = PeftConfig) -> Callable:
+    """Class decorator registering a :class:`PeftMethod` subclass under ``name`` with its
+    config dataclass (a subclass of :class:`PeftConfig`; its defaults are the method's)."""
+    if not (isinstance(config, type) and issubclass(config, PeftConfig) and dataclasses.is_dataclass(config)):
+        raise TypeError(f"peft method {name!r}: config must be a dataclass subclassing PeftConfig, got {config!r}")
+
+    def decorate(method: type[PeftMethod]) -> type[PeftMethod]:
+        if not (isinstance(method, type) and issubclass(method, PeftMethod)):
+            raise TypeError(f"peft method {name!r}: {method!r} is not a subclass of PeftMethod")
+        if name in _REGISTRY and _REGISTRY[name].method is not method:
+            other = _REGISTRY[name].method.__module__
+            raise ValueError(f"a peft method named {name!r} is already registered (by {other})")
+        method.config_class = config
+        description = (method.__doc__ or "").strip().split("\n")[0]
+        _REGISTRY[name] = PeftMethodSpec(name=name, method=method, config=config, description=description)
+        _store_config(name, config, method.__module__)
+        return method
+
+    return decorate
+
+
+def load_peft_methods() -> None:
+    """Load the third-party methods of the entry-point group (once). The Hydra apps call this
+    before composing, so that ``peft=<their name>`` is a known option."""
+    global _loaded_entry_points
+    if _loaded_entry_points:
+        return
+    _loaded_entry_points = True
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+            if callable(obj) and not isinstance(obj, type):
+                obj()
+        except Exception as exc:  # a broken plug-in must not hide the built-in methods
+            log.warning("could not load peft method plug-in %r (%s): %s", ep.name, ep.value, exc)
+
+
+def list_peft_methods() -> list[str]:
+    """Names of every registered method, sorted."""
+    load_peft_methods()
+    return sorted(_REGISTRY)
+
+
+def get_peft_method(name: str) -> PeftMethodSpec:
+    load_peft_methods()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown peft method {name!r}.{hint} Registered methods: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def peft_config(value: str | Mapping[str, Any] | PeftConfig | None) -> PeftConfig:
+    """The typed config of a method from its name, a mapping with ``name`` (a checkpoint's
+    JSON, a Hydra node) or a config object; unknown keys and wrong types fail by name."""
+    if value is None:
+        value = PeftConfig()
+    if isinstance(value, str):
+        return get_peft_method(value).config(name=value)
+    if isinstance(value, PeftConfig):
+        if type(value) is get_peft_method(value.name).config:
+            return value
+        value = dataclasses.asdict(value)
+    fields = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else dict(value)
+    name = fields.get("name")
+    if not isinstance(name, str):
+        raise ValueError(f"a peft config needs the method's name under 'name', got {fields!r}")
+    spec = get_peft_method(name)
+    if _FLAT_FIELDS <= set(fields):  # a checkpoint written before methods had configs of their own
+        own = {f.name for f in dataclasses.fields(spec.config)}
+        fields = {k: v for k, v in fields.items() if k in own or k not in _FLAT_FIELDS}
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(spec.config(name=name)), OmegaConf.create(fields))
+    except Exception as exc:
+        raise ValueError(f"peft method {name!r}: {exc}".splitlines()[0] + f" (its settings: "
+                         f"{', '.join(f.name for f in dataclasses.fields(spec.config))})") from exc
+    return OmegaConf.to_object(merged)
+
+
+def create_peft_method(value: str | Mapping[str, Any] | PeftConfig | None) -> PeftMethod:
+    """The method object for a config (see :func:`peft_config` for what ``value`` may be)."""
+    config = peft_config(value)
+    return get_peft_method(config.name).method(config)
