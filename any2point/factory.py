@@ -18,7 +18,7 @@ from .model import Any2PointModel, ModelConfig
 from .peft import PeftConfig, peft_config
 from .registry import create_source
 
-__all__ = ["create_model", "model_config", "model_preset_names"]
+__all__ = ["create_model", "create_model_from_config", "model_config", "model_preset_names"]
 
 _SECTIONS = tuple(f.name for f in dataclasses.fields(ModelConfig))  # tokenizer, projection, ..., init
 
@@ -73,3 +73,15 @@ def create_model(source: str | FrozenSource, num_classes: int, pretrained: bool 
         source = create_source(source, pretrained=pretrained, **dict(source_options or {}))
     config = model if model is not None else model_config(source.name, overrides)
     return Any2PointModel(source, num_classes, config, peft_config(peft))
+
+
+def create_model_from_config(cfg: DictConfig, num_classes: int) -> Any2PointModel:
+    """The model a composed training config describes (its ``source``, ``model`` and ``peft``
+    sections), as ``any2point-train`` builds it."""
+    source = OmegaConf.to_container(cfg.source, resolve=True)
+    options = dict(source.get("options") or {})
+    if source.get("weights"):
+        options["weights"] = str(source["weights"])
+    return create_model(source["name"], num_classes, pretrained=bool(source["pretrained"]),
+                        peft=OmegaConf.to_object(cfg.peft), source_options=options,
+                        model=OmegaConf.to_object(cfg.model))

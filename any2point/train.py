@@ -35,7 +35,7 @@ from .config import CONFIG_MODULE, check_required, check_train_settings
 from .engine import autocast, make_loader, train_one_epoch
 from .errors import CheckpointError, ConfigError, exit_on_user_error, user_errors_exit
 from .evaluate import METRICS_JSON, evaluate_dataset, write_split_results
-from .factory import create_model
+from .factory import create_model_from_config
 from .history import EpochHistory
 from .metrics import ClassificationResult
 from .optim import build_optimizer, build_scheduler
@@ -83,15 +83,6 @@ def _source_section(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg.source, resolve=True)
 
 
-def _build_model(cfg: DictConfig, num_classes: int):
-    source = _source_section(cfg)
-    options = dict(source.get("options") or {})
-    if source.get("weights"):
-        options["weights"] = str(source["weights"])
-    return create_model(source["name"], num_classes, pretrained=bool(source["pretrained"]),
-                        peft=OmegaConf.to_object(cfg.peft), source_options=options, model=OmegaConf.to_object(cfg.model))
-
-
 class _Run:
     """The state of one training run between epochs."""
 
@@ -109,7 +100,7 @@ class _Run:
         runtime.seed_everything(cfg.seed)
         self.splits: RunSplits = load_splits(cfg.data, cfg.seed)
         self.class_names = self.splits.class_names
-        self.model = _build_model(cfg, len(self.class_names)).to(ctx.device)
+        self.model = create_model_from_config(cfg, len(self.class_names)).to(ctx.device)
         self.params = parameter_report(self.model)
         t = cfg.train
         self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay, t.betas)

@@ -11,10 +11,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from any2point.checkpoint import LoadedCheckpoint, build_model, load_checkpoint
+from any2point.checkpoint import LoadedCheckpoint, load_checkpoint
 from any2point.data import read_points
+from any2point.factory import create_model_from_config
 from any2point.model import Any2PointModel
 
 __all__ = ["read_cloud", "compose_train_config", "model_from_config", "model_from_overrides", "load_trained",
@@ -50,8 +51,7 @@ def model_from_config(cfg: DictConfig) -> Any2PointModel:
     with ``cfg.seed`` first, so random weights (test sources, ``source.pretrained=false``) and
     therefore the pictures are the same from run to run."""
     torch.manual_seed(int(cfg.seed))
-    source = OmegaConf.to_container(cfg.source, resolve=True)
-    model = build_model(source, _UNTRAINED_CLASSES, OmegaConf.to_object(cfg.model), OmegaConf.to_object(cfg.peft))
+    model = create_model_from_config(cfg, _UNTRAINED_CLASSES)
     return model.eval()
 
 
