@@ -93,7 +93,7 @@ class Any2PointModel(nn.Module):
         if peft.name in ("any2point", "adapter"):
             adapter_cfg = config.adapter if peft.name == "any2point" else dataclasses.replace(config.adapter, guided=False)
             self.adapters = GuidedAdapters(D, source.depth, config.projection.views, adapter_cfg,
-                                           canvas=source.position.canvas)
+                                           canvas=source.position.canvas, length=getattr(self.views, "length", None))
         # The final norm trains: a copy of the source's own (or a fresh LayerNorm for post-LN sources).
         has_norm = any(True for _ in source.final_norm.parameters())
         self.norm = copy.deepcopy(source.final_norm) if has_norm else nn.LayerNorm(D)
