@@ -160,7 +160,7 @@ def test_pool_rows_max_splits_the_gradient_between_tied_rows():
     torch.testing.assert_close(got, torch.tensor([[3.0, 5.0], [0.0, 0.0], [7.0, 7.0]]))
     weights = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
     (got * weights).sum().backward()  # the mean's gradient cancels: what is left is the max's
-    torch.testing.assert_close(src.grad, torch.tensor([[0.0, 1.0], [0.5, 1.0], [0.5, 0.0], [0.0, 3.0], [0.0, 3.0]]))
+    torch.testing.assert_close(src.grad, torch.tensor([[0.0, 1.0], [0.5, 1.0], [0.5, 0.0], [2.5, 3.0], [2.5, 3.0]]))
 
 
 # ---------------------------------------------------------------- optional compiled path
