@@ -97,8 +97,10 @@ class GuidedAdapters(nn.Module):
             self.cells_per_cloud = cells_per_cloud(config.cell, canvas, length)
             self.mini_attention = ViewMiniAttention(width, views, config.mini_heads, config.mini_head_dim)
 
+    @torch.compiler.disable
     def assign(self, where: ViewPositions, centres: torch.Tensor) -> CellAssignment | None:
-        """Cells, attention mask and voxels of this forward pass, shared by all blocks."""
+        """Cells, attention mask and voxels of this forward pass, shared by all blocks. Eager under
+        torch.compile: the voxel count depends on the data (the blocks see it as a dynamic size)."""
         cfg = self.config
         if not cfg.guided:
             return None

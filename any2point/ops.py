@@ -37,11 +37,13 @@ def pointnet2_ops_available() -> bool:
     return _pointnet2_fps() is not None
 
 
+@torch.compiler.disable
 def furthest_point_sample(xyz: torch.Tensor, n: int, start: int | torch.Tensor = 0,
                           use_extension: bool = True) -> torch.Tensor:
     """Indices (B, n) of ``n`` points picked greedily, each the farthest from those picked.
 
-    ``start`` is the first index: an int shared by the batch or a LongTensor (B,).
+    ``start`` is the first index: an int shared by the batch or a LongTensor (B,). Runs eagerly
+    under torch.compile (tracing would unroll its n steps; it computes indices, no gradients).
     """
     if xyz.dim() != 3 or xyz.shape[-1] != 3:
         raise ValueError(f"furthest_point_sample expects xyz of shape (B, N, 3), got {tuple(xyz.shape)}")
