@@ -126,7 +126,8 @@ class GuidedAdapters(nn.Module):
         reference = None
         if cells.voxel_segments is not None:
             with float32_statistics(x):
-                pooled = pool_rows(at_least_float32(x.reshape(B * G, D)), cells.voxel_segments, cells.num_voxels, "mean_max")
+                tokens = at_least_float32(x.reshape(B * G, D))
+                pooled = pool_rows(tokens, cells.voxel_segments, cells.num_voxels, "mean_max")
                 reference = F.gelu(block.reference_norm(pooled)).index_select(0, cells.voxel_segments)  # (B*G, D)
         if cells.grid_rows is None:
             return x + c * reference.view(B, G, D).to(x.dtype)

@@ -125,7 +125,8 @@ def _release_aggregation(adapters, x, local_cells, cells_per_cloud, centres, poo
         features.append(torch.stack([normed[b, local_cells[m, b]] for b in range(B)]))  # (B, G, D)
     voxel_rows, voxel_of = [], torch.empty(B, G, dtype=torch.long)
     for b in range(B):
-        keys = [tuple(k) for k in torch.floor((centres[b] - centres[b].amin(0)) / adapters.config.voxel).long().tolist()]
+        corner = centres[b].amin(0)
+        keys = [tuple(k) for k in torch.floor((centres[b] - corner) / adapters.config.voxel).long().tolist()]
         for key in sorted(set(keys)):
             members = x[b][torch.tensor([k == key for k in keys])]
             voxel_of[b, torch.tensor([k == key for k in keys])] = len(voxel_rows)
