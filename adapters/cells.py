@@ -1,84 +1,86 @@
 """Which tokens share a cell: per view (1D segments / 2D pixel cells) and in 3D (voxels).
 
 Computed once per forward pass from the view positions and the token centres, then shared
-by every block's adapter. Cells are numbered per (view, cloud) and relabelled to one
-compact range over the batch, view-major, so pooling is a single scatter over all clouds
-and views, never mixes two clouds, and the rows of one view are contiguous.
-
-Per-view tensors are laid out view-major: token-view ``t = m * (B * G) + b * G + g``.
+by every block's adapter. A view's cells form a fixed grid per cloud (``cells_per_cloud``
+of them: ceil(L / g) segments of a 1D table of L rows, or the g-pixel cells of a 2D
+canvas), so the per-view features live in a dense (views, clouds x cells, D) tensor whose
+empty cells are zero rows, as the release's scatter with dim_size = B x cells makes them.
+Voxels are numbered per cloud and relabelled to one compact range over the batch; only
+occupied voxels get a row.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
-from any2point.ops import BagTranspose, compact_ids
+from any2point.ops import compact_ids
 from any2point.projections import ViewPositions
 
-__all__ = ["CellAssignment", "CellPairs", "view_cells", "voxel_cells", "batch_segments", "same_cell_pairs"]
-
-
-class CellPairs(NamedTuple):
-    """Every (query, key) pair of token-views that share a cloud, a view and a cell.
-
-    query, key: (P,) token-view indices, sorted by query, so each query's pairs are one run;
-    starts: (R,) where each query's run begins (every query has one: itself);
-    swapped: (P,) the index of pair (key, query), which exists because sharing a cell is
-        symmetric; sums over the pairs of one key are then runs too (mini attention backward).
-    """
-
-    query: torch.Tensor
-    key: torch.Tensor
-    starts: torch.Tensor
-    swapped: torch.Tensor
+__all__ = ["CellAssignment", "cells_per_cloud", "view_cells", "voxel_cells", "batch_segments"]
 
 
 @dataclass(frozen=True)
 class CellAssignment:
     """Everything the adapters of one forward pass need to know about cells.
 
-    view_segments: (M * B * G,) compact cell id of every token-view, view-major; ``cell_rows``
-        the same read per cell (the token-views of each cell, for pooling).
-    segment_view: (U,) the view each of the U cells belongs to.
-    pairs: the mini attention's sparsity pattern (CellPairs).
-    voxel_segments: (B * G,) compact voxel id of every token; ``num_voxels`` of them, and
-        ``voxel_rows`` the tokens of each voxel.
-    token_cells: (B * G, M) the cell of every token in every view (``view_segments``
-        token-major), and ``cell_tokens`` the same index read per cell (for gathered_dots).
+    view_cells: (M, B, G) cell of every token in every view, in [0, cells_per_cloud).
+    grid_rows: (M * B * G,) the row of each token-view in the dense (M * B * cells_per_cloud)
+        grid of per-view cell features, view-major (row = (m * B + b) * cells_per_cloud + cell).
+    same_cell: (M * B, 1, G, G) True where two tokens of one cloud share a cell of one view
+        (the mini attention's mask; every token shares its cell with itself).
+    voxel_segments: (B * G,) compact voxel id of every token; ``voxel_counts`` (V,) the
+        tokens in each of the V occupied voxels.
     """
 
     views: int
-    view_segments: torch.Tensor | None = None
-    segment_view: torch.Tensor | None = None
-    pairs: CellPairs | None = None
+    cells_per_cloud: int = 0
+    view_cells: torch.Tensor | None = None
+    grid_rows: torch.Tensor | None = None
+    same_cell: torch.Tensor | None = None
     voxel_segments: torch.Tensor | None = None
-    num_voxels: int = 0
-    token_cells: torch.Tensor | None = None
-    cell_tokens: BagTranspose | None = None
-    cell_rows: BagTranspose | None = None
-    voxel_rows: BagTranspose | None = None
+    voxel_counts: torch.Tensor | None = None
 
     @property
-    def num_view_segments(self) -> int:
-        return 0 if self.segment_view is None else int(self.segment_view.numel())
+    def num_voxels(self) -> int:
+        return 0 if self.voxel_counts is None else self.voxel_counts.shape[0]
+
+    @classmethod
+    def of_view_cells(cls, local: torch.Tensor, cells_per_cloud: int, **voxels) -> "CellAssignment":
+        """From the local cell ids (M, B, G) of every token in every view."""
+        M, B, G = local.shape
+        first_row = torch.arange(M * B, device=local.device).view(M, B, 1) * cells_per_cloud
+        same = local.unsqueeze(-1) == local.unsqueeze(-2)  # (M, B, G, G)
+        return cls(M, cells_per_cloud, local, (first_row + local).reshape(-1), same.view(M * B, 1, G, G), **voxels)
 
 
-def view_cells(where: ViewPositions, cell: float, canvas: tuple[int, int] | None) -> torch.Tensor:
-    """Cell index of each token in each view, (B, M, G), local to its (cloud, view)."""
+def cells_per_cloud(cell: float, canvas: tuple[int, int] | None, length: int | None) -> int:
+    """Cells of one view's grid: ceil(H / g) * ceil(W / g) pixel cells of a 2D canvas (H, W),
+    or ceil(L / g) segments of a 1D table of L rows."""
+    if canvas is not None:
+        return math.ceil(canvas[0] / cell) * math.ceil(canvas[1] / cell)
+    if length is None:
+        raise ValueError("a 1D source's cell grid needs the table length the projection spans")
+    return math.ceil(length / cell)
+
+
+def view_cells(where: ViewPositions, cell: float, canvas: tuple[int, int] | None,
+               length: int | None = None) -> torch.Tensor:
+    """Cell index of each token in each view, (B, M, G), in [0, cells_per_cloud); a position on
+    the border (or past it by rounding) belongs to the last cell."""
     idx = torch.div(where.source_units, cell, rounding_mode="floor").long()  # (B, M, G, P)
     if where.kind == "2d":
-        cols = math.ceil(canvas[1] / cell)
-        return idx[..., 0] * cols + idx[..., 1]
-    return idx[..., 0]
+        rows, cols = math.ceil(canvas[0] / cell), math.ceil(canvas[1] / cell)
+        return idx[..., 0].clamp(0, rows - 1) * cols + idx[..., 1].clamp(0, cols - 1)
+    return idx[..., 0].clamp(0, cells_per_cloud(cell, None, length) - 1)
 
 
 def voxel_cells(centres: torch.Tensor, size: float) -> torch.Tensor:
-    """Voxel index of each centre (B, G, 3) on a grid of ``size``, local to its cloud."""
-    v = torch.div(centres.float(), size, rounding_mode="floor").long()
-    v = v - v.amin(dim=1, keepdim=True)
+    """Voxel index of each centre (B, G, 3) on a grid of ``size`` whose origin is the cloud's own
+    min corner: floor((x - min_corner) / size), local to its cloud."""
+    offset = centres.float() - centres.float().amin(dim=1, keepdim=True)
+    v = torch.div(offset, size, rounding_mode="floor").long()
     extent = v.amax(dim=(0, 1)) + 1  # (3,)
     return v[..., 0] + extent[0] * (v[..., 1] + extent[1] * v[..., 2])
 
@@ -89,21 +91,3 @@ def batch_segments(local: torch.Tensor) -> tuple[torch.Tensor, int]:
     span = int(local.max()) + 1 if local.numel() else 1
     slice_id = torch.arange(math.prod(lead), device=local.device).view(*lead, 1)
     return compact_ids(slice_id * span + local)
-
-
-def same_cell_pairs(segments: torch.Tensor, by_segment: BagTranspose) -> CellPairs:
-    """All (query, key) pairs of elements with the same segment id, sorted by query; no Python
-    loop. ``by_segment`` is ``BagTranspose.of(segments.unsqueeze(1), num_segments)``.
-
-    For a segment of n elements this lists its n * n pairs."""
-    members, offsets = by_segment.members, by_segment.offsets
-    arange = torch.arange(segments.numel(), device=segments.device)
-    counts = torch.diff(offsets, append=offsets.new_tensor([segments.numel()]))
-    per_query = counts[segments]  # keys each element attends to: its segment's size
-    query = torch.repeat_interleave(arange, per_query)
-    starts = torch.cumsum(per_query, 0) - per_query
-    rank = torch.arange(query.numel(), device=segments.device) - starts[query]
-    key = members[offsets[segments[query]] + rank]
-    place = torch.empty_like(arange)  # each element's rank among its segment's members
-    place[members] = arange - offsets[segments[members]]
-    return CellPairs(query, key, starts, starts[key] + place[query])

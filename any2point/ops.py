@@ -1,5 +1,5 @@
-"""Batched geometry ops in pure PyTorch: farthest point sampling, kNN, gathers and
-segment (cell / voxel) pooling.
+"""Batched geometry ops in pure PyTorch: farthest point sampling, kNN, gathers and id
+relabelling.
 
 Every op works on any device. For CUDA tensors, farthest point sampling uses the
 compiled ``pointnet2_ops`` kernel when that optional package imports; otherwise (and
@@ -10,23 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     "furthest_point_sample",
     "knn",
     "gather_points",
-    "scatter_mean",
-    "scatter_max",
-    "mean_plus_max",
-    "BagTranspose",
-    "gathered_dots",
-    "weighted_bag",
     "compact_ids",
     "pointnet2_ops_available",
 ]
@@ -46,11 +37,13 @@ def pointnet2_ops_available() -> bool:
     return _pointnet2_fps() is not None
 
 
+@torch.compiler.disable
 def furthest_point_sample(xyz: torch.Tensor, n: int, start: int | torch.Tensor = 0,
                           use_extension: bool = True) -> torch.Tensor:
     """Indices (B, n) of ``n`` points picked greedily, each the farthest from those picked.
 
-    ``start`` is the first index: an int shared by the batch or a LongTensor (B,).
+    ``start`` is the first index: an int shared by the batch or a LongTensor (B,). Runs eagerly
+    under torch.compile (tracing would unroll its n steps; it computes indices, no gradients).
     """
     if xyz.dim() != 3 or xyz.shape[-1] != 3:
         raise ValueError(f"furthest_point_sample expects xyz of shape (B, N, 3), got {tuple(xyz.shape)}")
@@ -138,190 +131,3 @@ def compact_ids(ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Relabel arbitrary integer ids to 0..U-1 (same shape); returns (labels, U)."""
     uniq, inverse = torch.unique(ids, return_inverse=True)
     return inverse, int(uniq.numel())
-
-
-def scatter_mean(src: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:
-    """Mean of the rows of ``src`` (R, C) per segment ``index`` (R,) -> (num_segments, C).
-
-    Empty segments get zeros."""
-    out = src.new_zeros(num_segments, src.shape[-1]).index_add(0, index, src)
-    count = torch.bincount(index, minlength=num_segments).clamp_min(1).to(src.dtype)
-    return out / count.unsqueeze(-1)
-
-
-def scatter_max(src: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:
-    """Max of the rows of ``src`` (R, C) per segment ``index`` (R,) -> (num_segments, C).
-
-    Empty segments get zeros. The gradient flows to the arg-max rows, split evenly between
-    tied rows (as ``torch.scatter_reduce`` does), in one gather-compare pass."""
-    return _ScatterMax.apply(src, index, num_segments)
-
-
-def _max_and_hits(src: torch.Tensor, index: torch.Tensor, counts: torch.Tensor):
-    """Per-segment max (U, C), which rows hit it (a bool mask, a quarter of ``src``), and the
-    number of tied hits per (segment, channel), or None when there are no ties. ``counts``
-    (U,) is the number of rows of each segment (``bincount(index)``)."""
-    out = src.new_zeros(counts.numel(), src.shape[-1]).scatter_reduce_(
-        0, index.unsqueeze(-1).expand_as(src), src, reduce="amax", include_self=False)
-    hit = src == out.index_select(0, index)
-    # without ties every (non-empty segment, channel) has exactly one hit
-    occupied = counts.count_nonzero()
-    ties = None
-    if bool(hit.count_nonzero() != occupied * src.shape[-1]):  # one host sync; 4x faster than sum()
-        ties = torch.zeros_like(out).index_add_(0, index, hit.to(out.dtype)).clamp_min_(1)
-    return out, hit, ties
-
-
-class _ScatterMax(torch.autograd.Function):
-    """Saves the hit mask rather than ``src``; counts ties only when there are any (then the
-    gradient is split between them)."""
-
-    @staticmethod
-    def forward(ctx, src: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:
-        out, hit, ties = _max_and_hits(src, index, torch.bincount(index, minlength=num_segments))
-        ctx.save_for_backward(hit, index, ties)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        hit, index, ties = ctx.saved_tensors
-        if ties is not None:
-            grad_out = grad_out / ties
-        # multiplying by the mask's bytes is faster than by bool (no float copy of the mask)
-        return grad_out.index_select(0, index).mul_(hit.view(torch.uint8)), None, None
-
-
-def mean_plus_max(src: torch.Tensor, index: torch.Tensor, by_segment: "BagTranspose") -> torch.Tensor:
-    """``scatter_mean + scatter_max`` of the rows of ``src`` (R, C) per segment ``index`` (R,),
-    in one autograd node. ``by_segment`` is ``BagTranspose.of(index.unsqueeze(1), U)``.
-
-    The mean is an embedding bag over the rows grouped by segment (a segment sum that reads
-    each row once, 3x faster than index_add here), and the gradient of both terms is made
-    in one output (mean grad + hit * max grad) rather than as two gradients autograd adds."""
-    return _MeanPlusMax.apply(src, index, by_segment.members, by_segment.offsets)
-
-
-class _MeanPlusMax(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, src, index, members, offsets):
-        counts = torch.bincount(index, minlength=offsets.numel())
-        out, hit, ties = _max_and_hits(src, index, counts)
-        ctx.save_for_backward(hit, index, ties, counts.clamp_min(1).to(src.dtype).unsqueeze(-1))
-        return out.add_(F.embedding_bag(members, src, offsets, mode="mean"))
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        hit, index, ties, counts = ctx.saved_tensors
-        mean_grad = grad_out / counts
-        max_grad = grad_out if ties is None else grad_out / ties
-        # by the mask's bytes: where(hit, ...) is 2x slower on the CPU (a branch per element)
-        grad = mean_grad.index_select(0, index).addcmul_(max_grad.index_select(0, index), hit.view(torch.uint8))
-        return grad, None, None, None
-
-
-class BagTranspose(NamedTuple):
-    """An index (T, M) into a table of U rows, read the other way round: for each table row,
-    the rows of (T, M) that point at it. ``members`` (T * M,) lists each entry's row t grouped
-    by table row, ``offsets`` (U,) is where each table row's group starts, ``order`` (T * M,)
-    is the flat (t, m) position of each listed entry."""
-
-    members: torch.Tensor
-    offsets: torch.Tensor
-    order: torch.Tensor
-
-    @classmethod
-    def of(cls, index: torch.Tensor, num_rows: int) -> "BagTranspose":
-        flat = index.reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=num_rows)
-        offsets = torch.cumsum(counts, 0) - counts
-        return cls(torch.div(order, index.shape[1], rounding_mode="floor"), offsets, order)
-
-
-def gathered_dots(table: torch.Tensor, index: torch.Tensor, rows: torch.Tensor,
-                  transpose: BagTranspose) -> torch.Tensor:
-    """out[t, m] = <table[index[t, m]], rows[t]> for table (U, D), index (T, M), rows (T, D).
-
-    The backward is two weighted embedding bags (one per input), so it never builds the
-    (T, M, D) products the autograd of gather-multiply-sum would; ``transpose`` is
-    ``BagTranspose.of(index, U)``, computed once when the index is reused."""
-    return _GatheredDots.apply(table, index, rows, transpose)
-
-
-def weighted_bag(table: torch.Tensor, index: torch.Tensor, weights: torch.Tensor,
-                 transpose: BagTranspose) -> torch.Tensor:
-    """out[t] = sum_m weights[t, m] * table[index[t, m]] for table (U, D), index and weights (T, M).
-
-    The forward is ``F.embedding_bag``; the backward is the same two reads the other way
-    round (a weighted bag per table row, ``gathered_dots`` for the weights) instead of
-    embedding_bag's generic backward, 3x slower here. ``transpose`` is
-    ``BagTranspose.of(index, U)``."""
-    return _WeightedBag.apply(table, index, weights, transpose)
-
-
-def _bag_per_row(table: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """out[t] = sum_m weights[t, m] * table[index[t, m]]: (T, D)."""
-    return F.embedding_bag(index, table, per_sample_weights=weights, mode="sum")
-
-
-def _bag_per_table_row(rows: torch.Tensor, weights: torch.Tensor, transpose: BagTranspose) -> torch.Tensor:
-    """out[u] = sum of weights[t, m] * rows[t] over the (t, m) with index[t, m] == u: (U, D),
-    the transpose of :func:`_bag_per_row`."""
-    members, offsets, order = transpose
-    return F.embedding_bag(members, rows, offsets, mode="sum",
-                           per_sample_weights=weights.reshape(-1).index_select(0, order))
-
-
-class _WeightedBag(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, table, index, weights, transpose):
-        ctx.save_for_backward(table, index, weights, *transpose)
-        return _bag_per_row(table, index, weights)
-
-    @staticmethod
-    def backward(ctx, grad):
-        table, index, weights, *transpose = ctx.saved_tensors
-        grad_table = grad_weights = None
-        if ctx.needs_input_grad[0]:
-            grad_table = _bag_per_table_row(grad, weights, BagTranspose(*transpose))
-        if ctx.needs_input_grad[2]:
-            grad_weights = _dots_of_rows(table, index, grad)
-        return grad_table, None, grad_weights, None
-
-
-def _dots_of_rows(table: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """The forward of gathered_dots. On the CPU, when every row of ``index`` lists distinct
-    table rows in increasing order (a valid CSR pattern, as the cells of one token in its M
-    views are), a sampled sparse matmul reads each table row and each row once (measured 9x
-    faster at MiniLM sizes); otherwise, and under torch.compile (which does not trace sparse
-    tensors), the (T, M, D) gathered copy is built and reduced."""
-    T, M = index.shape
-    as_csr = (table.device.type == "cpu" and not torch.compiler.is_compiling() and table.dtype == rows.dtype
-              and table.dtype in (torch.float32, torch.float64) and M > 0
-              and bool((index[:, 1:] > index[:, :-1]).all()))
-    if as_csr:
-        starts = torch.arange(0, T * M + 1, M, device=index.device)
-        with warnings.catch_warnings():  # torch's "sparse CSR support is in beta" notice
-            warnings.simplefilter("ignore", UserWarning)
-            pattern = torch.sparse_csr_tensor(starts, index.reshape(-1), table.new_zeros(T * M),
-                                              size=(T, table.shape[0]), check_invariants=False)
-            return torch.sparse.sampled_addmm(pattern, rows, table.t(), beta=0.0).values().view(T, M)
-    picked = table.index_select(0, index.reshape(-1)).view(T, M, -1)
-    return (picked * rows.unsqueeze(1)).sum(-1)
-
-
-class _GatheredDots(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, table, index, rows, transpose):
-        ctx.save_for_backward(table, index, rows, *transpose)
-        return _dots_of_rows(table, index, rows)
-
-    @staticmethod
-    def backward(ctx, grad):
-        table, index, rows, *transpose = ctx.saved_tensors
-        grad_table = grad_rows = None
-        if ctx.needs_input_grad[2]:
-            grad_rows = _bag_per_row(table, index, grad.to(table.dtype)).to(rows.dtype)
-        if ctx.needs_input_grad[0]:
-            grad_table = _bag_per_table_row(rows, grad.to(rows.dtype), BagTranspose(*transpose)).to(table.dtype)
-        return grad_table, None, grad_rows, None

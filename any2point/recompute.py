@@ -20,8 +20,8 @@ __all__ = ["recompute_in_backward", "run_maybe_recomputed", "running_stats_froze
 
 @contextmanager
 def running_stats_frozen(module: nn.Module) -> Iterator[None]:
-    """Within the block, the BatchNorms of ``module`` in training mode (torch's and our
-    GroupedBatchNorm) normalise as usual but leave their running statistics unchanged.
+    """Within the block, the BatchNorms of ``module`` in training mode normalise as usual but
+    leave their running statistics unchanged.
 
     Momentum 0 makes the update ``1 * running + 0 * batch``, which is exact; the batch
     counter is put back. (Switching tracking off instead would change which tensors the

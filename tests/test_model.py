@@ -9,12 +9,11 @@ import pytest
 import torch
 
 import any2point
-from any2point.adapters import AdapterConfig, GuidedAdapters, batch_segments, same_cell_pairs
-from any2point.adapters.mini_attention import pair_attention
-from any2point.adapters.norm import GroupedBatchNorm
+from any2point.adapters import (AdapterConfig, CellAssignment, GuidedAdapters, batch_segments, cells_per_cloud,
+                                view_cells, voxel_cells)
 from any2point.backbones.base import PositionTable
-from any2point.ops import BagTranspose
-from any2point.projections import ProjectionConfig, VirtualProjection, pixels_to_grid, sample_grid, sample_rows
+from any2point.projections import (ProjectionConfig, ViewPositions, VirtualProjection, pixels_to_grid, sample_grid,
+                                   sample_rows)
 from any2point.weights import package_dir
 
 TINY = ["tiny_1d", "tiny_2d"]
@@ -45,40 +44,24 @@ def test_forward_shapes_and_dtype(source):
     assert out.shape == (3, 5) and out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
-def _pairs(cells: torch.Tensor):
-    """cells (M, B, G) local cell ids -> view-major segments and same-cell pairs."""
-    seg, n = batch_segments(cells.reshape(-1, cells.shape[-1]))
-    return same_cell_pairs(seg.reshape(-1), BagTranspose.of(seg.reshape(-1, 1), n))
-
-
-def test_same_cell_pairs_list_every_pair_once_sorted_by_query_with_its_swap():
-    torch.manual_seed(0)
-    cells = torch.randint(0, 3, (2, 2, 7))  # (M, B, G)
-    seg, _ = batch_segments(cells.reshape(-1, cells.shape[-1]))
-    seg = seg.reshape(-1)
-    pairs = _pairs(cells)
-    want = {(a, b) for a in range(seg.numel()) for b in range(seg.numel()) if seg[a] == seg[b]}
-    got = list(zip(pairs.query.tolist(), pairs.key.tolist()))
-    assert len(got) == len(want) and set(got) == want
-    assert torch.equal(pairs.query, pairs.query.sort().values)
-    assert torch.equal(pairs.starts, torch.searchsorted(pairs.query, torch.arange(seg.numel())))
-    assert torch.equal(pairs.query[pairs.swapped], pairs.key)
-    assert torch.equal(pairs.key[pairs.swapped], pairs.query)
+def _cell_mask(cells: torch.Tensor) -> torch.Tensor:
+    """cells (M, B, G) local cell ids -> the mini attention's same-cell mask."""
+    return CellAssignment.of_view_cells(cells, int(cells.max()) + 1).same_cell
 
 
 def test_masked_mini_attention_stays_within_cloud_and_cell():
     torch.manual_seed(0)
     D, M, B, G = 48, 2, 2, 16
-    adapters = GuidedAdapters(D, depth=1, views=M, config=AdapterConfig(cell=2))
+    adapters = GuidedAdapters(D, depth=1, views=M, config=AdapterConfig(cell=2), length=16)
     # Cells chosen by hand: view 0 has four cells of four tokens, view 1 two of eight.
     cells = torch.stack([torch.arange(G) // 4, torch.arange(G) % 2])  # (M, G)
-    pairs = _pairs(cells.unsqueeze(1).expand(M, B, G))
+    mask = _cell_mask(cells.unsqueeze(1).expand(M, B, G))
     x = torch.randn(B, G, D)
-    y = adapters.mini_attention(x, pairs).view(M, B, G, D)
+    y = adapters.mini_attention(x, mask).view(M, B, G, D)
 
     changed = x.clone()
     changed[0, 4:8] += torch.randn(4, D)  # cloud 0, view-0 cell 1
-    y2 = adapters.mini_attention(changed, pairs).view(M, B, G, D)
+    y2 = adapters.mini_attention(changed, mask).view(M, B, G, D)
     other_cells = cells[0] != 1
     assert torch.equal(y2[0, 0, other_cells], y[0, 0, other_cells])  # other cells of view 0 untouched
     assert not torch.allclose(y2[0, 0, 4:8], y[0, 0, 4:8])
@@ -87,26 +70,28 @@ def test_masked_mini_attention_stays_within_cloud_and_cell():
 
 def test_view_mini_attention_equals_one_layer_norm_and_attention_per_view():
     """The batched, LayerNorm-folded mini attention is, per view, x + Out(Attn(QKV(LN(x)))) masked
-    to same-cell tokens of the same cloud; its gradients agree too."""
+    to same-cell tokens of the same cloud, its scores scaled by (heads * head_dim)^-1/2 (the
+    release's whole-qkv-width scale); its gradients agree too."""
     torch.manual_seed(0)
     D, M, B, G, H, E = 24, 3, 2, 10, 6, 2
-    attention = GuidedAdapters(D, depth=1, views=M, config=AdapterConfig(mini_heads=H, mini_head_dim=E)).mini_attention
+    config = AdapterConfig(mini_heads=H, mini_head_dim=E)
+    attention = GuidedAdapters(D, depth=1, views=M, config=config, length=8).mini_attention
     attention.double()  # compared in float64, so only a wrong formula can exceed the tolerance
     with torch.no_grad():
         for p in attention.parameters():
             p.add_(torch.randn_like(p) * 0.5)  # no trivial LayerNorm affine or zero biases
     cells = torch.randint(0, 4, (M, B, G))
-    pairs = _pairs(cells)
     x = torch.randn(B, G, D, dtype=torch.float64, requires_grad=True)
-    ours = attention(x, pairs)  # (M, B*G, D)
+    ours = attention(x, _cell_mask(cells))  # (M, B*G, D)
 
     refs = []
     for m in range(M):
         xn = torch.nn.functional.layer_norm(x, (D,), attention.norm_weight[m], attention.norm_bias[m])
         q, k, v = (xn @ attention.qkv_weight[m] + attention.qkv_bias[m]).view(B, G, 3, H, E).unbind(2)
-        mask = (cells[m].unsqueeze(-1) == cells[m].unsqueeze(-2)).unsqueeze(1)  # (B, 1, G, G)
-        o = torch.nn.functional.scaled_dot_product_attention(
-            *(t.transpose(1, 2) for t in (q, k, v)), attn_mask=mask).transpose(1, 2).reshape(B, G, H * E)
+        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(12)  # 6 heads x 2 = 12
+        same = (cells[m].unsqueeze(-1) == cells[m].unsqueeze(-2)).unsqueeze(1)  # (B, 1, G, G)
+        weights = scores.masked_fill(~same, float("-inf")).softmax(-1)
+        o = torch.einsum("bhqk,bkhe->bqhe", weights, v).reshape(B, G, H * E)
         refs.append((x + o @ attention.out_weight[m] + attention.out_bias[m]).reshape(B * G, D))
     ref = torch.stack(refs)
     torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
@@ -115,113 +100,123 @@ def test_view_mini_attention_equals_one_layer_norm_and_attention_per_view():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
-def test_pair_attention_equals_dense_masked_attention():
+def _batch_norm(rows: torch.Tensor, norm: torch.nn.BatchNorm1d) -> torch.Tensor:
+    """Training-mode BatchNorm written out: biased batch variance, then the affine part."""
+    mean, var = rows.mean(0), rows.var(0, unbiased=False)
+    return (rows - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
+
+
+def _release_aggregation(adapters, x, local_cells, cells_per_cloud, centres, pool):
+    """The guided aggregation of block 0 by the release's formulas, one cloud, view and cell at a
+    time: the per-view BN batch is every cell of every cloud (empty cells are zero rows), the
+    voxel grid starts at each cloud's own min corner and only occupied voxels are normalised."""
+    block, coef = adapters.blocks[0], adapters.config.coef
+    B, G, D = x.shape
+    M = local_cells.shape[0]
+    y = adapters.mini_attention(x, _cell_mask(local_cells)).view(M, B, G, D)
+    features = []
+    for m in range(M):
+        rows = torch.zeros(B, cells_per_cloud, D, dtype=x.dtype)
+        for b in range(B):
+            for cell in range(cells_per_cloud):
+                members = y[m, b][local_cells[m, b] == cell]
+                if len(members):
+                    rows[b, cell] = members.mean(0) + (members.amax(0) if pool == "mean_max" else 0)
+        normed = torch.nn.functional.gelu(_batch_norm(rows.view(-1, D), block.view_norm[m])).view(B, cells_per_cloud, D)
+        features.append(torch.stack([normed[b, local_cells[m, b]] for b in range(B)]))  # (B, G, D)
+    voxel_rows, voxel_of = [], torch.empty(B, G, dtype=torch.long)
+    for b in range(B):
+        corner = centres[b].amin(0)
+        keys = [tuple(k) for k in torch.floor((centres[b] - corner) / adapters.config.voxel).long().tolist()]
+        for key in sorted(set(keys)):
+            members = x[b][torch.tensor([k == key for k in keys])]
+            voxel_of[b, torch.tensor([k == key for k in keys])] = len(voxel_rows)
+            voxel_rows.append(members.mean(0) + members.amax(0))
+    reference = torch.nn.functional.gelu(_batch_norm(torch.stack(voxel_rows), block.reference_norm))[voxel_of]
+    weights = torch.stack([(torch.nn.functional.cosine_similarity(f, reference, dim=-1) + 1) / 2 for f in features])
+    weights = weights / weights.sum(0)
+    return x + coef * sum(w.unsqueeze(-1) * f for w, f in zip(weights, features))
+
+
+@pytest.mark.parametrize("pool", ["mean", "mean_max"])
+def test_guided_aggregation_equals_the_release_formulas(pool):
     torch.manual_seed(0)
-    M, B, G, H, E = 3, 2, 10, 6, 2
-    cells = torch.randint(0, 4, (M, B, G))
-    pairs = _pairs(cells)
-    q, k, v = (torch.randn(M * B * G, H, E, requires_grad=True) for _ in range(3))
-    ours = pair_attention(q, k, v, pairs)
-    flat = cells.reshape(M * B, G)
-    mask = (flat.unsqueeze(-1) == flat.unsqueeze(-2)).unsqueeze(1)  # (MB, 1, G, G)
-    dense = torch.nn.functional.scaled_dot_product_attention(
-        *(t.view(M * B, G, H, E).transpose(1, 2) for t in (q, k, v)), attn_mask=mask).transpose(1, 2)
-    torch.testing.assert_close(ours, dense.reshape(M * B * G, H, E), rtol=1e-5, atol=1e-6)
-    g_ours = torch.autograd.grad(ours.square().sum(), (q, k, v))
-    g_dense = torch.autograd.grad(dense.square().sum(), (q, k, v))
-    for a, b in zip(g_ours, g_dense):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-
-
-def _grouped_norm_and_references(groups: int, width: int, dtype=torch.float32):
-    """A GroupedBatchNorm with non-trivial affine parameters, and one BatchNorm1d per group
-    holding the same parameters."""
-    ours = GroupedBatchNorm(groups, width).to(dtype)
+    D, M, B, G, L = 16, 3, 2, 12, 20
+    adapters = GuidedAdapters(D, depth=1, views=M, config=AdapterConfig(cell=2, voxel=0.5, pool=pool), length=L)
+    adapters.double().train()
     with torch.no_grad():
-        ours.weight.uniform_(0.5, 1.5)
-        ours.bias.uniform_(-1, 1)
-    refs = [torch.nn.BatchNorm1d(width).to(dtype) for _ in range(groups)]
-    for j, ref in enumerate(refs):
-        with torch.no_grad():
-            ref.weight.copy_(ours.weight[j])
-            ref.bias.copy_(ours.bias[j])
-    return ours, refs
+        for p in adapters.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    units = torch.rand(B, M, G, 1, dtype=torch.float64) * (L - 1)
+    units[0, 0, :] = 3.5  # view 0 of cloud 0: every token in one cell
+    centres = torch.rand(B, G, 3, dtype=torch.float64) * 1.2 + torch.tensor([[[0.3, -0.2, 0.1]], [[-0.7, 0.4, 0.0]]])
+    cells = adapters.assign(ViewPositions("1d", units, units[..., 0]), centres)
+    assert adapters.cells_per_cloud == 10 and cells.grid_rows.numel() == M * B * G
+    x = torch.randn(B, G, D, dtype=torch.float64, requires_grad=True)
+    ours = adapters.aggregate(0, x, cells)
+    want = _release_aggregation(adapters, x, cells.view_cells, 10, centres, pool)
+    torch.testing.assert_close(ours, want, rtol=1e-9, atol=1e-9)
+    grad = torch.randn_like(x)
+    params = [p for p in adapters.parameters()]
+    got_grads = torch.autograd.grad(ours, (x, *params), grad, allow_unused=True)
+    want_grads = torch.autograd.grad(want, (x, *params), grad, allow_unused=True)
+    for a, b in zip(got_grads, want_grads):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9)
 
 
-def test_grouped_batch_norm_equals_one_batch_norm_per_group():
+def test_view_cell_grid_spans_the_table_or_canvas():
+    """ceil(L / g) segments of a 1D table, ceil(H / g) x ceil(W / g) cells of a 2D canvas; a
+    position on the far border falls in the last cell."""
+    assert cells_per_cloud(2, None, 77) == 39 and cells_per_cloud(2, None, 512) == 256
+    assert cells_per_cloud(26, (518, 518), None) == 400 and cells_per_cloud(16, (192, 304), None) == 12 * 19
+    units = torch.tensor([0.0, 1.99, 2.0, 76.0]).view(1, 1, 4, 1)
+    assert view_cells(ViewPositions("1d", units, units[..., 0]), 2, None, 77).tolist() == [[[0, 0, 1, 38]]]
+    pixels = torch.tensor([[0.0, 0.0], [0.0, 517.0], [517.0, 25.9], [26.0, 52.0]]).view(1, 1, 4, 2)
+    assert view_cells(ViewPositions("2d", pixels, pixels), 26, (518, 518)).tolist() == [[[0, 19, 380, 22]]]
+
+
+def test_voxel_grid_starts_at_each_clouds_min_corner():
+    """floor((x - min) / g3), not floor(x / g3) - min(floor(x / g3)): with g3 = 1, x = 0.5 and
+    1.4 share a voxel (the second rule would split them)."""
+    centres = torch.tensor([[[0.5, 0.0, 0.0], [1.4, 0.0, 0.0], [2.6, 0.0, 0.0]]])
+    ids = voxel_cells(centres, 1.0)[0]
+    assert ids[0] == ids[1] != ids[2]
+    shifted = voxel_cells(centres + torch.tensor([7.3, -2.2, 0.9]), 1.0)
+    assert torch.equal(shifted, voxel_cells(centres, 1.0))
+
+
+@pytest.mark.parametrize("tokens", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("source", TINY)
+def test_adapter_statistics_stay_float32_under_cpu_bf16_autocast(source, tokens):
+    """A training-mode aggregation under torch.autocast('cpu', bfloat16) matches float32: the BN
+    batch statistics (momentum 1: the running values are this batch's) within 1e-2 relative,
+    also when the token stream itself arrives in bf16."""
     torch.manual_seed(0)
-    x, group = torch.randn(30, 8), torch.randint(0, 3, (30,))
-    ours, refs = _grouped_norm_and_references(3, 8)
-    for mode in ("train", "eval"):
-        ours.train(mode == "train")
-        out = ours(x, group)
-        for j, ref in enumerate(refs):
-            ref.train(mode == "train")
-            torch.testing.assert_close(out[group == j], ref(x[group == j]), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ours.running_var[1], refs[1].running_var)
+    model = any2point.create_model(source, num_classes=3)
+    adapters = model.adapters.train()
+    for m in adapters.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.momentum = 1.0
+    B, G, D = 8, 128, model.source.width
+    centres = _cloud(B, n=G, seed=3)
+    cells = adapters.assign(model.views.positions(centres), centres)
+    x = (torch.randn(B, G, D) + 4).to(tokens)  # a common offset, as real token streams have
 
+    def run(autocast: bool):
+        state = {k: v.clone() for k, v in adapters.state_dict().items()}
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            out = adapters.aggregate(0, x if autocast else x.float(), cells)
+        stats = {k: v.clone() for k, v in adapters.state_dict().items() if k.startswith("blocks.0.") and "running" in k}
+        adapters.load_state_dict(state)
+        return out, stats
 
-def test_reference_of_one_token_voxels_skips_pooling_with_the_same_result():
-    from any2point.adapters.cells import CellAssignment
-    from any2point.adapters.guided import _token_reference
-    from any2point.ops import scatter_max, scatter_mean
-
-    torch.manual_seed(0)
-    rows, width = 40, 8
-    seg = torch.randperm(rows)  # every token alone in its voxel, voxels numbered in another order
-    cells = CellAssignment(1, voxel_segments=seg, num_voxels=rows)
-    fast, slow = torch.nn.BatchNorm1d(width), torch.nn.BatchNorm1d(width)
-    x1 = torch.randn(rows, width, requires_grad=True)
-    x2 = x1.detach().clone().requires_grad_(True)
-    got = _token_reference(fast, x1, cells)
-    pooled = scatter_mean(x2, seg, rows) + scatter_max(x2, seg, rows)
-    want = torch.nn.functional.gelu(slow(pooled)).index_select(0, seg)
-    torch.testing.assert_close(got, want)
-    grad = torch.randn(rows, width)
-    got.backward(grad)
-    want.backward(grad)
-    torch.testing.assert_close(x1.grad, x2.grad)
-    torch.testing.assert_close(fast.running_mean, slow.running_mean)
-    torch.testing.assert_close(fast.running_var, slow.running_var)
-
-
-def test_grouped_batch_norm_gradients_equal_one_batch_norm_per_group():
-    torch.manual_seed(0)
-    x, group = torch.randn(40, 6, dtype=torch.float64), torch.randint(0, 3, (40,))
-    ours, refs = _grouped_norm_and_references(3, 6, torch.float64)
-    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    grad = torch.randn(40, 6, dtype=torch.float64)
-    ours(x1, group).backward(grad)
-    out = torch.empty_like(x)
-    for j, ref in enumerate(refs):
-        out = out.index_put((torch.nonzero(group == j).squeeze(1),), ref(x2[group == j]))
-    out.backward(grad)
-    torch.testing.assert_close(x1.grad, x2.grad)
-    for j, ref in enumerate(refs):
-        torch.testing.assert_close(ours.weight.grad[j], ref.weight.grad)
-        torch.testing.assert_close(ours.bias.grad[j], ref.bias.grad)
-
-
-def test_view_weights_cosine_equals_normalised_features_dot_product():
-    from any2point.adapters.cells import CellAssignment
-    from any2point.adapters.guided import _cosine_to_cells
-
-    g = torch.Generator().manual_seed(0)
-    rows, views_per_token, cells_n, width = 9, 3, 5, 4
-    index = torch.randint(0, cells_n, (rows, views_per_token), generator=g)
-    views = torch.randn(cells_n, width, generator=g, dtype=torch.float64)
-    views[2] = 0  # an all-zero cell feature: F.normalize's eps keeps it finite
-    views.requires_grad_(True)
-    reference = torch.randn(rows, width, generator=g, dtype=torch.float64, requires_grad=True)
-    cells = CellAssignment(views_per_token, token_cells=index, cell_tokens=BagTranspose.of(index, cells_n))
-    got = _cosine_to_cells(views, reference, cells)
-    unit_views = torch.nn.functional.normalize(views, dim=-1)
-    want = (unit_views[index] * torch.nn.functional.normalize(reference, dim=-1).unsqueeze(1)).sum(-1)
-    torch.testing.assert_close(got, want)
-    grad = torch.randn(rows, views_per_token, generator=g, dtype=torch.float64)
-    got_grads = torch.autograd.grad(got, (views, reference), grad)
-    for a, b in zip(got_grads, torch.autograd.grad(want, (views, reference), grad)):
-        torch.testing.assert_close(a, b)
+    (exact, exact_stats), (low, low_stats) = run(False), run(True)
+    assert low.dtype == tokens and exact_stats.keys() == low_stats.keys() and len(exact_stats) > 2
+    for name, value in exact_stats.items():
+        error = (low_stats[name] - value).norm() / value.norm()
+        assert error < 1e-2, (name, float(error))
+    assert ((low.float() - exact).norm() / exact.norm()) < 1e-2
 
 
 def test_batch_segments_never_share_ids_across_clouds_or_views():
@@ -396,13 +391,16 @@ def test_activation_checkpointing_gives_the_same_gradients_and_statistics(peft):
         assert not torch.equal(plain_stats[name], state[name]), f"{name} did not move in the step"
 
 
+@pytest.mark.slow
 def test_compiled_model_agrees_with_eager(caplog):
     """trainer.compile=true runs the training forward through torch.compile: same logits, same gradients."""
     caplog.set_level(logging.WARNING, logger="torch.__trace")  # pytest's log capture would switch on tracing
     model, state = _without_dropout()
     points, labels = _cloud(3, seed=5), torch.tensor([0, 1, 2])
     eager_logits, eager_grads = _logits_and_grads(model, state, model, points, labels)
-    compiled_logits, compiled_grads = _logits_and_grads(model, state, torch.compile(model), points, labels)
+    compiled = torch.compile(model, dynamic=True)  # the voxel count differs from batch to batch
+    compiled_logits, compiled_grads = _logits_and_grads(model, state, compiled, points, labels)
+    _logits_and_grads(model, state, compiled, _cloud(3, seed=6), labels)  # other clouds: other voxel counts
     torch.testing.assert_close(compiled_logits, eager_logits, rtol=1e-4, atol=1e-5)
     # compared by norm: fused kernels round differently, and some gradients are exactly 0 in
     # theory (biases in front of a BatchNorm), i.e. pure rounding noise in both; the cls token's

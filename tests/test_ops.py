@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from any2point import ops
+from any2point.adapters import pool_rows
 
 
 def _cloud(B=3, N=200, seed=0) -> torch.Tensor:
@@ -114,27 +115,27 @@ def test_compact_ids():
     assert count == 3 and labels.tolist() == [[2, 0], [0, 1]]
 
 
-# ---------------------------------------------------------------- segment pooling
+# ---------------------------------------------------------------- segment pooling (the adapters' cells and voxels)
 def _segments(R=30, C=4, S=7, seed=5):
     g = torch.Generator().manual_seed(seed)
     index = torch.randint(0, S - 1, (R,), generator=g)  # segment S-1 stays empty
     return torch.randn(R, C, generator=g), index, S
 
 
-def test_scatter_mean_matches_loop():
+def test_pool_rows_mean_matches_loop():
     src, index, S = _segments()
-    got = ops.scatter_mean(src, index, S)
+    got = pool_rows(src, index, S, "mean")
     for s in range(S):
         rows = [src[r] for r in range(len(index)) if index[r] == s]
         expected = torch.stack(rows).mean(0) if rows else torch.zeros(src.shape[1])
         torch.testing.assert_close(got[s], expected)
 
 
-def test_scatter_max_matches_loop_and_gradient_goes_to_argmax_rows():
+def test_pool_rows_mean_max_matches_loop_and_max_gradient_goes_to_argmax_rows():
     src, index, S = _segments()
     values = src.clone()
     src.requires_grad_(True)
-    got = ops.scatter_max(src, index, S)
+    got = pool_rows(src, index, S, "mean_max")
     expected_grad = torch.zeros_like(src)
     for s in range(S):
         rows = [r for r in range(len(index)) if index[r] == s]
@@ -143,108 +144,23 @@ def test_scatter_max_matches_loop_and_gradient_goes_to_argmax_rows():
                 assert got[s, c] == 0
                 continue
             best = max(rows, key=lambda r: float(values[r, c]))
-            assert got[s, c] == src[best, c]
-            expected_grad[best, c] = 1.0
+            mean = sum(float(values[r, c]) for r in rows) / len(rows)
+            assert abs(float(got[s, c]) - (mean + float(values[best, c]))) < 1e-5
+            expected_grad[best, c] += 1.0
+            for r in rows:
+                expected_grad[r, c] += 1.0 / len(rows)
     got.sum().backward()
-    assert torch.equal(src.grad, expected_grad)
+    torch.testing.assert_close(src.grad, expected_grad)
 
 
-def test_scatter_max_splits_the_gradient_between_tied_rows_like_scatter_reduce():
+def test_pool_rows_max_splits_the_gradient_between_tied_rows():
     src = torch.tensor([[1.0, 5.0], [3.0, 5.0], [3.0, 2.0], [7.0, 7.0], [7.0, 7.0]], requires_grad=True)
     index = torch.tensor([0, 0, 0, 2, 2])  # segment 1 empty; ties in both channels of 0 and 2
-    ref_src = src.detach().clone().requires_grad_(True)
-    ref = torch.zeros(3, 2).scatter_reduce(0, index.unsqueeze(-1).expand(-1, 2), ref_src, "amax", include_self=False)
-    got = ops.scatter_max(src, index, 3)
-    assert torch.equal(got, ref)
+    got = pool_rows(src, index, 3, "mean_max") - pool_rows(src, index, 3, "mean")
+    torch.testing.assert_close(got, torch.tensor([[3.0, 5.0], [0.0, 0.0], [7.0, 7.0]]))
     weights = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
-    (got * weights).sum().backward()
-    (ref * weights).sum().backward()
-    assert torch.equal(src.grad, ref_src.grad)
-    assert src.grad[1, 0] == src.grad[2, 0] == 0.5 and src.grad[3, 1] == 3.0
-
-
-def test_gathered_dots_equal_gather_multiply_sum_in_values_and_gradients():
-    g = torch.Generator().manual_seed(0)
-    T, M, U, D = 11, 3, 7, 5
-    index = torch.randint(0, U - 1, (T, M), generator=g)  # the last table row is never read
-    table = torch.randn(U, D, generator=g, dtype=torch.float64, requires_grad=True)
-    rows = torch.randn(T, D, generator=g, dtype=torch.float64, requires_grad=True)
-    got = ops.gathered_dots(table, index, rows, ops.BagTranspose.of(index, U))
-    want = (table[index] * rows.unsqueeze(1)).sum(-1)
-    torch.testing.assert_close(got, want)
-    grad = torch.randn(T, M, generator=g, dtype=torch.float64)
-    got_grads = torch.autograd.grad(got, (table, rows), grad)
-    want_grads = torch.autograd.grad(want, (table, rows), grad)
-    for a, b in zip(got_grads, want_grads):
-        torch.testing.assert_close(a, b)
-    assert torch.equal(got_grads[0][U - 1], torch.zeros(D, dtype=torch.float64))
-
-
-def test_mean_plus_max_equals_scatter_mean_plus_scatter_max_with_ties_and_empty_segments():
-    src = torch.tensor([[1.0, 5.0], [3.0, 5.0], [3.0, 2.0], [7.0, 7.0], [7.0, -1.0], [0.5, 4.0]], dtype=torch.float64)
-    index = torch.tensor([0, 0, 0, 3, 3, 1])  # segment 2 empty; ties in segment 0 and 3
-    by_segment = ops.BagTranspose.of(index.unsqueeze(1), 4)
-    ours, ref = src.clone().requires_grad_(True), src.clone().requires_grad_(True)
-    got = ops.mean_plus_max(ours, index, by_segment)
-    want = ops.scatter_mean(ref, index, 4) + ops.scatter_max(ref, index, 4)
-    torch.testing.assert_close(got, want)
-    assert torch.equal(got[2], torch.zeros(2, dtype=torch.float64))
-    weights = torch.arange(8, dtype=torch.float64).view(4, 2)
-    (got * weights).sum().backward()
-    (want * weights).sum().backward()
-    torch.testing.assert_close(ours.grad, ref.grad)
-
-
-def test_mean_plus_max_gradient_without_ties_equals_autograd_of_the_plain_ops():
-    g = torch.Generator().manual_seed(2)
-    R, U, D = 50, 9, 7
-    index = torch.randint(0, U, (R,), generator=g)
-    src = torch.randn(R, D, generator=g, dtype=torch.float64)
-    ours, ref = src.clone().requires_grad_(True), src.clone().requires_grad_(True)
-    got = ops.mean_plus_max(ours, index, ops.BagTranspose.of(index.unsqueeze(1), U))
-    scatter = index.unsqueeze(-1).expand(-1, D)
-    want = (torch.zeros(U, D, dtype=torch.float64).scatter_reduce(0, scatter, ref, "mean", include_self=False)
-            + torch.zeros(U, D, dtype=torch.float64).scatter_reduce(0, scatter, ref, "amax", include_self=False))
-    torch.testing.assert_close(got, want)
-    grad = torch.randn(U, D, generator=g, dtype=torch.float64)
-    got.backward(grad)
-    want.backward(grad)
-    torch.testing.assert_close(ours.grad, ref.grad)
-
-
-def test_weighted_bag_equals_the_weighted_sum_of_gathered_rows_in_values_and_gradients():
-    g = torch.Generator().manual_seed(3)
-    T, M, per_view, D = 12, 3, 4, 5
-    for index in (torch.randint(0, per_view, (T, M), generator=g) + per_view * torch.arange(M),  # increasing rows
-                  torch.randint(0, per_view * M, (T, M), generator=g)):  # any index
-        U = per_view * M
-        table = torch.randn(U, D, generator=g, dtype=torch.float64, requires_grad=True)
-        weights = torch.rand(T, M, generator=g, dtype=torch.float64, requires_grad=True)
-        got = ops.weighted_bag(table, index, weights, ops.BagTranspose.of(index, U))
-        want = (weights.unsqueeze(-1) * table[index]).sum(1)
-        torch.testing.assert_close(got, want)
-        grad = torch.randn(T, D, generator=g, dtype=torch.float64)
-        for a, b in zip(torch.autograd.grad(got, (table, weights), grad),
-                        torch.autograd.grad(want, (table, weights), grad)):
-            torch.testing.assert_close(a, b)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_gathered_dots_with_increasing_rows_take_the_sparse_path_and_equal_the_gather(dtype):
-    """Each row lists distinct, increasing table rows (one cell per view): the CPU forward is
-    a sampled sparse matmul; values and gradients must equal gather-multiply-sum."""
-    g = torch.Generator().manual_seed(1)
-    T, M, per_view, D = 13, 4, 5, 6
-    index = torch.randint(0, per_view, (T, M), generator=g) + per_view * torch.arange(M)  # view-major cell ids
-    U = per_view * M
-    table = torch.randn(U, D, generator=g, dtype=dtype, requires_grad=True)
-    rows = torch.randn(T, D, generator=g, dtype=dtype, requires_grad=True)
-    got = ops.gathered_dots(table, index, rows, ops.BagTranspose.of(index, U))
-    want = (table[index] * rows.unsqueeze(1)).sum(-1)
-    torch.testing.assert_close(got, want)
-    grad = torch.randn(T, M, generator=g, dtype=dtype)
-    for a, b in zip(torch.autograd.grad(got, (table, rows), grad), torch.autograd.grad(want, (table, rows), grad)):
-        torch.testing.assert_close(a, b)
+    (got * weights).sum().backward()  # the mean's gradient cancels: what is left is the max's
+    torch.testing.assert_close(src.grad, torch.tensor([[0.0, 1.0], [0.5, 1.0], [0.5, 0.0], [2.5, 3.0], [2.5, 3.0]]))
 
 
 # ---------------------------------------------------------------- optional compiled path

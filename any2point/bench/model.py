@@ -143,12 +143,11 @@ def _parts(model, points: torch.Tensor, device: torch.device, repeats: int) -> d
             model.adapters.aggregate(0, point_tokens, cells).backward(grad[:, 1:])
 
         parts.append(("guided_aggregation", aggregation, True))
-        if cells.view_segments is not None:
-            def mini_attention():  # with the pooling of its output per cell, as aggregate runs it
+        if cells.same_cell is not None:
+            def mini_attention():
                 point_tokens.grad = None
-                pooled = model.adapters.mini_attention.pooled(point_tokens, cells.pairs, cells.view_segments,
-                                                              cells.cell_rows)
-                pooled.backward(torch.ones_like(pooled))
+                y = model.adapters.mini_attention(point_tokens, cells.same_cell)
+                y.backward(torch.ones_like(y))
 
             parts.append(("mini_attention", mini_attention, True))
     for name, fn, grad_mode in parts:
@@ -172,7 +171,7 @@ def run(args: argparse.Namespace) -> dict:
     points = unit_clouds(s["batch"], s["points"], device, args.seed)
     labels = torch.randint(0, NUM_CLASSES, (s["batch"],), device=device)
     report = any2point.parameter_report(model)
-    step_model = torch.compile(model) if args.compile else model
+    step_model = torch.compile(model, dynamic=True) if args.compile else model
     step, forward_backward = training_step(step_model, points, labels, args.dtype)
     step_ms = time_call(step, device, repeats=s["repeats"], grad=True)
     flops = count_flops(forward_backward)
@@ -228,7 +227,7 @@ def report(r: dict) -> str:
     if "guided_aggregation" in p:
         rows.insert(4, ("  of which guided aggregation", p["guided_aggregation"]))
     if "mini_attention" in p:
-        rows.insert(5, ("    of which mini attention + pooling", p["mini_attention"]))
+        rows.insert(5, ("    of which mini attention", p["mini_attention"]))
     lines += [f"{name:<38}{ms:>10.0f}{100 * ms / r['step_ms']:>15.1f}%" for name, ms in rows]
     lines += ["", f"blocks with adapters / frozen blocks alone: {r['adapter_overhead']:.2f}x",
               f"FPS + kNN share of the step: {100 * r['fps_knn_share']:.1f} %"]

@@ -26,7 +26,8 @@ class Any2PointMethod(PeftMethod):
         if not self.guided:
             config = dataclasses.replace(config, guided=False)
         model.adapters = GuidedAdapters(model.source.width, model.source.depth, model.config.projection.views,
-                                        config, canvas=model.source.position.canvas)
+                                        config, canvas=model.source.position.canvas,
+                                        length=getattr(model.views, "length", None))
 
     def run_block(self, model, i: int, block: nn.Module, x: torch.Tensor, context) -> torch.Tensor:
         x = block(x, model.adapters.ffn_hook(i))

@@ -1,0 +1,27 @@
+"""Pooling of token rows into cells or voxels, in plain PyTorch (autograd, torch.compile and
+every device handle it as is)."""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["POOL_MODES", "pool_rows"]
+
+POOL_MODES = ("mean", "mean_max")
+
+
+def pool_rows(values: torch.Tensor, index: torch.Tensor, rows: int, mode: str = "mean") -> torch.Tensor:
+    """Mean (``mode='mean'``) or mean + max (``'mean_max'``) of the rows of ``values`` (R, D) that
+    ``index`` (R,) sends to each of ``rows`` segments -> (rows, D); a segment without rows is zero.
+
+    The max's gradient goes to the arg-max rows, split evenly between ties (torch's
+    ``scatter_reduce``)."""
+    if mode not in POOL_MODES:
+        raise ValueError(f"pooling mode must be one of {POOL_MODES}, got {mode!r}")
+    width = values.shape[-1]
+    total = values.new_zeros(rows, width).index_add(0, index, values)
+    count = values.new_zeros(rows).index_add(0, index, values.new_ones(index.shape[0]))
+    pooled = total / count.clamp_min(1).unsqueeze(-1)
+    if mode == "mean_max":
+        spread = index.unsqueeze(-1).expand_as(values)
+        pooled = pooled + values.new_zeros(rows, width).scatter_reduce(0, spread, values, "amax", include_self=False)
+    return pooled
