@@ -50,7 +50,6 @@ class AdapterConfig:
     guided: bool = True  # False: bottleneck adapters only (baseline)
     view_cells: bool = True  # False: ablation without 1D/2D cells (adapter + 3D reference)
     reference: str = "voxel"  # 'voxel' | 'uniform' (ablation: no 3D reference, equal view weights)
-    pool: str = "mean"  # cell pooling: 'mean' | 'mean_max' (implemented by the `simplify` branch)
 
 
 def float32_statistics(x: torch.Tensor):
@@ -112,26 +111,33 @@ class GuidedAdapters(nn.Module):
             voxels = dict(voxel_segments=segments, voxel_counts=torch.bincount(segments, minlength=count))
         if not cfg.view_cells:
             return CellAssignment(self.views, **voxels)
-        local = view_cells(where, cfg.cell, self.canvas, self.length).transpose(0, 1)  # (M, B, G)
+        local = self.view_cells(where).transpose(0, 1)  # (M, B, G)
         return CellAssignment.of_view_cells(local.contiguous(), self.cells_per_cloud, **voxels)
+
+    def view_cells(self, where: ViewPositions) -> torch.Tensor:
+        """The cell of every token in every view, (B, M, G), local to its cloud and view."""
+        return view_cells(where, self.config.cell, self.canvas, self.length)
 
     def ffn_hook(self, index: int):
         return self.blocks[index].bottleneck
 
-    def aggregate(self, index: int, x: torch.Tensor, cells: CellAssignment | None) -> torch.Tensor:
-        """Guided aggregation on the point tokens x (B, G, D) after block ``index``."""
-        if cells is None:
-            return x
-        block, c = self.blocks[index], self.config.coef
+    def ensemble(self, index: int, x: torch.Tensor,
+                 cells: CellAssignment) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """The parts of block ``index``'s guided ensemble on the point tokens x (B, G, D), in
+        float32 (or wider) whatever autocast is active: the per-view features F_j (M, B*G, D),
+        their weights w_j (M, B*G), summing to 1 over the views, and the 3D reference X3d
+        (B*G, D). Without view cells, F_j and w_j are None; without a 3D reference, w_j and
+        X3d are None (the views weigh the same)."""
+        block = self.blocks[index]
         B, G, D = x.shape
-        reference = None
+        reference = views = weights = None
         if cells.voxel_segments is not None:
             with float32_statistics(x):
                 tokens = at_least_float32(x.reshape(B * G, D))
                 pooled = pool_rows(tokens, cells.voxel_segments, cells.num_voxels, "mean_max")
                 reference = F.gelu(block.reference_norm(pooled)).index_select(0, cells.voxel_segments)  # (B*G, D)
         if cells.grid_rows is None:
-            return x + c * reference.view(B, G, D).to(x.dtype)
+            return views, weights, reference
         y = self.mini_attention(x, cells.same_cell)  # (M, B*G, D)
         M, rows = self.views, B * self.cells_per_cloud
         with float32_statistics(x):
@@ -139,10 +145,22 @@ class GuidedAdapters(nn.Module):
             grid = grid.view(M, rows, D)
             normed = torch.stack([norm(grid[m]) for m, norm in enumerate(block.view_norm)])  # (M, rows, D)
             views = F.gelu(normed).view(M * rows, D).index_select(0, cells.grid_rows).view(M, B * G, D)  # F_j
-            if reference is None:
-                guided = views.mean(0)
-            else:
+            if reference is not None:
                 weights = (F.cosine_similarity(views, reference.unsqueeze(0), dim=-1) + 1) / 2  # (M, B*G)
                 weights = weights / weights.sum(0, keepdim=True).clamp_min(1e-6)
+        return views, weights, reference
+
+    def aggregate(self, index: int, x: torch.Tensor, cells: CellAssignment | None) -> torch.Tensor:
+        """Guided aggregation on the point tokens x (B, G, D) after block ``index``:
+        x + c * sum_j w_j F_j (x + c * X3d without view cells)."""
+        if cells is None:
+            return x
+        views, weights, reference = self.ensemble(index, x, cells)
+        with float32_statistics(x):
+            if views is None:
+                guided = reference
+            elif weights is None:
+                guided = views.mean(0)
+            else:
                 guided = torch.einsum("mt,mtd->td", weights, views)
-        return x + c * guided.view(B, G, D).to(x.dtype)
+        return x + self.config.coef * guided.view_as(x).to(x.dtype)

@@ -73,13 +73,13 @@ def initialise(model: nn.Module, scheme: str) -> None:
         raise ValueError(f"model.init must be one of {', '.join(INIT_SCHEMES)}, got {scheme!r}")
     if scheme == "torch":
         return
-    from any2point.adapters import GroupedBatchNorm, ViewMiniAttention
+    from any2point.adapters import ViewMiniAttention
 
     for part, linear in _parts(model, scheme):
         for module in part.modules():
             if isinstance(module, nn.Linear) and linear:
                 _init_linear(module, scheme)
-            elif isinstance(module, (*_NORMS, GroupedBatchNorm)):
+            elif isinstance(module, _NORMS):
                 _reset_norm(module)
             elif isinstance(module, ViewMiniAttention):
                 _init_view_attention(module, scheme)

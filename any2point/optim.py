@@ -23,16 +23,15 @@ __all__ = ["decays", "parameter_groups", "build_optimizer", "lr_at", "build_sche
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 _MATRICES = (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear)
 # Modules that store their parts as stacked Parameters instead of submodules: which of their
-# parameters are projection matrices (decayed) and which are norm parameters (not decayed).
+# parameters are projection matrices (decayed); the others (norms, biases) are not decayed.
 _STACKED_MATRICES = {"ViewMiniAttention": {"qkv_weight", "out_weight"}}
-_STACKED_NORMS = {"GroupedBatchNorm"}
 
 
 def decays(module: nn.Module, name: str) -> bool:
     """Whether parameter ``name`` registered directly on ``module`` takes weight decay, by role:
     projection weights do; norms, biases, tokens, positions, scales and embedding tables do not."""
     kind = type(module).__name__
-    if isinstance(module, _NORMS) or kind in _STACKED_NORMS:
+    if isinstance(module, _NORMS):
         return False
     if name == "bias" or name.endswith("_bias") or name.startswith("bias_"):
         return False

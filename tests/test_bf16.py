@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 import any2point
-from any2point.adapters import GroupedBatchNorm
 from any2point.backbones.base import PositionTable
 from any2point.projections import ProjectionConfig, VirtualProjection
 from any2point.tokenizer import PointTokenizer, SinusoidalOffsetEncoding
@@ -67,7 +66,7 @@ def test_projection_geometry_is_float32_under_autocast(kind):
     assert torch.equal(plain.source_units, mixed.source_units) and torch.equal(plain.table_coords, mixed.table_coords)
 
 
-_BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, GroupedBatchNorm)
+_BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
 
 
 def _norms(model: nn.Module, where: str) -> list[tuple[str, nn.Module]]:
@@ -127,9 +126,6 @@ def test_training_forward_under_bf16_autocast_matches_float32(source):
     assert float((logits16 - logits32).norm() / logits32.norm()) < 0.12
 
 
-@pytest.mark.xfail(reason="the guided adapters' BatchNorm statistics (per-view and 3D reference) are computed in "
-                          "bf16 under autocast until the `simplify` branch (adapter statistics in float32) is "
-                          "merged; remove this mark after that merge", strict=False)
 @pytest.mark.parametrize("source", SOURCES)
 def test_adapter_batch_statistics_under_bf16_autocast_match_float32(source):
     model, points = _model(source), _clouds()

@@ -83,7 +83,7 @@ def test_plotted_cell_colours_are_the_models_cell_assignment(source, clouds):
         _, context = model.embed(points)
         _, centres = model.tokenizer(points)
         where = model.views.positions(centres)
-    token_cells = context.cells.token_cells.numpy()  # (G, M) compact ids over the batch
+    token_cells = context.cells.view_cells[:, 0].t().numpy()  # (G, M): the cloud's cell in every view
     G = token_cells.shape[0]
     g = model.config.adapter.cell
     for m, scatter in enumerate(scatters):
@@ -176,11 +176,13 @@ def test_checkpoint_adds_view_weights_and_topk(trained_run, clouds, tmp_path, ca
 
 
 def test_a_checkpoint_without_guided_ensemble_still_gives_topk(clouds, tmp_path, capsys):
-    from any2point.checkpoint import build_model, save_checkpoint
+    from any2point.checkpoint import save_checkpoint
+    from any2point.factory import create_model_from_config
 
     source = {"name": "tiny_1d", "pretrained": False, "weights": None, "options": {}}
     names = ["a", "b", "c"]
-    model = build_model(source, len(names), compose_train_config(["source=tiny_1d"]).model, {"name": "linear"})
+    cfg = compose_train_config(["source=tiny_1d", "source.pretrained=false", "peft=linear"])
+    model = create_model_from_config(cfg, len(names))
     save_checkpoint(model, tmp_path / "run" / "checkpoint", source=source, class_names=names, num_points=64)
     assert main([str(clouds[0]), "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 0
     captured = capsys.readouterr()

@@ -82,7 +82,10 @@ def compute_scene(model: Any2PointModel, cloud: np.ndarray | torch.Tensor) -> Sc
     _, centres = model.tokenizer(points)
     where = model.views.positions(centres)
     position = model.source.position
-    cells = view_cells(where, model.config.adapter.cell, position.canvas)  # (1, M, G)
+    if model.adapters is not None:  # the model's own cell assignment
+        cells = model.adapters.view_cells(where)  # (1, M, G)
+    else:  # a method without adapters: the cells its settings would give
+        cells = view_cells(where, model.config.adapter.cell, position.canvas, getattr(model.views, "length", None))
     table = model.source.position_table()
     views = cells.shape[1]
     view_pe = torch.stack([

@@ -3,12 +3,8 @@ one block, and the top-k classes.
 
 The model runs its own forward pass; the input of the chosen block's guided aggregation
 (the point tokens and the pass's cell assignment) is recorded on the way. The weights are
-then read with the adapter's own parts, in the order ``GuidedAdapters.aggregate`` uses them
-(3D reference, mini attention pooled per cell, per-view norm, cosine to the cells).
+then read with ``GuidedAdapters.ensemble``, the method the aggregation itself calls.
 ``ViewWeights.reconstructs`` checks the result against the aggregation's real output.
-
-``guided_weights`` is the one place that follows the adapter's internals: when they change,
-change it to match (tests/test_show.py fails until the reconstruction agrees again).
 """
 from __future__ import annotations
 
@@ -18,10 +14,8 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from any2point.adapters import CellAssignment, GuidedAdapters
-from any2point.adapters.guided import _cosine_to_cells, _token_reference
 from any2point.model import Any2PointModel
 
 from .inputs import as_points
@@ -90,17 +84,10 @@ def _recording(adapters: GuidedAdapters, index: int, record: dict) -> Iterator[N
 def guided_weights(adapters: GuidedAdapters, index: int, tokens: torch.Tensor,
                    cells: CellAssignment) -> tuple[torch.Tensor, torch.Tensor]:
     """(weights (B*G, M), features (B*G, M, D)) of block ``index``'s ensemble on ``tokens``."""
-    block = adapters.blocks[index]
-    B, G, D = tokens.shape
-    x = tokens.contiguous()
-    pooled = adapters.mini_attention.pooled(x, cells.pairs, cells.view_segments, cells.cell_rows)
-    views = F.gelu(block.view_norm(pooled, cells.segment_view))  # (U, D): one row per cell
-    features = views[cells.token_cells]  # (B*G, M, D)
-    if cells.voxel_segments is None:  # reference=uniform: the views weigh the same
-        return views.new_full(cells.token_cells.shape, 1.0 / adapters.views), features
-    reference = _token_reference(block.reference_norm, x.reshape(B * G, D), cells)
-    weights = (_cosine_to_cells(views, reference, cells) + 1) / 2
-    return weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-6), features
+    views, weights, _ = adapters.ensemble(index, tokens, cells)  # (M, B*G, D), (M, B*G)
+    if weights is None:  # reference=uniform: the views weigh the same
+        weights = views.new_full(views.shape[:2], 1.0 / adapters.views)
+    return weights.t(), views.transpose(0, 1)
 
 
 def _no_weights_reason(model: Any2PointModel) -> str:
