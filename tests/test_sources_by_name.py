@@ -306,7 +306,8 @@ def test_training_a_timm_model_by_name_end_to_end(tmp_path):
     result = metrics(run_dir)
     assert result["epochs"] == 1 and 0.0 <= result["oa"] <= 100.0
     saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    assert OmegaConf.to_container(saved.model) == OmegaConf.to_container(
-        OmegaConf.structured(any2point.model_config(TIMM_TINY)))
+    expected = OmegaConf.to_container(OmegaConf.structured(any2point.model_config(TIMM_TINY)))
+    expected["tokenizer"]["k"] = 8  # model/base.yaml, with the command line's k
+    assert OmegaConf.to_container(saved.model) == expected
     loaded = load_checkpoint(run_dir / "checkpoint.safetensors")
     assert loaded.model.source.name == TIMM_TINY and loaded.model.source.position.shape == (4, 6)
