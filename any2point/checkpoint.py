@@ -32,7 +32,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_write, atomic_write_json
-from .errors import Any2PointError, CheckpointError, CheckpointMismatchError, CheckpointNotFoundError
+from .config import check_tokenizer_fits
+from .errors import Any2PointError, CheckpointError, CheckpointMismatchError, CheckpointNotFoundError, ConfigError
 from .factory import create_model
 from .model import Any2PointModel, ModelConfig
 from .peft import peft_config
@@ -46,6 +47,7 @@ CHECKPOINT = "checkpoint"  # the final model: checkpoint.safetensors + checkpoin
 BEST_VAL = "best_val"  # best epoch on the validation split (never chosen on test)
 FORMAT = 1
 MAX_INFO_BYTES = 16 << 20  # a checkpoint.json is a few KB; a larger one is refused before it is read
+MAX_NUM_POINTS = 1 << 20  # points per cloud a checkpoint may ask for (the paper's runs: 1,024)
 
 
 @dataclass
@@ -188,8 +190,12 @@ def parse_checkpoint_info(text: str, where: str) -> dict:
         info = {key: check_type(value, fields[key], key) for key, value in raw.items()}
         if not info["class_names"] or len(set(info["class_names"])) != len(info["class_names"]):
             raise PlainDataError("class_names: expected a non-empty list of distinct names")
-        if info["num_points"] < 1:
-            raise PlainDataError(f"num_points: expected a positive count, got {info['num_points']}")
+        if not 1 <= info["num_points"] <= MAX_NUM_POINTS:
+            raise PlainDataError(f"num_points: expected a count in [1, {MAX_NUM_POINTS}], got {info['num_points']}")
+        try:  # a checkpoint whose tokenizer cannot group its own clouds would fail deep in predict
+            check_tokenizer_fits(info["model"].tokenizer, info["num_points"], where="num_points")
+        except ConfigError as exc:
+            raise PlainDataError(str(exc)) from None
         try:  # interpolations were refused above: the method's typed config sees plain data only
             info["peft"] = peft_config(info["peft"])
         except ValueError as exc:

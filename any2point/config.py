@@ -177,17 +177,24 @@ def _tokenizer_pools(tokenizer, num_points: int) -> list[int]:
     return [num_points] + centres[:-1]
 
 
+def check_tokenizer_fits(tokenizer, num_points: int, where: str = "data.num_points") -> None:
+    """Refuse a tokenizer ``k`` outside [1, the fewest points a stage groups], naming the key."""
+    k = tokenizer.k
+    pools = _tokenizer_pools(tokenizer, num_points)
+    if k <= 0 or k > min(pools):
+        raise ConfigError(f"model.tokenizer.k={k} must be between 1 and the fewest points a tokenizer stage groups "
+                          f"({min(pools)}: stages group {pools} points with {where}={num_points})")
+
+
 def check_train_settings(cfg: DictConfig) -> None:
     """Refuse settings that cannot give a meaningful run, naming the key, before any data is read."""
     t = cfg.train
     for key in ("epochs", "batch_size", "eval_batch_size", "val_every"):
         if t[key] is None or t[key] <= 0:
             raise ConfigError(f"train.{key} must be a positive integer, got {t[key]}")
+    if not t.lr > 0:
+        raise ConfigError(f"train.lr must be positive, got {t.lr}")
     num_points = cfg.data.num_points
     if num_points is None or num_points <= 0:
         raise ConfigError(f"data.num_points must be a positive integer, got {num_points}")
-    k = cfg.model.tokenizer.k
-    pools = _tokenizer_pools(cfg.model.tokenizer, int(num_points))
-    if k <= 0 or k > min(pools):
-        raise ConfigError(f"model.tokenizer.k={k} must be between 1 and the fewest points a tokenizer stage groups "
-                          f"({min(pools)}: stages group {pools} points with data.num_points={num_points})")
+    check_tokenizer_fits(cfg.model.tokenizer, int(num_points))

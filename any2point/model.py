@@ -139,6 +139,8 @@ class Any2PointModel(nn.Module):
             module.eval()
         if self.config.source_dropout:
             self.source.train(mode)
+        for module in self.peft_method.trained_inside_frozen(self):  # e.g. LoRA layers: their dropout
+            module.train(mode)
         return self
 
     # -- the three steps of forward, separately callable for tests and benchmarks --------------

@@ -247,3 +247,15 @@ def test_a_control_trains_and_its_checkpoint_evaluates_to_the_same_figures(tmp_p
         assert result["peft"] == peft and result["trainable_params"] > 0
         evaluated = run_eval(compose_config("eval", [f"checkpoint={run}", "trainer.progress=false"]), tmp_path / "e")
         assert (evaluated["oa"], evaluated["macc"]) == (result["oa"], result["macc"])
+
+
+def test_lora_dropout_is_on_in_training_and_off_in_eval_while_the_source_stays_frozen():
+    model = any2point.create_model("tiny_1d", num_classes=3, peft={"name": "lora", "lora_dropout": 0.5})
+    dropouts = [m for layer in lora_layers(model.source) for m in layer.lora_dropout.modules()
+                if isinstance(m, torch.nn.Dropout)]
+    assert dropouts
+    model.train()
+    assert all(m.training for m in dropouts)
+    assert not any(m.training for m in model.source.modules() if isinstance(m, torch.nn.LayerNorm))
+    model.eval()
+    assert not any(m.training for m in dropouts)

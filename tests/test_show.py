@@ -223,3 +223,9 @@ def test_notebook_api_matches_the_command_line_config():
     scene = compute_scene(model, random_clouds(1, 128, seed=1)[0])
     assert scene.kind == "1d" and scene.positions.shape == (6, 16) and scene.positions.max() <= 39 + 1e-4
     assert ShowOptions().points == 1024
+
+
+def test_a_cloud_that_cannot_be_drawn_fails_alone_with_a_message(clouds, tmp_path, capsys):
+    code = main([str(clouds[0]), "--source", "tiny_1d", "--points", "2", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and "clouds have 2 points" in err and "1 of 1 files failed" in err and "Traceback" not in err

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ConfigError
 from .sampling import pad_or_trim
 
 __all__ = ["PointProtocol", "SPLITS"]
@@ -30,7 +31,7 @@ class PointProtocol:
 
     def __post_init__(self):
         if self.num_points < 1 or self.train_fps < self.num_points:
-            raise ValueError(f"need 1 <= num_points <= protocol.train_fps, got num_points={self.num_points} "
+            raise ConfigError(f"need 1 <= num_points <= protocol.train_fps, got num_points={self.num_points} "
                              f"and train_fps={self.train_fps}")
 
     def pool_size(self, split: str) -> int:

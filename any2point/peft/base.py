@@ -63,6 +63,11 @@ class PeftMethod:
         """Submodules kept in eval mode while training (their norms and dropout never change)."""
         return [model.source]
 
+    def trained_inside_frozen(self, model: "Any2PointModel") -> list[nn.Module]:
+        """Modules inside :meth:`frozen_modules` that train all the same (e.g. LoRA layers in the
+        source): they follow the model's train/eval mode, so their dropout is on in training."""
+        return []
+
     def mark_trainable(self, model: "Any2PointModel") -> None:
         """Set ``requires_grad`` structurally: off everywhere, on for :meth:`trainable_parameters`."""
         for p in model.parameters():

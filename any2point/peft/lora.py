@@ -49,3 +49,6 @@ class LoraMethod(PeftMethod):
         for layer in lora_layers(model.source):
             for adapter in (layer.lora_A, layer.lora_B):
                 yield from adapter.parameters()
+
+    def trained_inside_frozen(self, model) -> list[nn.Module]:
+        return lora_layers(model.source)

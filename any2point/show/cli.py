@@ -24,7 +24,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from any2point.errors import Any2PointError
+from any2point.errors import Any2PointError, exit_on_user_error
 
 from .inputs import compose_train_config, load_trained, model_from_config, read_cloud
 from .options import PICTURES, ShowOptions
@@ -91,6 +91,7 @@ def _stems(files: list[str]) -> list[str]:
     return [s if stems.count(s) == 1 else f"{s}_{i}" for i, s in enumerate(stems)]
 
 
+@exit_on_user_error("any2point-show", status=2)
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_intermixed_args(argv)
     files, overrides = _split_inputs(args.inputs)
@@ -129,17 +130,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     failed = 0
     for path, stem in zip(files, [args.name] if args.name else _stems(files)):
-        try:
+        try:  # one file that cannot be read or drawn must not cost the others
             cloud = read_cloud(path, num_points, seed=options.seed)
-        except Exception as exc:  # one unreadable file must not cost the others
+            scene = compute_scene(model, cloud)
+            trained = run_trained(model, class_names, cloud, args.block, args.topk) if class_names is not None else None
+            written = write_pictures(scene, args.out, stem, options, trained)
+            if args.html:
+                written.append(write_page(scene, Path(args.out) / f"{stem}_cloud.html"))
+        except Exception as exc:
             print(f"{prog}: {path}: {exc}", file=sys.stderr)
             failed += 1
             continue
-        scene = compute_scene(model, cloud)
-        trained = run_trained(model, class_names, cloud, args.block, args.topk) if class_names is not None else None
-        written = write_pictures(scene, args.out, stem, options, trained)
-        if args.html:
-            written.append(write_page(scene, Path(args.out) / f"{stem}_cloud.html"))
         if trained is not None:
             print(f"{path}: " + ", ".join(f"{name} ({100 * p:.1f}%)" for name, p in trained.topk))
             if trained.weights is None:
