@@ -118,13 +118,19 @@ def _load_all() -> None:
         importlib.import_module("any2point.backbones")
     if not _loaded_entry_points:
         _loaded_entry_points = True
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            try:
-                obj = ep.load()
-                if callable(obj) and not isinstance(obj, type):
-                    obj()
-            except Exception as exc:  # a broken plug-in must not hide the built-in sources
-                log.warning("could not load source plug-in %r (%s): %s", ep.name, ep.value, exc)
+        load_plugins(ENTRY_POINT_GROUP, "source")
+
+
+def load_plugins(group: str, kind: str) -> None:
+    """Load every entry point of ``group``: a module registers on import, a callable when called.
+    A broken plug-in is logged, never fatal: it must not hide the built-in ``kind``s."""
+    for ep in importlib.metadata.entry_points(group=group):
+        try:
+            obj = ep.load()
+            if callable(obj) and not isinstance(obj, type):
+                obj()
+        except Exception as exc:
+            log.warning("could not load %s plug-in %r (%s): %s", kind, ep.name, ep.value, exc)
 
 
 def list_sources() -> list[str]:

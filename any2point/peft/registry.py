@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.metadata
-import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -23,7 +21,6 @@ from .base import PeftConfig, PeftMethod
 __all__ = ["PeftMethodSpec", "register_peft_method", "list_peft_methods", "get_peft_method", "peft_config",
            "create_peft_method", "load_peft_methods", "ENTRY_POINT_GROUP"]
 
-log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "any2point.peft_methods"
 CONFIG_GROUP = "peft"
@@ -79,13 +76,9 @@ def load_peft_methods() -> None:
     if _loaded_entry_points:
         return
     _loaded_entry_points = True
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            obj = ep.load()
-            if callable(obj) and not isinstance(obj, type):
-                obj()
-        except Exception as exc:  # a broken plug-in must not hide the built-in methods
-            log.warning("could not load peft method plug-in %r (%s): %s", ep.name, ep.value, exc)
+    from any2point.registry import load_plugins
+
+    load_plugins(ENTRY_POINT_GROUP, "peft method")
 
 
 def list_peft_methods() -> list[str]:
