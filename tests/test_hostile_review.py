@@ -65,3 +65,86 @@ def test_deeply_nested_files_are_bad_rows(tmp_path, capsys, where):
     assert report_main([str(tmp_path)]) == 0
     err = capsys.readouterr().err
     assert f"warning: skipped {bad}" in err and "nested too deeply" in err
+
+
+# -- 3. cache entries and the cache folder ---------------------------------------------------------------------------
+
+import logging  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from any2point.data.file_pools import pool_files  # noqa: E402
+from any2point.data.fps_cache import (FPS_VERSION, ArrayCache, cached_epoch_pools, cached_fps_indices,  # noqa: E402
+                                      fps_indices, fps_starts)
+from any2point.data.options import cache_of  # noqa: E402
+
+
+def _clouds(count=3, size=40):
+    return np.random.default_rng(0).standard_normal((count, size, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("poison", [
+    lambda good: -np.ones_like(good, dtype=np.int64),  # negative: numpy would wrap them silently
+    lambda good: good.astype(np.float64) + 0.5,  # float indices
+    lambda good: np.full_like(good, 40),  # one past the end
+])
+def test_poisoned_fps_cache_entries_are_recomputed(tmp_path, caplog, poison):
+    clouds, n = _clouds(), 8
+    cache = ArrayCache(tmp_path)
+    reference = fps_indices(clouds, n)
+    key = "k"
+    entry = f"{key}-N{clouds.shape[1]}-n{n}-{FPS_VERSION}"
+    np.save(cache.path(entry), poison(reference))
+    with caplog.at_level(logging.WARNING):
+        got = cached_fps_indices(clouds, n, cache, key)
+    np.testing.assert_array_equal(got, reference)
+    assert f"ignoring cache entry {cache.path(entry)}" in caplog.text
+    np.testing.assert_array_equal(np.load(cache.path(entry)), reference)  # rewritten
+
+
+def test_poisoned_epoch_pool_entries_are_recomputed(tmp_path, caplog):
+    clouds, n = _clouds(), 8
+    cache = ArrayCache(tmp_path)
+    first = cached_epoch_pools(clouds, n, 2, cache)
+    entries = sorted(tmp_path.glob("pools-*-p1-*.npy"))
+    assert len(entries) == 1
+    np.save(entries[0], -np.ones((clouds.shape[0], n), dtype=np.int64))
+    with caplog.at_level(logging.WARNING):
+        again = cached_epoch_pools(clouds, n, 2, cache)
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_array_equal(again[1], fps_indices(clouds, n, fps_starts(clouds.shape[0], clouds.shape[1], 1)))
+    assert "ignoring cache entry" in caplog.text and "expected [0, 40)" in caplog.text
+
+
+@pytest.mark.parametrize("poison", [
+    np.full((16, 3), np.nan, dtype=np.float32),
+    np.full((16, 3), np.inf, dtype=np.float32),
+    np.arange(48, dtype=np.int64).reshape(16, 3),
+    np.zeros((0, 3), dtype=np.float32),
+])
+def test_poisoned_point_pool_entries_are_recomputed(tmp_path, caplog, poison):
+    cloud = np.random.default_rng(1).standard_normal((64, 3)).astype(np.float32)
+    source = tmp_path / "cloud.txt"
+    np.savetxt(source, cloud)
+    cache_dir = tmp_path / "cache"
+
+    def pools():
+        return pool_files([source], lambda p: np.loadtxt(p, dtype=np.float32), pool_size=16, presample=16,
+                          cache=ArrayCache(cache_dir), recipe="txt")[0]
+
+    reference = pools()
+    [entry] = cache_dir.glob("*.npy")
+    np.save(entry, poison)
+    with caplog.at_level(logging.WARNING):
+        again = pools()
+    assert np.isfinite(again).all()
+    np.testing.assert_array_equal(again, reference)
+    assert f"ignoring cache entry {entry}" in caplog.text
+
+
+def test_an_unusable_cache_folder_turns_caching_off(monkeypatch, caplog):
+    monkeypatch.setenv("ANY2POINT_CACHE", "/proc/nope")
+    with caplog.at_level(logging.WARNING):
+        cache = cache_of({"cache": True})
+    assert not cache.enabled
+    assert "/proc/nope" in caplog.text and "without caching" in caplog.text
