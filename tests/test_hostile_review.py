@@ -148,3 +148,41 @@ def test_an_unusable_cache_folder_turns_caching_off(monkeypatch, caplog):
         cache = cache_of({"cache": True})
     assert not cache.enabled
     assert "/proc/nope" in caplog.text and "without caching" in caplog.text
+
+
+# -- 4. PLY element counts ------------------------------------------------------------------------------------------
+
+from any2point.data import read_points  # noqa: E402
+from any2point.errors import DataError  # noqa: E402
+
+
+def _binary_ply(count_line: bytes, n: int = 2000, nl: bytes = b"\n", before: bytes = b"") -> bytes:
+    lines = [b"ply", b"format binary_little_endian 1.0", *([before] if before else []), count_line,
+             b"property float x", b"property float y", b"property float z", b"end_header"]
+    data = np.random.default_rng(2).standard_normal((n, 3)).astype("<f4").tobytes()
+    return nl.join(lines) + nl + data
+
+
+@pytest.mark.parametrize("name, raw", [
+    ("plus.ply", _binary_ply(b"element vertex +2000")),
+    ("vtab.ply", _binary_ply(b"element\x0bvertex\x0b2000")),
+    ("formfeed.ply", _binary_ply(b"element vertex 2000\x0c")),
+    ("cr_newlines.ply", _binary_ply(b"element vertex 2000", nl=b"\r")),
+    ("comment_first.ply", _binary_ply(b"element vertex 2000", before=b"comment end_header")),
+])
+def test_ply_counts_plyfile_reads_are_all_checked(tmp_path, name, raw):
+    path = tmp_path / name
+    path.write_bytes(raw)
+    with pytest.raises(DataError, match="2,000 declared, above data.max_points_per_file=1,000") as info:
+        read_points(path, num_points=16, max_points=1000)
+    assert name in str(info.value)
+    assert len(read_points(path, max_points=2000)) == 2000  # genuine under a larger limit
+
+
+@pytest.mark.parametrize("count", [b"2_000", b"-1", b"0x10", b"+-3"])
+def test_ply_counts_that_are_not_plain_integers_are_refused(tmp_path, count):
+    path = tmp_path / "odd.ply"
+    path.write_bytes(_binary_ply(b"element vertex " + count, n=3))
+    with pytest.raises(DataError, match="COUNT a non-negative integer") as info:
+        read_points(path, num_points=16)
+    assert "odd.ply" in str(info.value)
