@@ -186,3 +186,89 @@ def test_ply_counts_that_are_not_plain_integers_are_refused(tmp_path, count):
     with pytest.raises(DataError, match="COUNT a non-negative integer") as info:
         read_points(path, num_points=16)
     assert "odd.ply" in str(info.value)
+
+
+# -- 2. columns of point arrays -------------------------------------------------------------------------------------
+
+import io  # noqa: E402
+import zipfile  # noqa: E402
+
+import h5py  # noqa: E402
+
+from any2point.data import read_file  # noqa: E402
+from any2point.data.formats.records import MAX_COLUMNS, VALUES_PER_POINT  # noqa: E402
+
+
+def _wide(rows=2000, cols=MAX_COLUMNS + 1):
+    return np.random.default_rng(3).standard_normal((rows, cols)).astype(np.float32)
+
+
+def _npz_bytes(**members) -> bytes:
+    stream = io.BytesIO()
+    np.savez_compressed(stream, **members)
+    return stream.getvalue()
+
+
+@pytest.mark.parametrize("ext", [".npy", ".npz", ".h5"])
+def test_arrays_wider_than_max_columns_are_refused(tmp_path, ext):
+    path = tmp_path / f"wide{ext}"
+    array = _wide()
+    if ext == ".npy":
+        np.save(path, array)
+    elif ext == ".npz":
+        path.write_bytes(_npz_bytes(points=array))
+    else:
+        with h5py.File(path, "w") as f:
+            f["data"] = array
+    with pytest.raises(DataError, match=f"{MAX_COLUMNS + 1} values per row; expected at most {MAX_COLUMNS}") as info:
+        read_points(path, num_points=16)
+    assert path.name in str(info.value)
+
+
+def test_rows_times_columns_is_checked_against_the_limit(tmp_path):
+    path = tmp_path / "many.npy"
+    np.save(path, _wide(rows=1000, cols=40))  # 1000 points <= limit, 40,000 values > 6 x 5,000
+    with pytest.raises(DataError, match=f"above {VALUES_PER_POINT} x data.max_points_per_file=30,000"):
+        read_points(path, max_points=5000)
+    assert read_points(path, max_points=7000).shape == (1000, 3)
+
+
+def test_npz_member_shape_is_refused_before_decompressing(tmp_path):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (4000, 1000)})
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("points.npy", header.getvalue() + b"\0" * 64)  # the data itself is missing
+    path = tmp_path / "declared.npz"
+    path.write_bytes(stream.getvalue())
+    with pytest.raises(DataError, match="1,000 values per row"):
+        read_points(path)
+
+
+def test_npz_mesh_faces_wider_than_max_columns_are_refused(tmp_path):
+    vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
+    faces = np.zeros((4, 100), dtype=np.int64)
+    faces[:, :3] = [[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]]
+    path = tmp_path / "faces.npz"
+    path.write_bytes(_npz_bytes(vertices=vertices, faces=faces))
+    with pytest.raises(DataError, match="'faces' has 100 values per row"):
+        read_file(path)
+
+
+def test_hdf5_reads_only_the_xyz_columns(tmp_path, monkeypatch):
+    array = _wide(rows=500, cols=10)
+    path = tmp_path / "cloud.h5"
+    with h5py.File(path, "w") as f:
+        f["data"] = array
+    widths = []
+    original = h5py.Dataset.__getitem__
+
+    def recording(self, selection, *args, **kwargs):
+        out = original(self, selection, *args, **kwargs)
+        widths.append(np.shape(out)[-1] if np.ndim(out) else 0)
+        return out
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", recording)
+    cloud = read_file(path)
+    np.testing.assert_allclose(cloud.points, array[:, :3].astype(np.float64))
+    assert widths and max(widths) <= 3
