@@ -272,3 +272,74 @@ def test_hdf5_reads_only_the_xyz_columns(tmp_path, monkeypatch):
     cloud = read_file(path)
     np.testing.assert_allclose(cloud.points, array[:, :3].astype(np.float64))
     assert widths and max(widths) <= 3
+
+
+# -- 5. glTF buffer URIs --------------------------------------------------------------------------------------------
+
+import os  # noqa: E402
+import threading  # noqa: E402
+
+import trimesh  # noqa: E402
+
+
+def _gltf_with_external_buffer(folder, uri=None):
+    """An icosphere as model.gltf plus its buffer files, every buffer's URI replaced by ``uri`` when
+    given; returns (gltf path, first buffer file name, the mesh)."""
+    mesh = trimesh.creation.icosphere(subdivisions=1)
+    files = trimesh.Scene(mesh).export(file_type="gltf")
+    buffer = next(name for name in files if name.endswith(".bin"))
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    path = folder / "model.gltf"
+    if uri is not None:
+        document = json.loads(path.read_text())
+        for entry in document["buffers"]:
+            entry["uri"] = uri
+        path.write_text(json.dumps(document))
+    return path, buffer, mesh
+
+
+def _read_within(path, seconds=20):
+    """read_file in a thread, so a hang fails the test instead of blocking it."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = read_file(path)
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"reading {path} hung"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def test_gltf_with_an_external_buffer_still_reads(tmp_path):
+    path, _, mesh = _gltf_with_external_buffer(tmp_path)
+    loaded = _read_within(path)
+    assert len(loaded.vertices) == len(mesh.vertices) and len(loaded.faces) == len(mesh.faces)
+
+
+def test_gltf_buffer_naming_a_fifo_is_a_data_error(tmp_path):
+    path, _, _ = _gltf_with_external_buffer(tmp_path, uri="pipe.bin")
+    os.mkfifo(tmp_path / "pipe.bin")  # opening it for reading would wait for a writer forever
+    with pytest.raises(DataError, match="'pipe.bin'.*not a regular file") as info:
+        _read_within(path)
+    assert "model.gltf" in str(info.value)
+
+
+@pytest.mark.parametrize("uri", ["/etc/hostname", "../outside.bin", "sub/../../outside.bin", "%2e%2e/outside.bin",
+                                 "file:///etc/hostname", "link.bin"])
+def test_gltf_buffer_outside_the_folder_is_a_data_error(tmp_path, uri):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    path, buffer, _ = _gltf_with_external_buffer(folder, uri=uri)
+    (tmp_path / "outside.bin").write_bytes((folder / buffer).read_bytes())
+    (folder / "link.bin").symlink_to(tmp_path / "outside.bin")
+    with pytest.raises(DataError, match="glTF URI") as info:
+        _read_within(path)
+    assert "model.gltf" in str(info.value) and repr(uri) in str(info.value)
