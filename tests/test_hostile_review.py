@@ -343,3 +343,88 @@ def test_gltf_buffer_outside_the_folder_is_a_data_error(tmp_path, uri):
     with pytest.raises(DataError, match="glTF URI") as info:
         _read_within(path)
     assert "model.gltf" in str(info.value) and repr(uri) in str(info.value)
+
+
+# -- 6. completeness of a resumed optimizer state --------------------------------------------------------------------
+
+import torch  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from any2point import runtime  # noqa: E402
+from any2point.errors import CheckpointError  # noqa: E402
+from any2point.resume_state import read_training_state, restore_training_state, save_training_state  # noqa: E402
+
+
+def _live(amsgrad=False):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, amsgrad=amsgrad)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+    return model, optimizer, scheduler
+
+
+def _step(model, optimizer):
+    optimizer.zero_grad()
+    model(torch.linspace(-1, 1, 15).reshape(5, 3)).square().sum().backward()
+    optimizer.step()
+
+
+def _saved_state(path, amsgrad=False):
+    model, optimizer, scheduler = _live(amsgrad)
+    _step(model, optimizer)
+    save_training_state(path, epoch=1, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), rng=[runtime.rng_state()],
+                        best={"oa": None, "macc": None, "epoch": None}, seconds=1.0, fingerprint={})
+    return model, optimizer
+
+
+def _rewrite(path, edit):
+    with safe_open(str(path), framework="pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    edit(tensors)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def _restore(path, amsgrad=False):
+    model, optimizer, scheduler = _live(amsgrad)
+    restore_training_state(read_training_state(path), model=model, model_keys=set(model.state_dict()),
+                           optimizer=optimizer, scheduler=scheduler, rank=0)
+    return model, optimizer
+
+
+def test_a_complete_optimizer_state_resumes_to_the_same_step(tmp_path):
+    path = tmp_path / "last.safetensors"
+    model, optimizer = _saved_state(path)
+    resumed, resumed_optimizer = _restore(path)
+    _step(model, optimizer)
+    _step(resumed, resumed_optimizer)
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.pop("optimizer/0/exp_avg_sq"), r"missing \['exp_avg_sq'\]"),
+    (lambda t: t.pop("optimizer/3/step"), r"missing \['step'\]"),
+    (lambda t: t.update({"optimizer/1/momentum_buffer": torch.zeros(4)}), r"unexpected \['momentum_buffer'\]"),
+    (lambda t: t.update({"optimizer/2/step": torch.ones(2, 4)}), r"'optimizer/2/step' has shape \(2, 4\)"),
+    (lambda t: t.update({"optimizer/0/exp_avg": torch.zeros(4, 3, dtype=torch.int64)}),
+     r"'optimizer/0/exp_avg' has dtype torch.int64, expected floating point"),
+])
+def test_an_incomplete_or_foreign_optimizer_entry_is_refused(tmp_path, edit, message):
+    path = tmp_path / "last.safetensors"
+    _saved_state(path)
+    _rewrite(path, edit)
+    with pytest.raises(CheckpointError, match=message) as info:
+        _restore(path)
+    assert str(path) in str(info.value) and "train.resume=false" in str(info.value)
+
+
+def test_the_expected_names_follow_the_optimizer_settings(tmp_path):
+    """With amsgrad, AdamW keeps max_exp_avg_sq too: a state saved without it is refused."""
+    path = tmp_path / "last.safetensors"
+    _saved_state(path, amsgrad=False)
+    with pytest.raises(CheckpointError, match=r"missing \['max_exp_avg_sq'\]"):
+        _restore(path, amsgrad=True)
+    _saved_state(path, amsgrad=True)
+    _restore(path, amsgrad=True)
