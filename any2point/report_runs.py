@@ -16,8 +16,9 @@ every ``peft.*`` key; the options come from ``.hydra/hydra.yaml``, else from met
 ``peft_config`` and ``source``). Runs are paired across groups by (seed, few-shot fold).
 
 Files are read as data: size checked before reading, JSON without NaN/Infinity, YAML by the
-safe loader without aliases, at most MAX_SETTINGS keys. A row that cannot be used (unreadable, truncated, not an object, OA/mAcc not a
-number in [0, 100], a broken config) is skipped with the reason, never a crash.
+safe loader without aliases (:data:`MAX_SETTINGS` keys at most). A row that cannot be used
+(unreadable, truncated, nested too deeply, not an object, OA/mAcc not a number in [0, 100], a
+broken config) is skipped with the reason, never a crash.
 """
 from __future__ import annotations
 

@@ -23,8 +23,8 @@ import torch
 
 from .. import ops
 
-__all__ = ["ArrayCache", "points_problem", "indices_problem", "file_digest", "array_digest", "default_cache_dir", "fps_indices", "cached_fps_indices",
-           "fps_starts", "cached_epoch_pools", "FPS_VERSION"]
+__all__ = ["ArrayCache", "points_problem", "indices_problem", "file_digest", "array_digest", "default_cache_dir",
+           "fps_indices", "cached_fps_indices", "fps_starts", "cached_epoch_pools", "FPS_VERSION"]
 
 log = logging.getLogger(__name__)
 
