@@ -428,3 +428,18 @@ def test_the_expected_names_follow_the_optimizer_settings(tmp_path):
         _restore(path, amsgrad=True)
     _saved_state(path, amsgrad=True)
     _restore(path, amsgrad=True)
+
+
+def test_a_point_pool_entry_with_more_points_than_presampled_is_recomputed(tmp_path, caplog):
+    cloud = np.random.default_rng(1).standard_normal((64, 3)).astype(np.float32)
+    source = tmp_path / "cloud.txt"
+    np.savetxt(source, cloud)
+    cache = ArrayCache(tmp_path / "cache")
+    read = lambda p: np.loadtxt(p, dtype=np.float32)  # noqa: E731
+    reference = pool_files([source], read, pool_size=16, presample=16, cache=cache, recipe="txt")[0]
+    [entry] = (tmp_path / "cache").glob("*.npy")
+    np.save(entry, np.zeros((10_000, 3), dtype=np.float32))
+    with caplog.at_level(logging.WARNING):
+        again = pool_files([source], read, pool_size=16, presample=16, cache=cache, recipe="txt")[0]
+    np.testing.assert_array_equal(again, reference)
+    assert "10000 points, expected at most 16" in caplog.text

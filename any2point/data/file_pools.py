@@ -58,7 +58,8 @@ def pool_files(files: list[Path], read_cloud: Callable[[Path], np.ndarray], *, p
         for position, path in chunk:
             try:
                 key = f"{recipe}-{file_digest(path)[:40]}-k{presample}-{FPS_VERSION}"
-                prepared = cache.load(key, problem=points_problem)
+                prepared = cache.load(key, problem=lambda a: points_problem(a) or (
+                    f"{len(a)} points, expected at most {presample}" if len(a) > presample else None))
                 if prepared is None:
                     missing.append((position, key, np.asarray(read_cloud(path), dtype=np.float32)))
                 else:

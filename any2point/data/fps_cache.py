@@ -96,7 +96,7 @@ class ArrayCache:
         if not path.is_file():
             return None
         try:
-            array = np.load(path, allow_pickle=False)
+            array = np.load(path, mmap_mode="r", allow_pickle=False)  # header first: nothing is read yet
         except (OSError, ValueError, EOFError) as exc:
             log.warning("ignoring unreadable cache entry %s (%s); it will be recomputed", path, exc)
             return None
@@ -107,7 +107,7 @@ class ArrayCache:
         if reason is not None:
             log.warning("ignoring cache entry %s: %s; it will be recomputed", path, reason)
             return None
-        return array
+        return np.array(array)  # a copy in memory, not a view of a file another run may replace
 
     def save(self, key: str, array: np.ndarray) -> None:
         """Store an entry; an unwritable cache folder turns caching off with a warning (the
