@@ -443,3 +443,11 @@ def test_a_point_pool_entry_with_more_points_than_presampled_is_recomputed(tmp_p
         again = pool_files([source], read, pool_size=16, presample=16, cache=cache, recipe="txt")[0]
     np.testing.assert_array_equal(again, reference)
     assert "10000 points, expected at most 16" in caplog.text
+
+
+def test_text_rows_wider_than_max_columns_are_refused(tmp_path):
+    path = tmp_path / "wide.xyz"
+    np.savetxt(path, _wide(rows=200, cols=MAX_COLUMNS + 1))
+    with pytest.raises(DataError, match=f"{MAX_COLUMNS + 1} values per row") as info:
+        read_points(path)
+    assert "wide.xyz" in str(info.value)
