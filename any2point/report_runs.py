@@ -16,8 +16,9 @@ every ``peft.*`` key; the options come from ``.hydra/hydra.yaml``, else from met
 ``peft_config`` and ``source``). Runs are paired across groups by (seed, few-shot fold).
 
 Files are read as data: size checked before reading, JSON without NaN/Infinity, YAML by the
-safe loader. A row that cannot be used (unreadable, truncated, not an object, OA/mAcc not a
-number in [0, 100], a broken config) is skipped with the reason, never a crash.
+safe loader without aliases (:data:`MAX_SETTINGS` keys at most). A row that cannot be used
+(unreadable, truncated, nested too deeply, not an object, OA/mAcc not a number in [0, 100], a
+broken config) is skipped with the reason, never a crash.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from typing import Iterable, Sequence
 import yaml
 
 __all__ = ["Run", "Group", "find_runs", "read_run", "group_runs", "RUN_SPECIFIC", "METRICS_SETTINGS",
-           "MAX_FILE_BYTES", "BadRun"]
+           "MAX_FILE_BYTES", "MAX_SETTINGS", "BadRun"]
 
 # Keys (and everything below them) that never split a group: repetitions and execution details.
 RUN_SPECIFIC = ("seed", "data.fewshot.fold", "data.root", "data.cache", "data.cache_dir", "source.weights",
@@ -46,6 +47,8 @@ METRICS_SETTINGS = ("source", "weights_tag", "data", "peft_config", "split", "ep
 # only metrics.json and config.yaml): group -> metrics.json field.
 METRICS_CHOICES = {"peft": "peft_config", "source": "source"}
 MAX_FILE_BYTES = 4 * 2**20  # a metrics.json or config file is a few KB; refuse anything this large
+# A composed config has a few hundred keys; more is not a config any2point wrote (and would slow grouping).
+MAX_SETTINGS = 10_000
 _NUMBERS = ("trainable_params", "seconds")  # optional numeric columns: a number when present
 _SPLIT_KEY = "metrics.split"
 
@@ -126,6 +129,8 @@ def _read_text(path: Path) -> str:
 def _read_metrics(path: Path) -> dict:
     try:
         metrics = json.loads(_read_text(path), parse_constant=_no_constants)
+    except RecursionError:
+        raise BadRun(f"{path}: nested too deeply to be a run's metrics") from None
     except _NotANumber as exc:
         raise BadRun(f"{path}: holds {exc}, which is not a number (JSON has no NaN or Infinity); the run's "
                      f"metrics are unusable: rerun it") from None
@@ -147,9 +152,23 @@ def _read_metrics(path: Path) -> dict:
     return metrics
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """The safe loader without anchors/aliases: Hydra never writes them, and a few aliases
+    nested in each other expand to billions of nodes (a "billion laughs" file)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases are not accepted in a run file",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(_read_text(path))
+        data = yaml.load(_read_text(path), Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise BadRun(f"{path}: nested too deeply to be a run's config") from None
     except yaml.YAMLError as exc:
         raise BadRun(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -157,13 +176,22 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _flatten(node, prefix: str = "") -> dict[str, str]:
-    if isinstance(node, dict) and node:
-        out: dict[str, str] = {}
-        for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: _text(node)}
+def _flatten(node, path: Path, limit: int = MAX_SETTINGS) -> dict[str, str]:
+    """Dotted keys of a nested mapping; BadRun past ``limit`` keys (the config is not a run's)."""
+    out: dict[str, str] = {}
+    stack = [("", node)]
+    while stack:  # iterative: a deeply nested file cannot exhaust the interpreter's stack
+        prefix, item = stack.pop()
+        if isinstance(item, dict) and item:
+            stack.extend((f"{prefix}.{key}" if prefix else str(key), value) for key, value in reversed(item.items()))
+            continue
+        if len(out) >= limit:
+            raise BadRun(f"{path}: more than {limit} settings; not a run's config")
+        try:
+            out[prefix] = _text(item)
+        except RecursionError:
+            raise BadRun(f"{path}: nested too deeply to be a run's config") from None
+    return out
 
 
 def _choices(hydra_yaml: dict) -> dict[str, str]:
@@ -189,7 +217,7 @@ def read_run(metrics_path: Path, root: Path, ignore: Sequence[str] = ()) -> Run:
     ignore = tuple(RUN_SPECIFIC) + tuple(ignore)
     choices: dict[str, str] = {}
     if config_path.is_file():
-        flat = _flatten(_read_yaml(config_path))
+        flat = _flatten(_read_yaml(config_path), config_path)
         settings = {k: v for k, v in flat.items() if not _ignored(k, ignore)}
         seed, fold = flat.get("seed"), flat.get("data.fewshot.fold")
         if hydra_path.is_file():
@@ -221,6 +249,8 @@ def find_runs(root: str | Path, ignore: Sequence[str] = ()) -> tuple[list[Run], 
             runs.append(read_run(path, root, ignore))
         except BadRun as exc:
             problems.append(str(exc))
+        except RecursionError:  # a value nested too deeply for json.dumps / comparison
+            problems.append(f"{path}: nested too deeply to be a run's files")
         except OSError as exc:
             problems.append(f"{path}: unreadable ({exc})")
     return runs, problems

@@ -203,6 +203,64 @@ def _like(saved: Any, live: Any, where: str) -> Any:
     return saved
 
 
+def _probe_entry(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The per-parameter state this optimizer type keeps with ``group``'s settings, read off a
+    throwaway copy after one step on a 2-element parameter (so per-element tensors are told
+    apart from scalars); None when the type cannot be probed that way (e.g. needs a closure)."""
+    first = group["params"][0]
+    probe = torch.zeros(2, dtype=first.dtype, device=first.device, requires_grad=True)
+    options = {k: v for k, v in group.items() if k != "params"}
+    try:
+        copy = type(optimizer)([{"params": [probe], **options}])
+        probe.grad = torch.ones_like(probe)
+        copy.step()
+    except Exception:  # noqa: BLE001 - an optimizer we cannot probe is checked for consistency instead
+        return None
+    return dict(copy.state[probe])
+
+
+def _check_entries(per_param: dict[int, dict[str, Any]], optimizer: torch.optim.Optimizer,
+                   params: list[torch.Tensor]) -> None:
+    """Every saved per-parameter entry is complete for the live optimizer: exactly the names its
+    type keeps (a missing moment would otherwise be a KeyError inside ``step`` after data was
+    read), tensors where it keeps tensors, per-element ones shaped like the parameter, scalars
+    scalar, floating where it keeps floating point."""
+    group_of = {}
+    index = 0
+    for g, group in enumerate(optimizer.param_groups):
+        for _ in group["params"]:
+            group_of[index] = g
+            index += 1
+    probes = [_probe_entry(optimizer, group) if group["params"] else None for group in optimizer.param_groups]
+    for pid in sorted(per_param):
+        entry, probe = per_param[pid], probes[group_of[pid]]
+        if probe is None:  # names must agree with the first entry saved for the same group
+            probe = next(per_param[q] for q in sorted(per_param) if group_of[q] == group_of[pid])
+            if set(entry) != set(probe):
+                raise PlainDataError(f"optimizer entry {pid} holds {sorted(entry)}, entry of its group holds "
+                                     f"{sorted(probe)}")
+            continue
+        if set(entry) != set(probe):
+            missing, extra = sorted(set(probe) - set(entry)), sorted(set(entry) - set(probe))
+            raise PlainDataError(f"optimizer entry {pid} is incomplete or foreign for {type(optimizer).__name__}: "
+                                 f"missing {missing}, unexpected {extra} (expected exactly {sorted(probe)})")
+        for name, model in probe.items():
+            value, key = entry[name], f"optimizer/{pid}/{name}"
+            if not isinstance(model, torch.Tensor):
+                if isinstance(value, torch.Tensor):
+                    raise PlainDataError(f"{key}: a tensor where {type(optimizer).__name__} keeps a plain value")
+                continue
+            if not isinstance(value, torch.Tensor):
+                raise PlainDataError(f"{key} is missing (a plain value where {type(optimizer).__name__} keeps a "
+                                     "tensor)")
+            shape = tuple(params[pid].shape) if model.dim() > 0 else ()
+            if tuple(value.shape) != shape:
+                raise PlainDataError(f"tensor {key!r} has shape {tuple(value.shape)}, expected {shape}")
+            if value.is_floating_point() != model.is_floating_point():
+                kind = "floating point" if model.is_floating_point() else f"{model.dtype}"
+                raise PlainDataError(f"tensor {key!r} has dtype {value.dtype}, expected {kind}")
+
+
 def _optimizer_state(state: TrainingState, optimizer: torch.optim.Optimizer) -> dict:
     live = optimizer.state_dict()
     groups = _like(state.info.optimizer_groups, live["param_groups"], "optimizer_groups")
@@ -223,6 +281,7 @@ def _optimizer_state(state: TrainingState, optimizer: torch.optim.Optimizer) -> 
         if not pid.isdigit() or int(pid) >= len(params):
             raise PlainDataError(f"optimizer_values.{pid}: not a parameter index below {len(params)}")
         per_param.setdefault(int(pid), {}).update(entries)
+    _check_entries(per_param, optimizer, params)
     return {"state": per_param, "param_groups": groups}
 
 

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import DataError
-from .fps_cache import FPS_VERSION, ArrayCache, file_digest, fps_indices
+from .fps_cache import FPS_VERSION, ArrayCache, file_digest, fps_indices, points_problem
 from .sampling import pad_or_trim
 
 __all__ = ["pool_files"]
@@ -58,9 +58,8 @@ def pool_files(files: list[Path], read_cloud: Callable[[Path], np.ndarray], *, p
         for position, path in chunk:
             try:
                 key = f"{recipe}-{file_digest(path)[:40]}-k{presample}-{FPS_VERSION}"
-                prepared = cache.load(key)
-                if prepared is not None and (prepared.ndim != 2 or prepared.shape[1] != 3):
-                    prepared = None
+                prepared = cache.load(key, problem=lambda a: points_problem(a) or (
+                    f"{len(a)} points, expected at most {presample}" if len(a) > presample else None))
                 if prepared is None:
                     missing.append((position, key, np.asarray(read_cloud(path), dtype=np.float32)))
                 else:

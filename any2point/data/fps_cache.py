@@ -16,14 +16,15 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .. import ops
 
-__all__ = ["ArrayCache", "file_digest", "array_digest", "default_cache_dir", "fps_indices", "cached_fps_indices",
-           "fps_starts", "cached_epoch_pools", "FPS_VERSION"]
+__all__ = ["ArrayCache", "points_problem", "indices_problem", "file_digest", "array_digest", "default_cache_dir",
+           "fps_indices", "cached_fps_indices", "fps_starts", "cached_epoch_pools", "FPS_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,28 @@ def default_cache_dir() -> Path:
     from ..weights import cache_dir
 
     return cache_dir() / "fps"
+
+
+def points_problem(array: np.ndarray) -> str | None:
+    """What makes ``array`` unusable as a cached point cloud (n >= 1, 3) of finite floats, or None."""
+    if array.dtype.kind != "f":
+        return f"dtype {array.dtype}, expected floating point"
+    if array.ndim != 2 or array.shape[0] < 1 or array.shape[1] != 3:
+        return f"shape {array.shape}, expected (n, 3)"
+    if not np.isfinite(array).all():
+        return "holds NaN or infinite coordinates"
+    return None
+
+
+def indices_problem(size: int) -> Callable[[np.ndarray], str | None]:
+    """A check of cached point indices: integers in [0, size)."""
+    def problem(array: np.ndarray) -> str | None:
+        if array.dtype.kind not in "iu":
+            return f"dtype {array.dtype}, expected integer indices"
+        if array.size and (int(array.min()) < 0 or int(array.max()) >= size):
+            return f"indices in [{int(array.min())}, {int(array.max())}], expected [0, {size})"
+        return None
+    return problem
 
 
 def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -62,22 +85,29 @@ class ArrayCache:
         assert self.directory is not None
         return self.directory / f"{key}.npy"
 
-    def load(self, key: str, shape: tuple[int, ...] | None = None) -> np.ndarray | None:
-        """The entry, or None when absent, unreadable or of another shape (it is then recomputed)."""
+    def load(self, key: str, shape: tuple[int, ...] | None = None,
+             problem: Callable[[np.ndarray], str | None] | None = None) -> np.ndarray | None:
+        """The entry, or None when absent, unreadable, of another shape or refused by ``problem``
+        (which returns what is wrong with an entry, or None): such an entry is recomputed, never used,
+        since anyone who can write the cache folder controls its contents."""
         if self.directory is None:
             return None
         path = self.path(key)
         if not path.is_file():
             return None
         try:
-            array = np.load(path, allow_pickle=False)
+            array = np.load(path, mmap_mode="r", allow_pickle=False)  # header first: nothing is read yet
         except (OSError, ValueError, EOFError) as exc:
             log.warning("ignoring unreadable cache entry %s (%s); it will be recomputed", path, exc)
             return None
         if shape is not None and array.shape != tuple(shape):
             log.warning("ignoring cache entry %s of shape %s (expected %s)", path, array.shape, tuple(shape))
             return None
-        return array
+        reason = problem(array) if problem is not None else None
+        if reason is not None:
+            log.warning("ignoring cache entry %s: %s; it will be recomputed", path, reason)
+            return None
+        return np.array(array)  # a copy in memory, not a view of a file another run may replace
 
     def save(self, key: str, array: np.ndarray) -> None:
         """Store an entry; an unwritable cache folder turns caching off with a warning (the
@@ -141,8 +171,8 @@ def cached_fps_indices(clouds: np.ndarray, n: int, cache: ArrayCache, key: str) 
     """``fps_indices`` through the cache; ``key`` must identify the clouds (content hash, dataset name)."""
     entry = f"{key}-N{clouds.shape[1]}-n{n}-{FPS_VERSION}"
     shape = (clouds.shape[0], n)
-    indices = cache.load(entry, shape)
-    if indices is not None and int(indices.max(initial=0)) < clouds.shape[1]:
+    indices = cache.load(entry, shape, indices_problem(clouds.shape[1]))
+    if indices is not None:
         return indices
     indices = fps_indices(clouds, n)
     cache.save(entry, indices)
@@ -173,8 +203,8 @@ def cached_epoch_pools(clouds: np.ndarray, n: int, pools: int, cache: ArrayCache
     out = []
     for pool in range(pools):
         entry = f"{key}-N{clouds.shape[1]}-n{n}-p{pool}-{FPS_VERSION}"
-        indices = cache.load(entry, (clouds.shape[0], n))
-        if indices is None or int(indices.max(initial=0)) >= clouds.shape[1]:
+        indices = cache.load(entry, (clouds.shape[0], n), indices_problem(clouds.shape[1]))
+        if indices is None:
             indices = fps_indices(clouds, n, fps_starts(clouds.shape[0], clouds.shape[1], pool))
             cache.save(entry, indices)
         out.append(indices)

@@ -1,6 +1,7 @@
 """Reading the ``data`` config node: plain dict access with the shared defaults."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -8,6 +9,8 @@ from typing import Any, Mapping
 from ..errors import DataError
 from .fps_cache import ArrayCache, default_cache_dir
 from .protocol import PointProtocol
+
+log = logging.getLogger(__name__)
 
 __all__ = ["as_dict", "protocol_of", "cache_of", "existing_root", "class_names_of"]
 
@@ -40,7 +43,14 @@ def cache_of(cfg: dict) -> ArrayCache:
     if not cfg.get("cache", True):
         return ArrayCache(None)
     directory = cfg.get("cache_dir")
-    return ArrayCache(Path(os.path.expanduser(str(directory))) if directory else default_cache_dir())
+    if directory:
+        return ArrayCache(Path(os.path.expanduser(str(directory))))
+    try:
+        return ArrayCache(default_cache_dir())
+    except OSError as exc:  # e.g. ANY2POINT_CACHE names a folder that cannot be created
+        log.warning("cannot use the cache folder %s (%s); computing without caching (set ANY2POINT_CACHE or "
+                    "data.cache_dir to a writable folder to keep results)", exc.filename or "(default)", exc)
+        return ArrayCache(None)
 
 
 def existing_root(cfg: dict, expected: str, download: str) -> Path:

@@ -12,7 +12,7 @@ import numpy as np
 
 from ...errors import DataError
 from .meshes import mesh_from_faces
-from .records import PointFile, check_declared, check_dtype, check_points, cloud_columns
+from .records import PointFile, check_declared, check_dtype, check_points, check_width, cloud_columns
 
 __all__ = ["read_npy", "read_npz", "read_h5"]
 
@@ -75,6 +75,7 @@ def read_npz(path: Path, limit: int):
         if len(shape) != 2 or shape[1] < 3 or np.dtype(dtype).kind not in "iu":
             raise DataError(f"'faces' has shape {shape} and dtype {dtype}; expected integer (F, 3+)", str(path))
         check_declared(path, "'faces'", shape[0], limit)
+        check_width(path, "'faces'", shape[0], shape[1], limit)
         vshape, vdtype = headers["vertices"]
         check_dtype(path, "'vertices'", vdtype)
         if len(vshape) != 2 or vshape[1] != 3:
@@ -120,7 +121,7 @@ def read_h5(path: Path, limit: int) -> PointFile:
                 raise DataError(f"dataset {key!r} holds {dataset.shape[0]} clouds; a single file to predict on must "
                                 "hold one (use a dataset config such as modelnet40 for HDF5 collections)", str(path))
             cloud_columns(path, f"dataset {key!r}", dataset.shape or (), dataset.dtype, limit)
-            array = dataset[()]
+            array = dataset[..., :3]  # xyz only: the other columns are never read
     except OSError as exc:
         raise DataError(f"not a readable HDF5 file (truncated or corrupt?): {exc}", str(path)) from None
     return _cloud(path, array, f"dataset {key!r}")

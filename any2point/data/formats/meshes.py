@@ -8,9 +8,12 @@ faces than its header declares, faces pointing past the vertices.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import struct
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -147,6 +150,48 @@ def mesh_from_faces(path: Path | str, vertices: np.ndarray, faces, vertex_normal
                            vertex_colors=vertex_colors)
 
 
+def _folder_resolver(path: Path):
+    """A trimesh resolver for a glTF file's external buffers and images: regular files inside
+    the file's folder only. An absolute path, a '..' step, a symbolic link out of the folder,
+    a FIFO or device (which would block trimesh forever) is a DataError naming file and URI."""
+    from trimesh.resolvers import Resolver
+
+    folder = path.parent.resolve()
+
+    class FolderResolver(Resolver):
+        def __init__(self):
+            pass
+
+        def get(self, uri: str) -> bytes:
+            name = unquote(str(uri)).strip()
+            parts = PurePosixPath(name.replace("\\", "/")).parts
+            if not name or name.startswith(("/", "\\")) or ":" in name or ".." in parts:
+                raise DataError(f"glTF URI {uri!r}: expected a file name relative to the file's folder (no absolute "
+                                "path, drive, scheme or '..')", str(path))
+            target = (folder / name).resolve()
+            if not target.is_relative_to(folder):
+                raise DataError(f"glTF URI {uri!r} leads out of the file's folder {folder}", str(path))
+            try:
+                fd = os.open(target, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            except OSError as exc:
+                raise DataError(f"glTF URI {uri!r}: cannot open {target} ({exc.strerror})", str(path)) from None
+            with os.fdopen(fd, "rb") as stream:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):  # checked on the opened file: no swap in between
+                    raise DataError(f"glTF URI {uri!r}: {target} is not a regular file", str(path))
+                return stream.read()
+
+        def write(self, name, data):
+            raise DataError("meshes are read, never written", str(path))
+
+        def namespaced(self, namespace):
+            raise DataError(f"glTF asset namespace {namespace!r} is not supported", str(path))
+
+        def keys(self):
+            return iter(())
+
+    return FolderResolver()
+
+
 def read_mesh_file(path: Path, limit: int):
     """The flattened ``trimesh.Trimesh`` of an OFF / OBJ / STL / GLB / glTF file."""
     import trimesh
@@ -157,12 +202,11 @@ def read_mesh_file(path: Path, limit: int):
     check_declared(path, "vertices", vertices, limit)
     check_declared(path, "faces", faces, limit)
     try:
-        if suffix == ".gltf":  # external buffers resolve next to the file
-            loaded = trimesh.load_scene(str(path), file_type="gltf", process=False)
-        else:
-            import io
+        import io
 
-            loaded = trimesh.load_scene(io.BytesIO(raw), file_type=MESH_TYPES[suffix], process=False)
+        # external glTF buffers resolve next to the file (regular files only); nothing else resolves
+        resolver = _folder_resolver(path) if suffix == ".gltf" else None
+        loaded = trimesh.load_scene(io.BytesIO(raw), file_type=MESH_TYPES[suffix], resolver=resolver, process=False)
     except DataError:
         raise
     except Exception as exc:  # trimesh raises many types for bad files; ours names the file

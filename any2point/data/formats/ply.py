@@ -14,16 +14,37 @@ from .records import PointFile, check_declared, check_points
 
 __all__ = ["read_ply"]
 
-_ELEMENT = re.compile(rb"^element[ \t]+(\S+)[ \t]+(\d+)[ \t]*\r?$", re.MULTILINE)
+_COUNT = re.compile(r"\+?[0-9]+")  # what int() reads as a non-negative count, without "_" or spaces
 _NORMALS = ("nx", "ny", "nz")
 _COLORS = ("red", "green", "blue", "alpha")
 
 
-def _header_counts(path: Path, raw: bytes) -> dict[str, int]:
-    end = raw.find(b"end_header")
-    if not raw.startswith(b"ply") or end < 0:
+def _header_counts(path: Path, raw: bytes) -> list[tuple[str, int]]:
+    """Every element's declared count, the header split as plyfile splits it (its newline is
+    the one after 'ply'; fields on any whitespace; the header ends at a line 'end_header'), so
+    no spelling plyfile reads can slip past the size check."""
+    for nl in (b"\r\n", b"\n", b"\r"):
+        if raw.startswith(b"ply" + nl):
+            break
+    else:
         raise DataError("not a PLY file: expected 'ply' on the first line and an 'end_header' line", str(path))
-    return {name.decode("ascii", "replace"): int(count) for name, count in _ELEMENT.findall(raw[:end])}
+    counts = []
+    start = len(b"ply" + nl)
+    while True:
+        end = raw.find(nl, start)
+        if end < 0:
+            raise DataError("not a PLY file: expected an 'end_header' line", str(path))
+        line = raw[start:end].decode("ascii", "replace")
+        start = end + len(nl)
+        if line == "end_header":
+            return counts
+        fields = line.split()
+        if fields[:1] != ["element"]:
+            continue
+        if len(fields) != 3 or not _COUNT.fullmatch(fields[2]):
+            raise DataError(f"header line {line!r}: expected 'element NAME COUNT' with COUNT a non-negative integer",
+                            str(path))
+        counts.append((fields[1], int(fields[2])))
 
 
 def _columns(vertex, names) -> np.ndarray | None:
@@ -38,7 +59,7 @@ def read_ply(path: Path, limit: int):
     import plyfile
 
     raw = path.read_bytes()
-    for name, count in _header_counts(path, raw).items():
+    for name, count in _header_counts(path, raw):
         check_declared(path, f"PLY element '{name}'", count, limit)
     import io
 

@@ -16,12 +16,18 @@ import numpy as np
 
 from ...errors import DataError
 
-__all__ = ["PointFile", "DEFAULT_MAX_POINTS_PER_FILE", "check_declared", "cloud_columns", "check_points",
-           "check_dtype"]
+__all__ = ["PointFile", "DEFAULT_MAX_POINTS_PER_FILE", "MAX_COLUMNS", "VALUES_PER_POINT", "check_declared",
+           "check_width", "cloud_columns", "check_points", "check_dtype"]
 
 # The fallback of ``data.max_points_per_file`` for callers without a data config (the
 # data YAMLs state the same value; a test keeps them equal).
 DEFAULT_MAX_POINTS_PER_FILE = 5_000_000
+# An array cloud may carry per-point values beyond xyz (normals, colours, labels, features):
+# at most MAX_COLUMNS of them, and at most VALUES_PER_POINT * max_points_per_file values in all
+# (xyz + normals at the full point limit; wider records hold proportionally fewer points), so
+# a header declaring (1000, 10**9) is refused before anything is read.
+MAX_COLUMNS = 64
+VALUES_PER_POINT = 6
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,18 @@ def check_dtype(path: Path | str, what: str, dtype: np.dtype) -> None:
                         str(path))
 
 
+def check_width(path: Path | str, what: str, rows: int, cols: int, limit: int) -> None:
+    """Refuse records wider than :data:`MAX_COLUMNS` values, or more than
+    ``VALUES_PER_POINT * limit`` values in all, before anything is read."""
+    if cols > MAX_COLUMNS:
+        raise DataError(f"{what} has {cols:,} values per row; expected at most {MAX_COLUMNS} (xyz plus per-point "
+                        "values such as normals)", str(path))
+    if rows * cols > VALUES_PER_POINT * limit:
+        raise DataError(f"{what} holds {rows:,} x {cols} = {rows * cols:,} values, above {VALUES_PER_POINT} x "
+                        f"data.max_points_per_file={VALUES_PER_POINT * limit:,} (raise the limit if the file is "
+                        "genuine)", str(path))
+
+
 def cloud_columns(path: Path | str, what: str, shape: tuple[int, ...], dtype: np.dtype, limit: int) -> int:
     """Check a declared array shape is one cloud ``(num_points, 3+)`` (or ``(1, num_points, 3+)``)
     before reading it; returns the number of points.
@@ -75,6 +93,7 @@ def cloud_columns(path: Path | str, what: str, shape: tuple[int, ...], dtype: np
         hint = " (transposed? use array.T)" if cols > 3 and rows <= 6 else ""
         raise DataError(f"{what} has shape {shape}: ambiguous, {rows} points of {cols} values each{hint}; "
                         "expected (num_points, 3+) with more points than values per point", str(path))
+    check_width(path, what, rows, cols, limit)
     return rows
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
-from .records import DEFAULT_MAX_POINTS_PER_FILE, PointFile, check_declared, check_points
+from .records import DEFAULT_MAX_POINTS_PER_FILE, PointFile, check_declared, check_points, check_width
 
 __all__ = ["read_text", "parse_text_cloud"]
 
@@ -49,6 +49,7 @@ def parse_text_cloud(text: str, source: str, limit: int = DEFAULT_MAX_POINTS_PER
     if width < 3:
         number = next(i for (i, _), r in zip(lines, rows) if len(r) < 3)
         raise DataError(f"line {number}: expected at least 3 values (x y z)", source)
+    check_width(source, "the rows", len(rows), width, limit)
     try:
         table = np.asarray([r[:width] for r in rows], dtype=np.float64)
     except ValueError:
