@@ -9,7 +9,7 @@ import torch
 from any2point import ops
 from any2point.data import build_dataset
 from any2point.data import fps_cache
-from data_files import compose_data, random_clouds, write_labelled_h5
+from .data_files import compose_data, random_clouds, write_labelled_h5
 
 PB = "main_split/{split}_objectdataset_augmentedrot_scale75.h5"
 

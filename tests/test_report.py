@@ -16,7 +16,7 @@ import yaml
 from any2point.report import collect_runs, main
 from any2point.report_compare import compare_groups
 from any2point.report_runs import find_runs, group_runs
-from tiny_run import TINY, run_module, write_experiment
+from .tiny_run import TINY, run_module, write_experiment
 
 
 def _write(path, **metrics):

@@ -27,7 +27,7 @@ from any2point.evaluate import run_eval
 from any2point.resume_state import read_training_state
 from any2point.optim import build_optimizer, build_scheduler, lr_at, parameter_groups
 from any2point.train import run_training
-from tiny_run import TINY, compose_config, env, metrics
+from .tiny_run import TINY, compose_config, env, metrics
 
 RUN_FILES = ["metrics.json", "checkpoint.safetensors", "checkpoint.json", "best_val.safetensors", "best_val.json",
              "last.safetensors", "history.csv", "per_class_test.csv", "per_class_test.json", "confusion_test.png",
