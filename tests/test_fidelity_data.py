@@ -87,7 +87,7 @@ def test_fps_pools_need_stored_clouds(tmp_path):
 
 
 def test_modelnet40_resampled_pools_are_drawn_from_the_presampled_clouds(tmp_path):
-    from test_data_datasets import _write_resampled
+    from .test_data_datasets import _write_resampled
 
     root = tmp_path / "modelnet40_normal_resampled"
     _write_resampled(root, ["airplane", "bed"], 2, 300)
