@@ -192,6 +192,7 @@ def _history(run_dir: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")} for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow  # three training processes, one killed mid-epoch: about 56 s on 2 cores
 def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_result(tmp_path):
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     # the uninterrupted run goes alongside: results do not depend on timing
