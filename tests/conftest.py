@@ -5,7 +5,12 @@ Plain helpers called with arguments stay modules of the ``tests`` package (see `
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# No model hub here and none needed: tests never download. huggingface_hub reads the flag once,
+# at import, so it is set before anything imports it (else an offline check waits on the network).
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 from hydra import initialize_config_module
