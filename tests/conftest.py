@@ -18,8 +18,18 @@ from hydra.core.global_hydra import GlobalHydra
 
 import any2point.ops
 from any2point.config import CONFIG_MODULE
+from any2point.runtime import host_memory_reused
 
 from .tiny_run import TINY, compose_config
+
+
+@pytest.fixture(scope="session", autouse=True)
+def allocator_left_alone():
+    """glibc's mallopt settings (``reuse_host_memory``) last for the process: a test that turns
+    them on inside pytest changes every later test's memory behaviour, so it must use a subprocess
+    (``tiny_run.compose_config`` turns them off for in-process runs)."""
+    yield
+    assert not host_memory_reused(), "a test switched on reuse_host_memory in the pytest process"
 
 
 @pytest.fixture
