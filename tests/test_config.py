@@ -7,8 +7,7 @@ import importlib.resources
 import inspect
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
+from hydra import compose
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
@@ -20,7 +19,8 @@ from any2point.peft import PeftConfig
 from any2point.registry import get_source_spec, list_sources
 
 # the data schema types common keys and lets dataset-specific ones through (see any2point.config)
-pytestmark = pytest.mark.filterwarnings("ignore:Class `DataConfig` subclasses `Dict`:UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:Class `DataConfig` subclasses `Dict`:UserWarning"),
+              pytest.mark.usefixtures("hydra_conf")]  # conftest.py
 
 CONF = importlib.resources.files(CONFIG_MODULE)
 GROUPS = ["source", "data", "model", "peft", "trainer", "experiment"]
@@ -28,14 +28,6 @@ GROUPS = ["source", "data", "model", "peft", "trainer", "experiment"]
 
 def options(group: str) -> list[str]:
     return sorted(p.name[:-5] for p in CONF.joinpath(group).iterdir() if p.name.endswith(".yaml"))
-
-
-@pytest.fixture(autouse=True)
-def hydra_conf():
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
 
 
 def _full_message(exc: BaseException) -> str:

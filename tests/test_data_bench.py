@@ -7,7 +7,7 @@ from any2point.bench.__main__ import main as bench_main
 
 
 def test_data_bench_quick(capsys):
-    assert bench_main(["data", "--quick", "--json", "--workers", "0"]) == 0
+    assert bench_main(["data", "--quick", "--json", "--workers", "0", "--glibc-malloc-defaults"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["benchmark"] == "data" and result["quick"] is True
     (scenario,) = result["scenarios"]

@@ -5,31 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import any2point.ops
 from any2point.data import build_dataset, read_points
 from any2point.data.scanobjectnn import CLASS_NAMES
 from any2point.errors import DataError
-from data_files import (box_mesh, compose_data, random_clouds, write_labelled_h5, write_obj, write_off, write_ply,
-                        write_text_cloud)
+from .data_files import (box_mesh, compose_data, random_clouds, write_labelled_h5, write_obj, write_off, write_ply,
+                         write_text_cloud)
 
 SCANOBJECTNN_FILES = {
     "scanobjectnn_obj_bg": "main_split/{split}_objectdataset.h5",
     "scanobjectnn_obj_only": "main_split_nobg/{split}_objectdataset.h5",
     "scanobjectnn_pb_t50_rs": "main_split/{split}_objectdataset_augmentedrot_scale75.h5",
 }
-
-
-@pytest.fixture
-def fps_calls(monkeypatch):
-    calls = []
-    real = any2point.ops.furthest_point_sample
-
-    def counting(xyz, n, *args, **kwargs):
-        calls.append(xyz.shape[0])
-        return real(xyz, n, *args, **kwargs)
-
-    monkeypatch.setattr(any2point.ops, "furthest_point_sample", counting)
-    return calls
 
 
 # ----------------------------------------------------------------------------- ScanObjectNN

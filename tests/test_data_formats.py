@@ -16,7 +16,7 @@ from any2point.data import PointFile, build_dataset, file_points, read_file, rea
 from any2point.data.formats import DEFAULT_MAX_POINTS_PER_FILE
 from any2point.data.h5sets import DEFAULT_MAX_POINTS_PER_COLLECTION, read_labelled_h5
 from any2point.errors import DataError
-from data_files import box_mesh, compose_data, random_clouds, write_off, write_ply
+from .data_files import box_mesh, compose_data, random_clouds, write_off, write_ply
 
 
 def _two_node_scene() -> tuple[trimesh.Scene, np.ndarray]:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from any2point.data import SUPPORTED_EXTENSIONS, read_points
 from any2point.errors import DataError
-from data_files import write_sample_file
+from .data_files import write_sample_file
 
 LIMIT = 5_000  # points per file in these tests: a mutated header may declare anything up to it
 ALARM_SECONDS = 20

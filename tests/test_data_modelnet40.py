@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-import any2point.ops
 from any2point.data import build_dataset
 from any2point.data.fps_cache import fps_indices
 from any2point.errors import DataError
-from data_files import (MODELNET40_SHARED, compose_data, need_shared, random_clouds, write_labelled_h5,
-                        write_modelnet40_release)
+from .data_files import (MODELNET40_SHARED, compose_data, need_shared, random_clouds, write_labelled_h5,
+                         write_modelnet40_release)
 
 CLASSES = ["airplane", "bed", "chair", "lamp", "sofa"]
 
@@ -20,20 +19,6 @@ CLASSES = ["airplane", "bed", "chair", "lamp", "sofa"]
 def shared_cfg(tmp_path_factory):
     root = need_shared(MODELNET40_SHARED)
     return compose_data("modelnet40", root=root, cache_dir=str(tmp_path_factory.mktemp("fps")), val_fraction=0.1)
-
-
-@pytest.fixture
-def fps_calls(monkeypatch):
-    """Counts the clouds passed to any2point.ops.furthest_point_sample."""
-    calls = []
-    real = any2point.ops.furthest_point_sample
-
-    def counting(xyz, n, *args, **kwargs):
-        calls.append(xyz.shape[0])
-        return real(xyz, n, *args, **kwargs)
-
-    monkeypatch.setattr(any2point.ops, "furthest_point_sample", counting)
-    return calls
 
 
 # ----------------------------------------------------------------------------- the shared files

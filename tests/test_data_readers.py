@@ -9,8 +9,8 @@ import trimesh
 from any2point.data import SUPPORTED_EXTENSIONS, PointFile, read_file, read_points
 from any2point.data.file_to_cloud import sample_mesh
 from any2point.errors import DataError
-from data_files import (MESHES_SHARED, box_mesh, need_shared, triangles_of, write_obj, write_off, write_ply,
-                        write_text_cloud)
+from .data_files import (MESHES_SHARED, box_mesh, need_shared, triangles_of, write_obj, write_off, write_ply,
+                         write_text_cloud)
 
 
 def _faces_as_set(mesh) -> set[frozenset]:

@@ -10,7 +10,7 @@ from any2point.data import build_dataset
 from any2point.data.protocol import PointProtocol
 from any2point.data.splits import stratified_split
 from any2point.data.transforms import Center, Rotate, Scale, Translate, build_transforms
-from data_files import compose_data
+from .data_files import compose_data
 
 
 @pytest.fixture(scope="module")

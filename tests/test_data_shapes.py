@@ -6,7 +6,7 @@ import pytest
 
 from any2point.data import build_dataset
 from any2point.data.shapes import SHAPES, generate_shapes, load_shapes
-from data_files import compose_data
+from .data_files import compose_data
 
 
 def _global_features(clouds: np.ndarray) -> np.ndarray:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from any2point.evaluate import run_eval
-from tiny_run import TINY, compose_config, env, metrics, run_module
+from .tiny_run import TINY, compose_config, env, metrics, run_module
 
 
+@pytest.mark.slow  # two torchrun workers and an evaluation: about 40 s on 2 cores
 def test_two_process_cpu_ddp_metrics_cover_the_whole_test_set(tmp_path):
     run = tmp_path / "run"
     # 3 classes x 5 test samples = 15: the sampler pads one rank's share, which must count once

@@ -12,8 +12,8 @@ from any2point.errors import DataError
 from any2point.evaluate import run_eval
 from any2point.run_data import load_eval_split, load_splits
 from any2point.train import run_training
-from data_files import MODELNET40_SHARED, compose_data, need_shared
-from tiny_run import TINY, compose_config, metrics
+from .data_files import MODELNET40_SHARED, compose_data, need_shared
+from .tiny_run import TINY, compose_config, metrics
 
 
 def _labels(counts: list[int], seed: int = 0) -> np.ndarray:

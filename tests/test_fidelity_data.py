@@ -9,7 +9,7 @@ import torch
 from any2point import ops
 from any2point.data import build_dataset
 from any2point.data import fps_cache
-from data_files import compose_data, random_clouds, write_labelled_h5
+from .data_files import compose_data, random_clouds, write_labelled_h5
 
 PB = "main_split/{split}_objectdataset_augmentedrot_scale75.h5"
 
@@ -87,7 +87,7 @@ def test_fps_pools_need_stored_clouds(tmp_path):
 
 
 def test_modelnet40_resampled_pools_are_drawn_from_the_presampled_clouds(tmp_path):
-    from test_data_datasets import _write_resampled
+    from .test_data_datasets import _write_resampled
 
     root = tmp_path / "modelnet40_normal_resampled"
     _write_resampled(root, ["airplane", "bed"], 2, 300)

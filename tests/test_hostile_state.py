@@ -29,7 +29,7 @@ from any2point.predict import main as predict_main
 from any2point.resume_state import TRAINING_STATE, read_training_state
 from any2point.run_lock import LOCK_FILE, run_directory_lock
 from any2point.train import run_training
-from tiny_run import TINY, compose_config, env
+from .tiny_run import TINY, compose_config, env
 
 CLASSES = ["sphere", "cube", "torus", "cone"]
 
@@ -47,14 +47,6 @@ class _Payload:
 def _pickle_bomb(path: Path, marker: Path) -> Path:
     path.write_bytes(pickle.dumps({"epoch": 1, "model": _Payload(marker)}))
     return path
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    """A finished one-epoch tiny run (checkpoint, last.safetensors, ...), copied by the tests."""
-    run = tmp_path_factory.mktemp("finished") / "run"
-    run_training(compose_config("train", TINY), run)
-    return run
 
 
 def _copy(run: Path, tmp_path: Path) -> Path:
@@ -89,8 +81,8 @@ def test_a_pickled_last_pt_is_refused_unopened_and_resume_false_starts_over(tmp_
 
 
 @pytest.mark.parametrize("content", ["pickle", "empty", "garbage", "truncated", "torch_save"])
-def test_a_state_that_is_not_safetensors_is_refused_naming_the_file(finished_run, tmp_path, content):
-    run, marker = _copy(finished_run, tmp_path), tmp_path / "PWNED"
+def test_a_state_that_is_not_safetensors_is_refused_naming_the_file(finished_tiny_run, tmp_path, content):
+    run, marker = _copy(finished_tiny_run, tmp_path), tmp_path / "PWNED"
     state = run / TRAINING_STATE
     if content == "pickle":
         _pickle_bomb(state, marker)
@@ -137,8 +129,8 @@ def _tampered(info: dict, tensors: dict, case: str) -> None:
 @pytest.mark.parametrize("case", ["epoch_as_string", "unknown_key", "missing_key", "scheduler_extra_attribute",
                                   "optimizer_group_key", "moment_shape", "model_tensor_missing", "python_rng",
                                   "interpolation_in_fingerprint"])
-def test_a_crafted_state_is_refused_with_advice(finished_run, tmp_path, case):
-    run = _copy(finished_run, tmp_path)
+def test_a_crafted_state_is_refused_with_advice(finished_tiny_run, tmp_path, case):
+    run = _copy(finished_tiny_run, tmp_path)
     state = run / TRAINING_STATE
     info, tensors = _state_json(state)
     _tampered(info, tensors, case)
@@ -148,8 +140,8 @@ def test_a_crafted_state_is_refused_with_advice(finished_run, tmp_path, case):
     assert "\n" not in str(err.value)
 
 
-def test_the_state_holds_no_pickle_and_round_trips(finished_run):
-    info, tensors = _state_json(finished_run / TRAINING_STATE)
+def test_the_state_holds_no_pickle_and_round_trips(finished_tiny_run):
+    info, tensors = _state_json(finished_tiny_run / TRAINING_STATE)
     assert info["epoch"] == 1 and info["best"]["epoch"] is None and info["format"] == 1
     assert {k.split("/")[0] for k in tensors} == {"model", "optimizer", "rng"}
     assert tensors["rng/0/torch"].dtype == torch.uint8
@@ -176,10 +168,10 @@ def _edit_info(run: Path, edit) -> Path:
 
 
 @pytest.mark.parametrize("where", ["class", "data_root", "cache_dir", "tokenizer_normalize", "source_option"])
-def test_interpolations_in_checkpoint_json_are_refused_and_resolve_nothing(finished_run, tmp_path, marker_resolver,
+def test_interpolations_in_checkpoint_json_are_refused_and_resolve_nothing(finished_tiny_run, tmp_path, marker_resolver,
                                                                          where, monkeypatch):
     monkeypatch.setenv("A2P_SECRET", "hunter2")
-    run = _copy(finished_run, tmp_path)
+    run = _copy(finished_tiny_run, tmp_path)
 
     def edit(info):
         if where == "class":
@@ -212,8 +204,8 @@ def test_interpolations_in_checkpoint_json_are_refused_and_resolve_nothing(finis
     ("bool_as_int", r"model\.tokenizer\.k: expected int, got bool"),
     ("source_not_object", r"source: expected an object"),
 ])
-def test_a_malformed_checkpoint_json_is_refused_naming_the_key(finished_run, tmp_path, case, message):
-    run = _copy(finished_run, tmp_path)
+def test_a_malformed_checkpoint_json_is_refused_naming_the_key(finished_tiny_run, tmp_path, case, message):
+    run = _copy(finished_tiny_run, tmp_path)
 
     def edit(info):
         if case == "unknown_top":
@@ -241,17 +233,17 @@ def test_a_malformed_checkpoint_json_is_refused_naming_the_key(finished_run, tmp
 @pytest.mark.parametrize("text", ["", "{", "[1, 2]", "\xff\xfe", "null", '{"format": "1"}',
                                   '{"format": 1, "config": ' + "[" * 5000 + "]" * 5000 + "}",
                                   '{"format": 1, "config": {"a": ' + '{"a": ' * 900 + "1" + "}" * 901 + "}"])
-def test_checkpoint_json_that_is_not_an_object_is_refused(finished_run, tmp_path, text):
-    run = _copy(finished_run, tmp_path)
+def test_checkpoint_json_that_is_not_an_object_is_refused(finished_tiny_run, tmp_path, text):
+    run = _copy(finished_tiny_run, tmp_path)
     (run / "checkpoint.json").write_bytes(text.encode("latin-1"))
     with pytest.raises(CheckpointError, match=str(run / "checkpoint.json")):
         load_checkpoint(run)
 
 
-def test_an_oversized_checkpoint_json_is_refused_before_it_is_read(finished_run, tmp_path):
+def test_an_oversized_checkpoint_json_is_refused_before_it_is_read(finished_tiny_run, tmp_path):
     from any2point.checkpoint import MAX_INFO_BYTES
 
-    run = _copy(finished_run, tmp_path)
+    run = _copy(finished_tiny_run, tmp_path)
     with open(run / "checkpoint.json", "r+b") as f:
         f.truncate(MAX_INFO_BYTES + 1)  # sparse: nothing is allocated
     with pytest.raises(CheckpointError, match=rf"checkpoint\.json is {MAX_INFO_BYTES + 1} bytes, more than"):
@@ -265,8 +257,8 @@ def test_paths_from_a_checkpoint_are_never_written_to(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "header_lies", "pickle"])
-def test_damaged_checkpoint_tensors_end_in_one_line_and_exit_2(finished_run, tmp_path, damage, capsys):
-    run, marker = _copy(finished_run, tmp_path), tmp_path / "PWNED"
+def test_damaged_checkpoint_tensors_end_in_one_line_and_exit_2(finished_tiny_run, tmp_path, damage, capsys):
+    run, marker = _copy(finished_tiny_run, tmp_path), tmp_path / "PWNED"
     weights = run / "checkpoint.safetensors"
     data = weights.read_bytes()
     if damage == "empty":
@@ -291,7 +283,7 @@ def test_damaged_checkpoint_tensors_end_in_one_line_and_exit_2(finished_run, tmp
 
 # ----------------------------------------------------------------------------- predict
 
-def test_predict_refuses_clouds_not_finite_in_the_model_dtype_and_prints_strict_json(finished_run, tmp_path,
+def test_predict_refuses_clouds_not_finite_in_the_model_dtype_and_prints_strict_json(finished_tiny_run, tmp_path,
                                                                                      monkeypatch, capsys):
     import any2point.predict as predict
 
@@ -310,7 +302,7 @@ def test_predict_refuses_clouds_not_finite_in_the_model_dtype_and_prints_strict_
     good, bad = tmp_path / "good.npy", tmp_path / "overflow.npy"
     np.save(good, rng.normal(size=(200, 3)))
     np.save(bad, rng.normal(size=(200, 3)))
-    assert predict_main([str(finished_run), str(good), str(bad), str(tmp_path / "missing.npy"), "--json"]) == 1
+    assert predict_main([str(finished_tiny_run), str(good), str(bad), str(tmp_path / "missing.npy"), "--json"]) == 1
 
     def no_constants(name):
         raise AssertionError(f"bare {name} in JSON output")
@@ -451,8 +443,8 @@ def test_the_train_cli_prints_user_errors_without_a_traceback(tmp_path, args, ex
 
 
 @pytest.mark.slow  # an app process
-def test_the_eval_cli_refuses_a_crafted_checkpoint_in_one_line(finished_run, tmp_path):
-    run = _copy(finished_run, tmp_path)
+def test_the_eval_cli_refuses_a_crafted_checkpoint_in_one_line(finished_tiny_run, tmp_path):
+    run = _copy(finished_tiny_run, tmp_path)
     _edit_info(run, lambda info: info.update(num_points="64"))
     done = subprocess.run([sys.executable, "-m", "any2point.evaluate", f"checkpoint={run}",
                            f"hydra.run.dir={tmp_path / 'eval'}"], cwd=tmp_path, env=env(), capture_output=True,

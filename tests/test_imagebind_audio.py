@@ -88,6 +88,7 @@ def test_layout_matches_official_key_names_and_shapes():
     assert ib.official_layout(depth=2) == _official_shapes(2)
 
 
+@pytest.mark.slow  # a full-size (12-block) checkpoint and source
 def test_full_checkpoint_loads_caches_audio_part_and_reuses_it(full_checkpoint, cache, monkeypatch):
     path, state = full_checkpoint
     source = any2point.create_source("imagebind_audio", weights=str(path))
@@ -110,6 +111,7 @@ def test_full_checkpoint_loads_caches_audio_part_and_reuses_it(full_checkpoint, 
     assert cached[0].stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow  # a full-size (12-block) checkpoint and source
 def test_official_checkpoint_in_torch_hub_cache_is_extracted_once(full_checkpoint, cache, monkeypatch):
     path, state = full_checkpoint
     hub_ckpt = ib._hub_checkpoint()

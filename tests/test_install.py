@@ -33,6 +33,7 @@ def wheel(tmp_path_factory) -> Path:
     return wheels[0]
 
 
+@pytest.mark.slow  # builds the wheel (pip wheel of a copy of the checkout)
 def test_wheel_has_one_top_level_module(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
@@ -43,6 +44,7 @@ def test_wheel_has_one_top_level_module(wheel):
         assert not any(n.startswith(f"{generic}/") or n == f"{generic}.py" for n in names), generic
 
 
+@pytest.mark.slow  # builds the wheel (pip wheel of a copy of the checkout)
 def test_wheel_ships_configs_and_console_script(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     yamls = sorted(p.relative_to(REPO / "conf").as_posix() for p in (REPO / "conf").rglob("*.yaml"))
@@ -56,6 +58,7 @@ def test_wheel_ships_configs_and_console_script(wheel):
         assert zipfile.ZipFile(wheel).read(top_level[0]).decode().split() == ["any2point"]
 
 
+@pytest.mark.slow  # builds the wheel (pip wheel of a copy of the checkout)
 def test_wheel_ships_no_native_sources(wheel):
     """Nothing is compiled at install or first use: the wheel carries no C/C++ sources or libraries."""
     names = zipfile.ZipFile(wheel).namelist()
@@ -90,6 +93,7 @@ def test_installed_package_has_no_generic_top_level_modules(tmp_path):
     assert result["adapters"] == "any2point.adapters"
 
 
+@pytest.mark.slow  # builds the wheel (pip wheel of a copy of the checkout)
 def test_installed_wheel_imports(wheel, tmp_path):
     target = tmp_path / "site"
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "-q",

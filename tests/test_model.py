@@ -321,6 +321,7 @@ def test_only_trainable_parts_get_gradients_and_the_source_stays_bit_identical(s
     assert trainable_roots == {"tokenizer", "cls_token", "cls_position", "adapters", "norm", "head"}
 
 
+@pytest.mark.slow  # full-size CLIP text, DINOv2, ImageBind audio
 @pytest.mark.parametrize("source,expected", [("clip_text", 0.95e6), ("dinov2", 0.80e6), ("imagebind_audio", 0.87e6)])
 def test_parameter_counts_match_the_paper(source, expected):
     if source not in any2point.list_sources():

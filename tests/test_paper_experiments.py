@@ -7,14 +7,14 @@ from __future__ import annotations
 import importlib.resources
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
+from hydra import compose
 from omegaconf import OmegaConf
 
 import any2point.config  # noqa: F401  (registers the schemas)
 from any2point.config import CONFIG_MODULE
 
-pytestmark = pytest.mark.filterwarnings("ignore:Class `DataConfig` subclasses `Dict`:UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:Class `DataConfig` subclasses `Dict`:UserWarning"),
+              pytest.mark.usefixtures("hydra_conf")]  # conftest.py
 
 # run: (source, dataset, r, s, c, g, g3, t, k, inject, pool)  -- METHOD.md 5, per-run settings
 TABLE = {
@@ -32,14 +32,6 @@ SOURCE_DROPOUT = {
     "dinov2_scanobjectnn": {"attn_drop_rate": 0.1}, "imagebind_audio_scanobjectnn": {"attn_drop_rate": 0.1},
     "dinov2_modelnet40": {"drop_path_rate": 0.1}, "imagebind_audio_modelnet40": {"drop_path_rate": 0.1},
 }
-
-
-@pytest.fixture(autouse=True)
-def hydra_conf():
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
 
 
 @pytest.mark.parametrize("run", sorted(TABLE))

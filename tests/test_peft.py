@@ -145,7 +145,7 @@ def test_every_builtin_method_is_a_typed_option_of_the_peft_group():
     from omegaconf import OmegaConf
 
     from any2point.peft import get_peft_method, list_peft_methods
-    from tiny_run import compose_config
+    from .tiny_run import compose_config
 
     assert set(PEFT_METHODS) <= set(list_peft_methods())
     for name in PEFT_METHODS:
@@ -239,7 +239,7 @@ def test_the_shuffled_table_is_what_the_tokens_receive():
 def test_a_control_trains_and_its_checkpoint_evaluates_to_the_same_figures(tmp_path):
     from any2point.evaluate import run_eval
     from any2point.train import run_training
-    from tiny_run import TINY, compose_config
+    from .tiny_run import TINY, compose_config
 
     for peft in ("tokenizer_only", "any2point_shuffled_position"):
         run = tmp_path / peft

@@ -14,7 +14,7 @@ from pathlib import Path
 from torch import nn
 
 import any2point
-from tiny_run import TINY, env, metrics
+from .tiny_run import TINY, env, metrics
 
 # BitFit (Ben Zaken et al. 2022): the biases of the source's linear layers train, optionally
 # its LayerNorms too, besides the composition's own parts; no adapters.

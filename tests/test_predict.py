@@ -11,8 +11,8 @@ import torch
 import any2point
 from any2point.checkpoint import save_checkpoint
 from any2point.predict import main
-from data_files import MESHES_SHARED, need_shared, write_off, write_ply, write_sample_file
-from tiny_run import run_module
+from .data_files import MESHES_SHARED, need_shared, write_off, write_ply, write_sample_file
+from .tiny_run import run_module
 
 MODELNET10 = ["bathtub", "bed", "chair", "desk", "dresser", "monitor", "night_stand", "sofa", "table", "toilet"]
 

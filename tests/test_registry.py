@@ -81,7 +81,9 @@ REFERENCES = {TimmBlock: _timm_reference, BertBlock: _bert_reference, ClipTextBl
 
 
 # ---------------------------------------------------------------- generated per source
-@pytest.fixture(scope="module", params=any2point.list_sources())
+# full-size sources (BIG) are slow to build: their checks run with -m slow
+@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.slow) if n in BIG else n
+                                        for n in any2point.list_sources()])
 def built(request):
     """Each source built once with random weights (pytest groups the tests by source)."""
     torch.manual_seed(0)
@@ -247,6 +249,7 @@ def test_missing_local_file_names_config_key(tmp_path):
         any2point.create_source("dinov2", weights=str(tmp_path / "nope.safetensors"))
 
 
+@pytest.mark.slow  # a full-size DINOv2 (timm's and ours)
 def test_timm_state_dict_loads_through_source_weights(tmp_path):
     torch.manual_seed(3)
     vit = timm.create_model("vit_base_patch14_dinov2", pretrained=False, num_classes=0)
@@ -335,7 +338,7 @@ def test_clip_text_checkpoint_loads_through_source_weights(small_clip, tmp_path,
     else:  # OpenAI's release: a TorchScript archive
         path = tmp_path / layout
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)  # the release's format
             torch.jit.save(torch.jit.trace(_OpenAIHolder(donor), torch.randn(1, 77, 64)), str(path))
     source = any2point.create_source("clip_text", weights=str(path))
     assert source.weights_tag == f"file:{layout}"
@@ -408,7 +411,7 @@ def test_clip_text_uses_an_earlier_openai_download_offline(small_clip, tmp_path,
     (tmp_path / "clip").mkdir()
     donor = _small_text_tower()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)  # the release's format
         traced = torch.jit.trace(_OpenAIHolder(donor), torch.randn(1, 77, 64))
         torch.jit.save(traced, str(tmp_path / "clip" / "ViT-L-14.pt"))
     assert any2point.get_source_spec("clip_text").weights_available()

@@ -16,7 +16,7 @@ import yaml
 from any2point.report import collect_runs, main
 from any2point.report_compare import compare_groups
 from any2point.report_runs import find_runs, group_runs
-from tiny_run import TINY, run_module, write_experiment
+from .tiny_run import TINY, run_module, write_experiment
 
 
 def _write(path, **metrics):
@@ -56,6 +56,7 @@ def test_empty_or_missing_folder(tmp_path):
     assert main([str(tmp_path / "missing")]) == 2
 
 
+@pytest.mark.slow  # a two-job any2point-train sweep and a report process: about 29 s on 2 cores
 def test_a_two_source_sweep_gives_a_two_row_report(tmp_path):
     sweep = tmp_path / "sweep"
     # the tiny settings as an experiment of the user's own, found through hydra.searchpath

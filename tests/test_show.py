@@ -17,8 +17,8 @@ from matplotlib.collections import PathCollection
 from any2point.show import (ShowOptions, cell_colours, compose_train_config, compute_scene, model_from_config,
                             model_from_overrides, pe_colours, plot_views, read_cloud, view_weights)
 from any2point.show.cli import main
-from data_files import box_mesh, random_clouds, write_off
-from tiny_run import TINY, compose_config
+from .data_files import box_mesh, random_clouds, write_off
+from .tiny_run import TINY, compose_config
 
 SOURCES = ["tiny_1d", "tiny_2d"]
 PICTURES = ["cloud", "views", "pe"]

@@ -22,8 +22,8 @@ from any2point.backbones import clip_text as clip_text_module
 from any2point.checkpoint import load_checkpoint
 from any2point.errors import UnknownSourceError, WeightsUnavailableError
 from any2point.source_overrides import route_source_overrides
-from test_registry import REFERENCES, _check_blocks, _check_ffn_hook, _check_position_table
-from tiny_run import TINY, compose_config, metrics, run_module
+from .test_registry import REFERENCES, _check_blocks, _check_ffn_hook, _check_position_table
+from .tiny_run import TINY, compose_config, metrics, run_module
 
 TIMM_TINY = "timm:vit_tiny_patch16_224"
 TIMM_OPTIONS = dict(depth=2, img_size=(32, 48), patch_size=8)  # 4 x 6 patches: rows and columns differ

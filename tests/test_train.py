@@ -27,7 +27,7 @@ from any2point.evaluate import run_eval
 from any2point.resume_state import read_training_state
 from any2point.optim import build_optimizer, build_scheduler, lr_at, parameter_groups
 from any2point.train import run_training
-from tiny_run import TINY, compose_config, env, metrics
+from .tiny_run import TINY, compose_config, env, metrics
 
 RUN_FILES = ["metrics.json", "checkpoint.safetensors", "checkpoint.json", "best_val.safetensors", "best_val.json",
              "last.safetensors", "history.csv", "per_class_test.csv", "per_class_test.json", "confusion_test.png",
@@ -192,6 +192,7 @@ def _history(run_dir: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")} for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow  # three training processes, one killed mid-epoch: about 56 s on 2 cores
 def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_result(tmp_path):
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     # the uninterrupted run goes alongside: results do not depend on timing

@@ -20,11 +20,17 @@ TINY = ["source=tiny_1d", "data=shapes", "data.num_points=64", "data.protocol.tr
         "train.warmup_epochs=0", "trainer.progress=false"]
 
 
+# Runs started inside the pytest process leave its allocator alone (glibc's mallopt settings are
+# process-wide and cannot be undone); test_runtime checks them in a subprocess.
+IN_PROCESS = ["trainer.reuse_host_memory=false"]
+
+
 def compose_config(name: str, overrides: list[str]):
+    """The composed ``train`` or ``eval`` config, for a run inside the test process (``IN_PROCESS``)."""
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="any2point.conf", version_base="1.3"):
-            return compose(name, overrides=overrides)
+            return compose(name, overrides=[*IN_PROCESS, *overrides])
     finally:
         GlobalHydra.instance().clear()
 
