@@ -469,7 +469,8 @@ def test_an_unwritable_fps_cache_computes_without_caching(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("num_points", [2, 10**12])
-def test_a_checkpoint_asking_for_clouds_its_tokenizer_cannot_group_is_refused(finished_run, tmp_path, num_points):
-    run = _edit_info(_copy(finished_run, tmp_path), lambda info: info.update(num_points=num_points))
+def test_a_checkpoint_asking_for_clouds_its_tokenizer_cannot_group_is_refused(finished_tiny_run, tmp_path,
+                                                                               num_points):
+    run = _edit_info(_copy(finished_tiny_run, tmp_path), lambda info: info.update(num_points=num_points))
     with pytest.raises(CheckpointError, match="num_points"):
         load_checkpoint(run)
