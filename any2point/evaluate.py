@@ -30,16 +30,11 @@ from .metrics import ClassificationResult, classification_metrics
 from .plots import plot_confusion_matrix
 from .run_data import load_eval_split
 
-__all__ = ["evaluate_dataset", "write_split_results", "write_json", "run_eval", "main", "METRICS_JSON"]
+__all__ = ["evaluate_dataset", "write_split_results", "run_eval", "main", "METRICS_JSON"]
 
 log = logging.getLogger(__name__)
 
 METRICS_JSON = "metrics.json"
-
-
-def write_json(path: str | Path, obj) -> None:
-    """Strict JSON, written atomically (kept for callers; see any2point.atomic)."""
-    atomic_write_json(path, obj)
 
 
 def evaluate_dataset(model, dataset, ctx: distributed.DistContext, *, batch_size: int, precision: str = "32",
@@ -61,7 +56,7 @@ def write_split_results(run_dir: str | Path, split: str, result: ClassificationR
         f"{r['class']},{'' if r['accuracy'] is None else format(r['accuracy'], '.4f')},{r['support']}" for r in rows]
     names = [f"per_class_{split}.csv", f"per_class_{split}.json", f"confusion_{split}.png"]
     atomic_write_text(run_dir / names[0], "\n".join(lines) + "\n")
-    write_json(run_dir / names[1], {"split": split, "oa": result.oa, "macc": result.macc, "classes": rows,
+    atomic_write_json(run_dir / names[1], {"split": split, "oa": result.oa, "macc": result.macc, "classes": rows,
                                     "confusion": result.confusion.tolist()})
     plot_confusion_matrix(result.confusion, class_names, run_dir / names[2],
                           title=title or f"{split}: OA {result.oa:.2f}  mAcc {result.macc:.2f}")
@@ -112,7 +107,7 @@ def run_eval(cfg: DictConfig, run_dir: str | Path) -> dict:
             "seconds": time.perf_counter() - start,
         }
         if ctx.is_main:
-            write_json(run_dir / METRICS_JSON, metrics)
+            atomic_write_json(run_dir / METRICS_JSON, metrics)
             write_split_results(run_dir, dataset.split, result, dataset.class_names)
             log.info("%s split of %s (%d samples, %d votes): OA %.2f  mAcc %.2f  -> %s", dataset.split,
                      metrics["data"], result.samples, cfg.eval.votes, result.oa, result.macc, run_dir / METRICS_JSON)

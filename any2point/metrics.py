@@ -19,9 +19,6 @@ class ClassificationResult:
     confusion: np.ndarray  # (C, C), rows = true class, columns = predicted
     samples: int
 
-    def summary(self) -> dict:
-        return {"oa": self.oa, "macc": self.macc, "samples": self.samples}
-
     def per_class_rows(self, class_names: list[str]) -> list[dict]:
         return [{"class": name, "accuracy": acc, "support": n}
                 for name, acc, n in zip(class_names, self.per_class, self.support)]
