@@ -18,7 +18,7 @@ from torch import nn
 
 FFNHook = Optional[Callable[[torch.Tensor], torch.Tensor]]
 
-__all__ = ["PositionTable", "SourceBlock", "FrozenSource", "FFNHook", "SourceMismatchError", "linear_targets"]
+__all__ = ["with_ffn", "PositionTable", "SourceBlock", "FrozenSource", "FFNHook", "SourceMismatchError", "linear_targets"]
 
 
 class SourceMismatchError(ValueError):
@@ -67,6 +67,12 @@ class PositionTable:
         if self.kind == "1d":
             return f"{self.shape[0]} rows{cls}"
         return f"{self.shape[0]}x{self.shape[1]}{cls} on {self.canvas[0]}x{self.canvas[1]} px"
+
+
+def with_ffn(h: torch.Tensor, f: torch.Tensor, ffn_hook: FFNHook = None) -> torch.Tensor:
+    """The block's residual sum h + f, plus the hook's output on the FFN output f when given
+    (Any2Point's bottleneck adapter runs parallel to the FFN)."""
+    return h + f if ffn_hook is None else h + f + ffn_hook(f)
 
 
 class SourceBlock(nn.Module, abc.ABC):

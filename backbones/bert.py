@@ -20,7 +20,7 @@ from torch import nn
 from any2point.registry import register_source
 from any2point.weights import hf_hub_cached, package_dir
 
-from .base import FrozenSource, PositionTable, SourceBlock, SourceMismatchError, linear_targets
+from .base import FrozenSource, PositionTable, SourceBlock, SourceMismatchError, linear_targets, with_ffn
 from .hf_load import build_hf
 
 __all__ = ["BertBlock", "BertSource", "build_bert", "check_bert", "MINILM_PACKAGE"]
@@ -50,7 +50,7 @@ class BertBlock(SourceBlock):
         h = att.output.LayerNorm(att.output.dropout(att.output.dense(a)) + x)
         out = self.layer.output
         f = out.dropout(out.dense(self.layer.intermediate(h)))
-        return out.LayerNorm(h + f if ffn_hook is None else h + f + ffn_hook(f))
+        return out.LayerNorm(with_ffn(h, f, ffn_hook))
 
 
 class BertStem(nn.Module):

@@ -29,7 +29,7 @@ from any2point.errors import UnknownSourceError
 from any2point.registry import register_source
 from any2point.weights import hf_hub_cached, hub_offline, local_weights, unavailable
 
-from .base import FrozenSource, PositionTable, SourceBlock, SourceMismatchError, linear_targets
+from .base import FrozenSource, PositionTable, SourceBlock, SourceMismatchError, linear_targets, with_ffn
 
 __all__ = ["ClipTextBlock", "ClipTextSource", "build_clip_text", "causal_mask", "open_clip_config",
            "official_checkpoint", "read_tower_state"]
@@ -61,7 +61,7 @@ class ClipTextBlock(SourceBlock):
         mask = causal_mask(x.shape[1], x.device, x.dtype) if self.causal else None
         h = x + b.ls_1(b.attention(q_x=b.ln_1(x), attn_mask=mask))
         f = b.ls_2(b.mlp(b.ln_2(h)))
-        return h + f if ffn_hook is None else h + f + ffn_hook(f)
+        return with_ffn(h, f, ffn_hook)
 
 
 class ClipTextSource(FrozenSource):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import FrozenSource, PositionTable, SourceBlock, SourceMismatchError, linear_targets
+from .base import FrozenSource, PositionTable, SourceBlock, SourceMismatchError, linear_targets, with_ffn
 
 __all__ = ["HfViTBlock", "HfViTSource", "hf_vit_layers"]
 
@@ -29,7 +29,7 @@ class HfViTBlock(SourceBlock):
         l = self.layer
         h = x + l.dropout(l.attention(l.layernorm_before(x))[0])
         f = l.dropout(l.mlp(l.layernorm_after(h)))
-        return h + f if ffn_hook is None else h + f + ffn_hook(f)
+        return with_ffn(h, f, ffn_hook)
 
 
 def hf_vit_layers(model: nn.Module) -> nn.ModuleList | None:

@@ -30,7 +30,7 @@ from torch import nn
 from any2point.registry import register_source
 from any2point.weights import cache_dir, hub_offline, local_weights, unavailable
 
-from .base import FrozenSource, PositionTable, SourceBlock
+from .base import FrozenSource, PositionTable, SourceBlock, with_ffn
 
 __all__ = ["ImageBindAudioBlock", "ImageBindAudioSource", "build_imagebind_audio", "official_layout",
            "extract_audio_state", "URL", "CHECKPOINT"]
@@ -82,7 +82,7 @@ class ImageBindAudioBlock(SourceBlock):
         y = self.norm_1(x)
         h = x + self.drop_path(self.attn(y, y, y, need_weights=False)[0])
         f = self.drop_path(self.mlp(self.norm_2(h)))
-        return h + f if ffn_hook is None else h + f + ffn_hook(f)
+        return with_ffn(h, f, ffn_hook)
 
 
 def _official_name(own: str) -> str:

@@ -17,7 +17,7 @@ from any2point.errors import UnknownSourceError
 from any2point.registry import register_family, register_source
 from any2point.weights import hf_hub_cached, hub_offline, local_weights, unavailable
 
-from .base import FrozenSource, PositionTable, SourceBlock, SourceMismatchError, linear_targets
+from .base import FrozenSource, PositionTable, SourceBlock, SourceMismatchError, linear_targets, with_ffn
 
 __all__ = ["TimmBlock", "TimmViTSource", "build_timm_vit", "timm_position"]
 
@@ -35,7 +35,7 @@ class TimmBlock(SourceBlock):
         b = self.block
         x = x + b.drop_path1(b.ls1(b.attn(b.norm1(x))))
         f = b.drop_path2(b.ls2(b.mlp(b.norm2(x))))
-        return x + f if ffn_hook is None else x + f + ffn_hook(f)
+        return with_ffn(x, f, ffn_hook)
 
 
 def timm_position(vit: nn.Module, name: str) -> PositionTable:
