@@ -61,6 +61,33 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+def view_weights(cell_features: torch.Tensor, views: torch.Tensor, reference: torch.Tensor,
+                 grid_rows: torch.Tensor) -> torch.Tensor:
+    """w_j = (cos(F_j, X3d) + 1) / 2 normalised over the views, (M, T), for the per-view features
+    ``views`` (M, T, D) gathered from ``cell_features`` (rows, D) by ``grid_rows`` (M * T,).
+
+    torch's cosine_similarity, written out: its own kernel normalises both (M, T, D) operands
+    and its backward makes several more passes over them (3x slower for MiniLM). F_j's norms
+    come from the cells when the grid has fewer rows than there are token-views."""
+    M, T, _ = views.shape
+    eps = 1e-8  # cosine_similarity's: each norm is clamped on its own
+    if cell_features.shape[0] < M * T:
+        norms = torch.linalg.vector_norm(cell_features, dim=-1).clamp_min(eps).index_select(0, grid_rows).view(M, T)
+    else:
+        norms = torch.linalg.vector_norm(views, dim=-1).clamp_min(eps)
+    cosine = (views * reference).sum(-1) / (norms * torch.linalg.vector_norm(reference, dim=-1).clamp_min(eps))
+    weights = (cosine + 1) / 2
+    return weights / weights.sum(0, keepdim=True).clamp_min(1e-6)
+
+
+def weighted_sum(cell_features: torch.Tensor, grid_rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_j w_j F_j -> (T, D), from the cells (rows, D), the row of each token-view (M * T,)
+    and the weights (M, T): one gather-and-sum (embedding_bag), forward and backward, where
+    (w_j * F_j).sum(0) would make three passes over (M, T, D) and einsum T tiny products."""
+    M, T = weights.shape
+    return F.embedding_bag(grid_rows.view(M, T).t(), cell_features, per_sample_weights=weights.t(), mode="sum")
+
+
 class BlockAdapter(nn.Module):
     """The trainable parts of one block: bottleneck adapter and its BatchNorms."""
 
@@ -128,39 +155,45 @@ class GuidedAdapters(nn.Module):
         their weights w_j (M, B*G), summing to 1 over the views, and the 3D reference X3d
         (B*G, D). Without view cells, F_j and w_j are None; without a 3D reference, w_j and
         X3d are None (the views weigh the same)."""
+        _, views, weights, reference = self._ensemble_parts(index, x, cells)
+        return views, weights, reference
+
+    def _ensemble_parts(self, index: int, x: torch.Tensor, cells: CellAssignment):
+        """``ensemble``'s three parts, preceded by the per-cell features (M * B * cells, D) F_j
+        gathers from."""
         block = self.blocks[index]
         B, G, D = x.shape
-        reference = views = weights = None
+        reference = cell_features = views = weights = None
         if cells.voxel_segments is not None:
             with float32_statistics(x):
                 tokens = at_least_float32(x.reshape(B * G, D))
                 pooled = pool_rows(tokens, cells.voxel_segments, cells.num_voxels, "mean_max")
                 reference = F.gelu(block.reference_norm(pooled)).index_select(0, cells.voxel_segments)  # (B*G, D)
         if cells.grid_rows is None:
-            return views, weights, reference
+            return cell_features, views, weights, reference
         y = self.mini_attention(x, cells.same_cell)  # (M, B*G, D)
         M, rows = self.views, B * self.cells_per_cloud
         with float32_statistics(x):
             grid = pool_rows(at_least_float32(y).reshape(M * B * G, D), cells.grid_rows, M * rows, self.config.pool)
             grid = grid.view(M, rows, D)
             normed = torch.stack([norm(grid[m]) for m, norm in enumerate(block.view_norm)])  # (M, rows, D)
-            views = F.gelu(normed).view(M * rows, D).index_select(0, cells.grid_rows).view(M, B * G, D)  # F_j
+            cell_features = F.gelu(normed).view(M * rows, D)
+            views = cell_features.index_select(0, cells.grid_rows).view(M, B * G, D)  # F_j
             if reference is not None:
-                weights = (F.cosine_similarity(views, reference.unsqueeze(0), dim=-1) + 1) / 2  # (M, B*G)
-                weights = weights / weights.sum(0, keepdim=True).clamp_min(1e-6)
-        return views, weights, reference
+                weights = view_weights(cell_features, views, reference, cells.grid_rows)
+        return cell_features, views, weights, reference
 
     def aggregate(self, index: int, x: torch.Tensor, cells: CellAssignment | None) -> torch.Tensor:
         """Guided aggregation on the point tokens x (B, G, D) after block ``index``:
         x + c * sum_j w_j F_j (x + c * X3d without view cells)."""
         if cells is None:
             return x
-        views, weights, reference = self.ensemble(index, x, cells)
+        cell_features, views, weights, reference = self._ensemble_parts(index, x, cells)
         with float32_statistics(x):
             if views is None:
                 guided = reference
             elif weights is None:
                 guided = views.mean(0)
             else:
-                guided = torch.einsum("mt,mtd->td", weights, views)
+                guided = weighted_sum(cell_features, cells.grid_rows, weights)
         return x + self.config.coef * guided.view_as(x).to(x.dtype)

@@ -139,9 +139,10 @@ def _release_aggregation(adapters, x, local_cells, cells_per_cloud, centres, poo
 
 
 @pytest.mark.parametrize("pool", ["mean", "mean_max"])
-def test_guided_aggregation_equals_the_release_formulas(pool):
+@pytest.mark.parametrize("L", [20, 40])  # fewer grid rows than token-views, and more (F_j's norms taken there)
+def test_guided_aggregation_equals_the_release_formulas(pool, L):
     torch.manual_seed(0)
-    D, M, B, G, L = 16, 3, 2, 12, 20
+    D, M, B, G = 16, 3, 2, 12
     adapters = GuidedAdapters(D, depth=1, views=M, config=AdapterConfig(cell=2, voxel=0.5, pool=pool), length=L)
     adapters.double().train()
     with torch.no_grad():
@@ -151,10 +152,10 @@ def test_guided_aggregation_equals_the_release_formulas(pool):
     units[0, 0, :] = 3.5  # view 0 of cloud 0: every token in one cell
     centres = torch.rand(B, G, 3, dtype=torch.float64) * 1.2 + torch.tensor([[[0.3, -0.2, 0.1]], [[-0.7, 0.4, 0.0]]])
     cells = adapters.assign(ViewPositions("1d", units, units[..., 0]), centres)
-    assert adapters.cells_per_cloud == 10 and cells.grid_rows.numel() == M * B * G
+    assert adapters.cells_per_cloud == L // 2 and cells.grid_rows.numel() == M * B * G
     x = torch.randn(B, G, D, dtype=torch.float64, requires_grad=True)
     ours = adapters.aggregate(0, x, cells)
-    want = _release_aggregation(adapters, x, cells.view_cells, 10, centres, pool)
+    want = _release_aggregation(adapters, x, cells.view_cells, L // 2, centres, pool)
     torch.testing.assert_close(ours, want, rtol=1e-9, atol=1e-9)
     grad = torch.randn_like(x)
     params = [p for p in adapters.parameters()]
