@@ -162,6 +162,7 @@ class GuidedAdapters(nn.Module):
         """``ensemble``'s three parts, preceded by the per-cell features (M * B * cells, D) F_j
         gathers from."""
         block = self.blocks[index]
+        x = x.contiguous()  # the point tokens are a slice of the block's output: one copy, not one per use
         B, G, D = x.shape
         reference = cell_features = views = weights = None
         if cells.voxel_segments is not None:

@@ -18,10 +18,12 @@ def pool_rows(values: torch.Tensor, index: torch.Tensor, rows: int, mode: str = 
     if mode not in POOL_MODES:
         raise ValueError(f"pooling mode must be one of {POOL_MODES}, got {mode!r}")
     width = values.shape[-1]
-    total = values.new_zeros(rows, width).index_add(0, index, values)
+    # scatter_add, not index_add: index_add's backward keeps its whole source (here the mini
+    # attention's (views, tokens, D) output of every block) alive until the backward pass
+    spread = index.unsqueeze(-1).expand_as(values)
+    total = values.new_zeros(rows, width).scatter_add(0, spread, values)
     count = values.new_zeros(rows).index_add(0, index, values.new_ones(index.shape[0]))
     pooled = total / count.clamp_min(1).unsqueeze(-1)
     if mode == "mean_max":
-        spread = index.unsqueeze(-1).expand_as(values)
         pooled = pooled + values.new_zeros(rows, width).scatter_reduce(0, spread, values, "amax", include_self=False)
     return pooled
