@@ -3,8 +3,9 @@
 Computed once per forward pass from the view positions and the token centres, then shared
 by every block's adapter. A view's cells form a fixed grid per cloud (``cells_per_cloud``
 of them: ceil(L / g) segments of a 1D table of L rows, or the g-pixel cells of a 2D
-canvas), so the per-view features live in a dense (views, clouds x cells, D) tensor whose
-empty cells are zero rows, as the release's scatter with dim_size = B x cells makes them.
+canvas). The release keeps every cell of that grid (empty ones as zero rows) and its
+per-view BatchNorm counts them all; only occupied cells get a row here, numbered view-major,
+and the BatchNorm adds the empty ones to its statistics by count (``view_batch_norm``).
 Voxels are numbered per cloud and relabelled to one compact range over the batch; only
 occupied voxels get a row.
 """
@@ -26,8 +27,9 @@ class CellAssignment:
     """Everything the adapters of one forward pass need to know about cells.
 
     view_cells: (M, B, G) cell of every token in every view, in [0, cells_per_cloud).
-    grid_rows: (M * B * G,) the row of each token-view in the dense (M * B * cells_per_cloud)
-        grid of per-view cell features, view-major (row = (m * B + b) * cells_per_cloud + cell).
+    cell_rows: (M * B * G,) the row of each token-view among the occupied cells of the batch,
+        view-major (all of view 0's occupied cells first, in grid order, then view 1's, ...).
+    occupied_per_view: the number of occupied cells of each view (R in all).
     same_cell: (M * B, 1, G, G) True where two tokens of one cloud share a cell of one view
         (the mini attention's mask; every token shares its cell with itself).
     voxel_segments: (B * G,) compact voxel id of every token; ``voxel_counts`` (V,) the
@@ -37,7 +39,8 @@ class CellAssignment:
     views: int
     cells_per_cloud: int = 0
     view_cells: torch.Tensor | None = None
-    grid_rows: torch.Tensor | None = None
+    cell_rows: torch.Tensor | None = None
+    occupied_per_view: tuple[int, ...] = ()
     same_cell: torch.Tensor | None = None
     voxel_segments: torch.Tensor | None = None
     voxel_counts: torch.Tensor | None = None
@@ -46,13 +49,23 @@ class CellAssignment:
     def num_voxels(self) -> int:
         return 0 if self.voxel_counts is None else self.voxel_counts.shape[0]
 
+    @property
+    def grid_rows_per_view(self) -> int:
+        """Cells of one view's grid over the whole batch, empty ones included (what the
+        release's per-view BatchNorm averages over)."""
+        return 0 if self.view_cells is None else self.view_cells.shape[1] * self.cells_per_cloud
+
     @classmethod
     def of_view_cells(cls, local: torch.Tensor, cells_per_cloud: int, **voxels) -> "CellAssignment":
         """From the local cell ids (M, B, G) of every token in every view."""
         M, B, G = local.shape
         first_row = torch.arange(M * B, device=local.device).view(M, B, 1) * cells_per_cloud
+        grid_row = (first_row + local).reshape(-1)  # row in the dense (M * B * cells_per_cloud) grid
+        occupied, cell_rows = torch.unique(grid_row, return_inverse=True)  # sorted: view-major
+        view_of = torch.div(occupied, B * cells_per_cloud, rounding_mode="floor")
+        per_view = tuple(torch.bincount(view_of, minlength=M).tolist())
         same = local.unsqueeze(-1) == local.unsqueeze(-2)  # (M, B, G, G)
-        return cls(M, cells_per_cloud, local, (first_row + local).reshape(-1), same.view(M * B, 1, G, G), **voxels)
+        return cls(M, cells_per_cloud, local, cell_rows, per_view, same.view(M * B, 1, G, G), **voxels)
 
 
 def cells_per_cloud(cell: float, canvas: tuple[int, int] | None, length: int | None) -> int:

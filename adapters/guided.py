@@ -4,15 +4,18 @@ Inside block l (h = x + Attn(LN x), f = FFN(LN h)):
   1. a bottleneck adapter parallel to the FFN: x = h + f + s * A(f)   (the FFN hook);
   2. after the block, on the point tokens X (cls set aside), for each view j:
      Y = X + MiniAttn_j(LN X) masked to same cloud and cell; pool Y per cell (mean, or
-     mean + max), BatchNorm1d + GELU over every cell of the grid of every cloud (empty
-     cells are zero rows), broadcast back -> F_j;
+     mean + max), BatchNorm + GELU whose batch is every cell of the grid of every cloud
+     (empty cells count as zero rows, as in the release), broadcast back -> F_j;
   3. a 3D reference: X pooled per occupied voxel of the token centres (mean + max),
      BatchNorm1d + GELU over the voxels -> X3d;
   4. w_j = (cos(F_j, X3d) + 1) / 2 normalised over views; X = X + c * sum_j w_j F_j.
 
-Plain PyTorch throughout, the same on CPU and GPU. The statistics (pooling sums, the
-BatchNorm batch statistics, the view weights) are computed in float32 even under bf16
-autocast; only the mini attention's matmuls follow autocast.
+Plain PyTorch throughout, the same on CPU and GPU. Only occupied cells get a row: a 2D grid
+has more cells than a cloud has tokens (DINOv2: 400 per view, 128 tokens), and the dense grid
+was most of the adapters' memory and time; the per-view BatchNorm adds the empty cells to its
+statistics by count (``view_batch_norm``). The statistics (pooling sums, the BatchNorm batch
+statistics, the view weights) are computed in float32 even under bf16 autocast; only the
+mini attention's matmuls follow autocast.
 
 Ablation switches: ``view_cells=False`` keeps the adapter and the 3D reference only
 (X = X + c * X3d); ``reference='uniform'`` weights the views equally; ``guided=False`` is
@@ -62,17 +65,17 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
 
 
 def view_weights(cell_features: torch.Tensor, views: torch.Tensor, reference: torch.Tensor,
-                 grid_rows: torch.Tensor) -> torch.Tensor:
+                 cell_rows: torch.Tensor) -> torch.Tensor:
     """w_j = (cos(F_j, X3d) + 1) / 2 normalised over the views, (M, T), for the per-view features
-    ``views`` (M, T, D) gathered from ``cell_features`` (rows, D) by ``grid_rows`` (M * T,).
+    ``views`` (M, T, D) gathered from ``cell_features`` (rows, D) by ``cell_rows`` (M * T,).
 
     torch's cosine_similarity, written out: its own kernel normalises both (M, T, D) operands
     and its backward makes several more passes over them (3x slower for MiniLM). F_j's norms
-    come from the cells when the grid has fewer rows than there are token-views."""
+    come from the cells when there are fewer cells than token-views."""
     M, T, _ = views.shape
     eps = 1e-8  # cosine_similarity's: each norm is clamped on its own
     if cell_features.shape[0] < M * T:
-        norms = torch.linalg.vector_norm(cell_features, dim=-1).clamp_min(eps).index_select(0, grid_rows).view(M, T)
+        norms = torch.linalg.vector_norm(cell_features, dim=-1).clamp_min(eps).index_select(0, cell_rows).view(M, T)
     else:
         norms = torch.linalg.vector_norm(views, dim=-1).clamp_min(eps)
     cosine = (views * reference).sum(-1) / (norms * torch.linalg.vector_norm(reference, dim=-1).clamp_min(eps))
@@ -80,13 +83,42 @@ def view_weights(cell_features: torch.Tensor, views: torch.Tensor, reference: to
     return weights / weights.sum(0, keepdim=True).clamp_min(1e-6)
 
 
-def weighted_sum(cell_features: torch.Tensor, grid_rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def weighted_sum(cell_features: torch.Tensor, cell_rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """sum_j w_j F_j -> (T, D), from the cells (rows, D), the row of each token-view (M * T,)
     and the weights (M, T): one gather-and-sum (embedding_bag), forward and backward, where
     (w_j * F_j).sum(0) would make three passes over (M, T, D) and einsum T tiny products."""
     M, T = weights.shape
-    return F.embedding_bag(grid_rows.view(M, T).t(), cell_features, per_sample_weights=weights.t(), mode="sum")
+    return F.embedding_bag(cell_rows.view(M, T).t(), cell_features, per_sample_weights=weights.t(), mode="sum")
 
+
+def view_batch_norm(rows: torch.Tensor, occupied_per_view: tuple[int, ...], norms: nn.ModuleList,
+                    rows_per_view: int) -> torch.Tensor:
+    """Training-mode BatchNorm1d per view over ``rows_per_view`` rows of which only the occupied
+    ones are given (``rows`` (R, D), view-major, ``occupied_per_view`` of each view); the
+    others are zero rows. Equal to ``norms[m]`` applied to view m's dense grid and restricted
+    to the given rows, gradients and running statistics included (tests/test_model.py); in
+    eval mode it normalises with the running statistics, as BatchNorm1d.
+
+    View by view with broadcast statistics, so that autograd keeps one (R, D) tensor, as
+    BatchNorm1d itself does (gathering per-row statistics would keep more)."""
+    N, out = rows_per_view, []
+    for x, norm in zip(rows.split(list(occupied_per_view)), norms):
+        if norm.training or norm.running_mean is None:
+            mean = x.sum(0) / N
+            centred = x - mean
+            # biased variance over all N rows: each empty one adds (0 - mean)^2
+            var = ((centred * centred).sum(0) + (N - x.shape[0]) * mean * mean) / N
+            if norm.training and norm.track_running_stats:
+                with torch.no_grad():
+                    norm.num_batches_tracked += 1
+                    factor = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked)
+                    norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), factor)
+                    norm.running_var.lerp_((var * N / max(N - 1, 1)).to(norm.running_var.dtype), factor)
+        else:
+            mean, var = norm.running_mean.to(x.dtype), norm.running_var.to(x.dtype)
+            centred = x - mean
+        out.append(centred * (torch.rsqrt(var + norm.eps) * norm.weight) + norm.bias)
+    return torch.cat(out)
 
 class BlockAdapter(nn.Module):
     """The trainable parts of one block: bottleneck adapter and its BatchNorms."""
@@ -96,6 +128,7 @@ class BlockAdapter(nn.Module):
         self.bottleneck = BottleneckAdapter(width, config.rank, config.scale, config.dropout)
         if config.guided and config.view_cells:
             # one per view, over every cell of that view's grid for every cloud of the batch
+            # (their parameters and running statistics; view_batch_norm computes them)
             self.view_norm = nn.ModuleList(nn.BatchNorm1d(width) for _ in range(views))
         if config.guided and config.reference == "voxel":
             self.reference_norm = nn.BatchNorm1d(width)  # over the occupied voxels
@@ -159,8 +192,8 @@ class GuidedAdapters(nn.Module):
         return views, weights, reference
 
     def _ensemble_parts(self, index: int, x: torch.Tensor, cells: CellAssignment):
-        """``ensemble``'s three parts, preceded by the per-cell features (M * B * cells, D) F_j
-        gathers from."""
+        """``ensemble``'s three parts, preceded by the features of the occupied cells (R, D) that
+        F_j gathers from."""
         block = self.blocks[index]
         x = x.contiguous()  # the point tokens are a slice of the block's output: one copy, not one per use
         B, G, D = x.shape
@@ -170,18 +203,18 @@ class GuidedAdapters(nn.Module):
                 tokens = at_least_float32(x.reshape(B * G, D))
                 pooled = pool_rows(tokens, cells.voxel_segments, cells.num_voxels, "mean_max")
                 reference = F.gelu(block.reference_norm(pooled)).index_select(0, cells.voxel_segments)  # (B*G, D)
-        if cells.grid_rows is None:
+        if cells.cell_rows is None:
             return cell_features, views, weights, reference
         y = self.mini_attention(x, cells.same_cell)  # (M, B*G, D)
-        M, rows = self.views, B * self.cells_per_cloud
+        M = self.views
         with float32_statistics(x):
-            grid = pool_rows(at_least_float32(y).reshape(M * B * G, D), cells.grid_rows, M * rows, self.config.pool)
-            grid = grid.view(M, rows, D)
-            normed = torch.stack([norm(grid[m]) for m, norm in enumerate(block.view_norm)])  # (M, rows, D)
-            cell_features = F.gelu(normed).view(M * rows, D)
-            views = cell_features.index_select(0, cells.grid_rows).view(M, B * G, D)  # F_j
+            pooled = pool_rows(at_least_float32(y).reshape(M * B * G, D), cells.cell_rows,
+                               sum(cells.occupied_per_view), self.config.pool)  # (R occupied cells, D)
+            normed = view_batch_norm(pooled, cells.occupied_per_view, block.view_norm, cells.grid_rows_per_view)
+            cell_features = F.gelu(normed)
+            views = cell_features.index_select(0, cells.cell_rows).view(M, B * G, D)  # F_j
             if reference is not None:
-                weights = view_weights(cell_features, views, reference, cells.grid_rows)
+                weights = view_weights(cell_features, views, reference, cells.cell_rows)
         return cell_features, views, weights, reference
 
     def aggregate(self, index: int, x: torch.Tensor, cells: CellAssignment | None) -> torch.Tensor:
@@ -196,5 +229,5 @@ class GuidedAdapters(nn.Module):
             elif weights is None:
                 guided = views.mean(0)
             else:
-                guided = weighted_sum(cell_features, cells.grid_rows, weights)
+                guided = weighted_sum(cell_features, cells.cell_rows, weights)
         return x + self.config.coef * guided.view_as(x).to(x.dtype)

@@ -2,6 +2,7 @@
 the frozen source, exact position lookups, structural freezing, parameter counts."""
 from __future__ import annotations
 
+import copy
 import logging
 import math
 
@@ -106,10 +107,14 @@ def _batch_norm(rows: torch.Tensor, norm: torch.nn.BatchNorm1d) -> torch.Tensor:
     return (rows - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
 
 
-def _release_aggregation(adapters, x, local_cells, cells_per_cloud, centres, pool):
+def _release_aggregation(adapters, x, local_cells, cells_per_cloud, centres, pool, dense_norms=None,
+                         eval_norms=False):
     """The guided aggregation of block 0 by the release's formulas, one cloud, view and cell at a
     time: the per-view BN batch is every cell of every cloud (empty cells are zero rows), the
-    voxel grid starts at each cloud's own min corner and only occupied voxels are normalised."""
+    voxel grid starts at each cloud's own min corner and only occupied voxels are normalised.
+    ``dense_norms``: BatchNorm1d copies that see each view's dense grid (their running statistics);
+    ``eval_norms``: normalise with the running statistics (evaluation)."""
+    norm_rows = (lambda rows, norm: norm(rows)) if eval_norms else _batch_norm
     block, coef = adapters.blocks[0], adapters.config.coef
     B, G, D = x.shape
     M = local_cells.shape[0]
@@ -122,7 +127,9 @@ def _release_aggregation(adapters, x, local_cells, cells_per_cloud, centres, poo
                 members = y[m, b][local_cells[m, b] == cell]
                 if len(members):
                     rows[b, cell] = members.mean(0) + (members.amax(0) if pool == "mean_max" else 0)
-        normed = torch.nn.functional.gelu(_batch_norm(rows.view(-1, D), block.view_norm[m])).view(B, cells_per_cloud, D)
+        if dense_norms is not None:
+            dense_norms[m](rows.view(-1, D).detach())
+        normed = torch.nn.functional.gelu(norm_rows(rows.view(-1, D), block.view_norm[m])).view(B, cells_per_cloud, D)
         features.append(torch.stack([normed[b, local_cells[m, b]] for b in range(B)]))  # (B, G, D)
     voxel_rows, voxel_of = [], torch.empty(B, G, dtype=torch.long)
     for b in range(B):
@@ -132,7 +139,7 @@ def _release_aggregation(adapters, x, local_cells, cells_per_cloud, centres, poo
             members = x[b][torch.tensor([k == key for k in keys])]
             voxel_of[b, torch.tensor([k == key for k in keys])] = len(voxel_rows)
             voxel_rows.append(members.mean(0) + members.amax(0))
-    reference = torch.nn.functional.gelu(_batch_norm(torch.stack(voxel_rows), block.reference_norm))[voxel_of]
+    reference = torch.nn.functional.gelu(norm_rows(torch.stack(voxel_rows), block.reference_norm))[voxel_of]
     weights = torch.stack([(torch.nn.functional.cosine_similarity(f, reference, dim=-1) + 1) / 2 for f in features])
     weights = weights / weights.sum(0)
     return x + coef * sum(w.unsqueeze(-1) * f for w, f in zip(weights, features))
@@ -152,11 +159,23 @@ def test_guided_aggregation_equals_the_release_formulas(pool, L):
     units[0, 0, :] = 3.5  # view 0 of cloud 0: every token in one cell
     centres = torch.rand(B, G, 3, dtype=torch.float64) * 1.2 + torch.tensor([[[0.3, -0.2, 0.1]], [[-0.7, 0.4, 0.0]]])
     cells = adapters.assign(ViewPositions("1d", units, units[..., 0]), centres)
-    assert adapters.cells_per_cloud == L // 2 and cells.grid_rows.numel() == M * B * G
+    assert adapters.cells_per_cloud == L // 2 and cells.cell_rows.numel() == M * B * G
+    assert sum(cells.occupied_per_view) < M * B * L // 2  # some cells are empty (view 0 of cloud 0 has one cell)
     x = torch.randn(B, G, D, dtype=torch.float64, requires_grad=True)
+    dense_norms = copy.deepcopy(adapters.blocks[0].view_norm)
     ours = adapters.aggregate(0, x, cells)
-    want = _release_aggregation(adapters, x, cells.view_cells, L // 2, centres, pool)
+    want = _release_aggregation(adapters, x, cells.view_cells, L // 2, centres, pool, dense_norms)
     torch.testing.assert_close(ours, want, rtol=1e-9, atol=1e-9)
+    for norm, dense in zip(adapters.blocks[0].view_norm, dense_norms):  # running statistics as BatchNorm1d's
+        torch.testing.assert_close(norm.running_mean, dense.running_mean, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(norm.running_var, dense.running_var, rtol=1e-9, atol=1e-12)
+        assert norm.num_batches_tracked == dense.num_batches_tracked == 1
+    adapters.eval()  # and evaluation normalises with them, as BatchNorm1d does
+    with torch.no_grad():
+        torch.testing.assert_close(adapters.aggregate(0, x, cells),
+                                   _release_aggregation(adapters, x, cells.view_cells, L // 2, centres, pool,
+                                                        eval_norms=True), rtol=1e-9, atol=1e-9)
+    adapters.train()
     grad = torch.randn_like(x)
     params = [p for p in adapters.parameters()]
     got_grads = torch.autograd.grad(ours, (x, *params), grad, allow_unused=True)
