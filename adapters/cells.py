@@ -50,6 +50,11 @@ class CellAssignment:
         return 0 if self.voxel_counts is None else self.voxel_counts.shape[0]
 
     @property
+    def num_cells(self) -> int:
+        """R: the occupied cells of all views, the rows the per-view features have."""
+        return sum(self.occupied_per_view)
+
+    @property
     def grid_rows_per_view(self) -> int:
         """Cells of one view's grid over the whole batch, empty ones included (what the
         release's per-view BatchNorm averages over)."""

@@ -71,13 +71,10 @@ def view_weights(cell_features: torch.Tensor, views: torch.Tensor, reference: to
 
     torch's cosine_similarity, written out: its own kernel normalises both (M, T, D) operands
     and its backward makes several more passes over them (3x slower for MiniLM). F_j's norms
-    come from the cells when there are fewer cells than token-views."""
+    are taken per occupied cell (there are at most as many as token-views), then gathered."""
     M, T, _ = views.shape
     eps = 1e-8  # cosine_similarity's: each norm is clamped on its own
-    if cell_features.shape[0] < M * T:
-        norms = torch.linalg.vector_norm(cell_features, dim=-1).clamp_min(eps).index_select(0, cell_rows).view(M, T)
-    else:
-        norms = torch.linalg.vector_norm(views, dim=-1).clamp_min(eps)
+    norms = torch.linalg.vector_norm(cell_features, dim=-1).clamp_min(eps).index_select(0, cell_rows).view(M, T)
     cosine = (views * reference).sum(-1) / (norms * torch.linalg.vector_norm(reference, dim=-1).clamp_min(eps))
     weights = (cosine + 1) / 2
     return weights / weights.sum(0, keepdim=True).clamp_min(1e-6)
@@ -119,6 +116,7 @@ def view_batch_norm(rows: torch.Tensor, occupied_per_view: tuple[int, ...], norm
             centred = x - mean
         out.append(centred * (torch.rsqrt(var + norm.eps) * norm.weight) + norm.bias)
     return torch.cat(out)
+
 
 class BlockAdapter(nn.Module):
     """The trainable parts of one block: bottleneck adapter and its BatchNorms."""
@@ -208,8 +206,8 @@ class GuidedAdapters(nn.Module):
         y = self.mini_attention(x, cells.same_cell)  # (M, B*G, D)
         M = self.views
         with float32_statistics(x):
-            pooled = pool_rows(at_least_float32(y).reshape(M * B * G, D), cells.cell_rows,
-                               sum(cells.occupied_per_view), self.config.pool)  # (R occupied cells, D)
+            pooled = pool_rows(at_least_float32(y).reshape(M * B * G, D), cells.cell_rows, cells.num_cells,
+                               self.config.pool)  # (R occupied cells, D)
             normed = view_batch_norm(pooled, cells.occupied_per_view, block.view_norm, cells.grid_rows_per_view)
             cell_features = F.gelu(normed)
             views = cell_features.index_select(0, cells.cell_rows).view(M, B * G, D)  # F_j
