@@ -429,3 +429,31 @@ def test_compiled_model_agrees_with_eager(caplog):
     for name, grad in eager_grads.items():
         error = (compiled_grads[name] - grad).norm().item()
         assert error <= 2e-3 * grad.norm().item() + 5e-4, (name, error, grad.norm().item())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", TINY)
+def test_compiled_model_stops_recompiling_as_cell_counts_change(source, caplog):
+    """Under trainer.compile=true (torch.compile as the trainer calls it) the occupied-cell and
+    voxel counts change from batch to batch; after the first batches make them symbolic, new
+    batches must reuse the graphs instead of compiling new ones (a recompilation per batch would
+    make compile far slower than eager). A counting backend stands in for inductor: what is
+    counted is dynamo's graphs, which are the same for every backend."""
+    caplog.set_level(logging.WARNING, logger="torch.__trace")
+    torch.manual_seed(0)
+    model = any2point.create_model(source, num_classes=3).train()
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    net = torch.compile(model, backend=counting_backend)
+    built = []
+    for step in range(7):
+        before = len(graphs)
+        torch.nn.functional.cross_entropy(net(_cloud(2, seed=20 + step)), torch.tensor([0, 1])).backward()
+        built.append(len(graphs) - before)
+    assert built[0] > 0, "nothing was compiled"
+    assert built[3:] == [0, 0, 0, 0], f"graphs built per batch: {built}"
