@@ -12,8 +12,9 @@ result by design (:data:`RUN_SPECIFIC`: ``seed``, ``data.fewshot.fold``, paths s
 metrics refer to. A run without ``.hydra/config.yaml`` is described by its metrics.json
 fields instead (:data:`METRICS_SETTINGS`). A group is labelled by the settings in which the
 groups differ, a config group's keys shown as its option (``peft=tokenizer_only`` rather than
-every ``peft.*`` key; the options come from ``.hydra/hydra.yaml``, else from metrics.json's
-``peft_config`` and ``source``). Runs are paired across groups by (seed, few-shot fold).
+every ``peft.*`` key) when the groups' options differ, else the key itself
+(``source.pretrained=false`` where every run has ``source=minilm``); the options come from
+``.hydra/hydra.yaml``, else from metrics.json's ``peft_config`` and ``source``. Runs are paired across groups by (seed, few-shot fold).
 
 Files are read as data: size checked before reading, JSON without NaN/Infinity, YAML by the
 safe loader without aliases (:data:`MAX_SETTINGS` keys at most). A row that cannot be used
@@ -46,6 +47,7 @@ METRICS_SETTINGS = ("source", "weights_tag", "data", "peft_config", "split", "ep
 # A run's config group options when it has no .hydra/hydra.yaml (e.g. a results tree that kept
 # only metrics.json and config.yaml): group -> metrics.json field.
 METRICS_CHOICES = {"peft": "peft_config", "source": "source"}
+_OPTION_OF_FIELD = {fld: group for group, fld in METRICS_CHOICES.items()}
 MAX_FILE_BYTES = 4 * 2**20  # a metrics.json or config file is a few KB; refuse anything this large
 # A composed config has a few hundred keys; more is not a config any2point wrote (and would slow grouping).
 MAX_SETTINGS = 10_000
@@ -269,12 +271,14 @@ def group_runs(runs: Iterable[Run]) -> list[Group]:
         by_settings[tuple(sorted(run.settings.items()))].append(run)
     groups = [Group(dict(k), sorted(v, key=lambda r: r.name)) for k, v in by_settings.items()]
     varying = varying_keys(groups)
+    options = distinguishing_choices(groups)
     for g in groups:
         choices = g.runs[0].choices
-        parts = []
+        parts = [f"{group}={choices[group]}" for group in options]
         for key in varying:
-            shown = _collapsed(key, choices)
-            part = f"{shown}={choices[shown]}" if shown != key else f"{key}={g.settings.get(key, '-')}"
+            if _collapsed(key, choices) in options or _OPTION_OF_FIELD.get(key) in options:
+                continue  # the group's option already says it
+            part = f"{key}={g.settings.get(key, '-')}"
             if part not in parts:
                 parts.append(part)
         if parts:
@@ -284,6 +288,19 @@ def group_runs(runs: Iterable[Run]) -> list[Group]:
             g.label = " / ".join(str(m.get(k) or "") for k in ("source", "data", "peft_config"))
     groups.sort(key=lambda g: g.label)
     return groups
+
+
+def distinguishing_choices(groups: Sequence[Group]) -> list[str]:
+    """The config groups whose option is the same within every group of runs and not the same
+    for all of them. Only these label a group by option: a key of a group whose option does
+    not differ (``source.pretrained`` under ``source=minilm`` everywhere) is shown as itself."""
+    names = sorted({name for g in groups for r in g.runs for name in r.choices})
+    out = []
+    for name in names:
+        per_group = [{r.choices.get(name) for r in g.runs} for g in groups]
+        if all(len(o) == 1 and None not in o for o in per_group) and len({o.pop() for o in per_group}) > 1:
+            out.append(name)
+    return out
 
 
 def varying_keys(groups: Sequence[Group]) -> list[str]:

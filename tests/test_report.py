@@ -243,7 +243,7 @@ def test_runs_without_config_group_by_metrics_fields(tmp_path):
         _run(tmp_path, f"r{i}", "any2point", i, v, v, config=False)
     _run(tmp_path, "other", "linear", 0, 60.0, 60.0, config=False)
     groups = group_runs(find_runs(tmp_path)[0])
-    assert [(g.label, len(g.runs)) for g in groups] == [("peft_config=any2point", 2), ("peft_config=linear", 1)]
+    assert [(g.label, len(g.runs)) for g in groups] == [("peft=any2point", 2), ("peft=linear", 1)]
     assert sorted(r.pair for r in groups[0].runs) == [("0", None), ("1", None)]
 
 
@@ -260,3 +260,31 @@ def test_a_results_tree_without_hydra_yaml_still_compares_by_option(tmp_path, ca
     assert main([str(tmp_path / "results" / "study"), "--compare", "peft"]) == 0
     out = capsys.readouterr().out
     assert "| peft=any2point_random_source | peft=any2point | paired, 2 pairs | -1.00 | [-1.00, -1.00] |" in out
+
+
+def test_groups_that_differ_below_an_unchanged_option_get_distinct_labels(tmp_path, capsys):
+    # peft=any2point_random_source is peft=any2point plus source.pretrained=false: the source
+    # option (minilm) is the same for both, so labelling the differing key by it would give two
+    # groups one label; the peft option (metrics.json's peft_config, no hydra.yaml) tells them apart
+    for fold in (0, 1):
+        for option, pretrained, v in (("any2point", True, 80.0), ("any2point_random_source", False, 83.0)):
+            d = _run(tmp_path, f"{option}_{fold}", option, 0, v + fold, v + fold, fold=fold)
+            (d / ".hydra" / "hydra.yaml").unlink()
+            cfg = yaml.safe_load((d / ".hydra" / "config.yaml").read_text())
+            cfg["peft"] = {"name": "any2point", "rank": 8}
+            cfg["source"]["pretrained"] = pretrained
+            (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    labels = [g.label for g in group_runs(find_runs(tmp_path)[0])]
+    assert labels == ["peft=any2point, source.pretrained=true", "peft=any2point_random_source, source.pretrained=false"]
+    assert main([str(tmp_path), "--compare", "peft"]) == 0
+    assert ("| peft=any2point_random_source, source.pretrained=false | peft=any2point, source.pretrained=true "
+            "| paired, 2 pairs | +3.00 |") in capsys.readouterr().out
+
+
+def test_a_key_swept_under_one_option_labels_by_the_key(tmp_path):
+    for rank in (4, 8):
+        d = _run(tmp_path, f"r{rank}", "any2point", 0, 80.0 + rank, 80.0)
+        cfg = yaml.safe_load((d / ".hydra" / "config.yaml").read_text())
+        cfg["peft"]["rank"] = rank
+        (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert [g.label for g in group_runs(find_runs(tmp_path)[0])] == ["peft.rank=4", "peft.rank=8"]
