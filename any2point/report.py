@@ -128,7 +128,7 @@ def groups_table(groups: Sequence[Group]) -> str:
 def _method(c: Comparison) -> str:
     i = c.diffs["oa"]
     if i.method == "paired":
-        return f"paired, {i.n} pairs"
+        return f"paired, {i.n} pair" + ("" if i.n == 1 else "s")
     return f"Welch, n={len(c.group.runs)} vs {len(c.baseline.runs)}" + (f", df {i.df:.1f}" if i.df else "")
 
 
