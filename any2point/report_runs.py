@@ -14,7 +14,8 @@ fields instead (:data:`METRICS_SETTINGS`). A group is labelled by the settings i
 groups differ, a config group's keys shown as its option (``peft=tokenizer_only`` rather than
 every ``peft.*`` key) when the groups' options differ, else the key itself
 (``source.pretrained=false`` where every run has ``source=minilm``); the options come from
-``.hydra/hydra.yaml``, else from metrics.json's ``peft_config`` and ``source``. Runs are paired across groups by (seed, few-shot fold).
+``.hydra/hydra.yaml``, else from metrics.json's ``peft_config`` and ``source``. Runs are
+paired across groups by (seed, few-shot fold).
 
 Files are read as data: size checked before reading, JSON without NaN/Infinity, YAML by the
 safe loader without aliases (:data:`MAX_SETTINGS` keys at most). A row that cannot be used
