@@ -299,7 +299,8 @@ def distinguishing_choices(groups: Sequence[Group]) -> list[str]:
     out = []
     for name in names:
         per_group = [{r.choices.get(name) for r in g.runs} for g in groups]
-        if all(len(o) == 1 and None not in o for o in per_group) and len({o.pop() for o in per_group}) > 1:
+        one_each = all(len(o) == 1 and None not in o for o in per_group)
+        if one_each and len(set().union(*per_group)) > 1:
             out.append(name)
     return out
 
