@@ -259,12 +259,6 @@ def find_runs(root: str | Path, ignore: Sequence[str] = ()) -> tuple[list[Run], 
     return runs, problems
 
 
-def _collapsed(key: str, choices: dict[str, str]) -> str:
-    """A config key shown as its config group's option when it belongs to one."""
-    head = key.split(".", 1)[0]
-    return head if head in choices and head != key else key
-
-
 def group_runs(runs: Iterable[Run]) -> list[Group]:
     """Runs with equal settings, each group labelled by what sets it apart from the others."""
     by_settings: dict[tuple, list[Run]] = defaultdict(list)
@@ -276,12 +270,9 @@ def group_runs(runs: Iterable[Run]) -> list[Group]:
     for g in groups:
         choices = g.runs[0].choices
         parts = [f"{group}={choices[group]}" for group in options]
-        for key in varying:
-            if _collapsed(key, choices) in options or _OPTION_OF_FIELD.get(key) in options:
-                continue  # the group's option already says it
-            part = f"{key}={g.settings.get(key, '-')}"
-            if part not in parts:
-                parts.append(part)
+        # a key under a labelling option, or the metrics.json field standing for one, is said by it
+        parts += [f"{key}={g.settings.get(key, '-')}" for key in varying
+                  if key.split(".", 1)[0] not in options and _OPTION_OF_FIELD.get(key) not in options]
         if parts:
             g.label = ", ".join(parts)
         else:
