@@ -41,6 +41,10 @@ class PackageDirs(griffe.Extension):
                 loader.expand_exports(module)
                 loader.expand_wildcards(module, external=False)
 
+    def on_package_loaded(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs) -> None:
+        """The same hook under its griffe 1 name (attaching twice is a no-op)."""
+        self.on_package(pkg=pkg, loader=loader)
+
     def _visit_package(self, name: str, folder: Path, parent: griffe.Module, loader: griffe.GriffeLoader) -> griffe.Module:
         module = self._visit(name, folder / "__init__.py", parent, loader)
         for path in sorted(folder.iterdir()):
