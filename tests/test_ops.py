@@ -167,7 +167,7 @@ def test_pool_rows_max_splits_the_gradient_between_tied_rows():
 def _no_compiled_path() -> str:
     missing = [] if torch.cuda.is_available() else ["no CUDA device"]
     if not ops.pointnet2_ops_available():
-        missing.append("pointnet2_ops is not installed (optional, see README Implementation notes)")
+        missing.append("pointnet2_ops is not installed (optional, see docs/implementation.md)")
     return "; ".join(missing)
 
 
