@@ -1,4 +1,4 @@
-"""The release's initialisation of the trainable parts, per dataset (METHOD.md 5, item 5).
+"""The release's initialisation of the trainable parts, per dataset (docs/method.md#guided-adapter, item 5).
 
 - ``scan`` (ScanObjectNN runs): every trainable ``nn.Linear`` xavier_uniform with zero
   bias, every LayerNorm / BatchNorm weight 1 and bias 0. The release's tokenizer is made of

@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule of the training recipe (METHOD.md section 6).
+"""Optimizer and learning-rate schedule of the training recipe (docs/method.md#training-recipe).
 
 - AdamW over the trainable parameters only, in two groups decided by each parameter's role,
   never by its shape: weight decay on the weights of linear, convolution and attention

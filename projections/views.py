@@ -16,7 +16,7 @@ import torch
 __all__ = ["CAMERA_FRAMES", "cube_rotations", "face_diagonals", "project_2d", "project_1d", "pixels_to_grid",
            "float32_geometry"]
 
-# The release's six views (METHOD.md 4): Euler angles (x, y, z) with R = Rx Ry Rz, p' = R p,
+# The release's six views (docs/method.md#virtual-projection): Euler angles (x, y, z) with R = Rx Ry Rz, p' = R p,
 # for (0,0,pi/2), (pi/2,0,pi/2), (pi,0,pi/2), (3pi/2,0,pi/2), (0,-pi/2,pi/2), (0,pi/2,pi/2).
 # Written out, each row of a frame is one camera axis as a signed point axis:
 # (image u, image v, depth). u runs along the canvas width (columns), v along its height (rows).

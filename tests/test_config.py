@@ -121,7 +121,7 @@ def test_clip_text_is_bidirectional_by_default():
     assert compose("train", overrides=["source=clip_text"]).source.options == {"causal": False}
 
 
-# The paper experiments against METHOD.md's per-run table: tests/test_paper_experiments.py
+# The paper experiments against the per-run table (docs/method.md#per-run-settings): tests/test_paper_experiments.py
 
 
 def test_command_line_beats_experiment():

@@ -1,4 +1,4 @@
-"""Data as the release feeds it (METHOD.md 6): ScanObjectNN evaluation clouds centred, and
+"""Data as the release feeds it (docs/method.md#training-recipe): ScanObjectNN evaluation clouds centred, and
 training FPS points that differ from epoch to epoch (cached FPS orderings from other starts)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The release's choices inside the model (METHOD.md 4-5): per-dataset initialisation with
+"""The release's choices inside the model (docs/method.md#per-run-settings): per-dataset initialisation with
 nothing zero-initialised, cls position N(0, 0.02), PE injected twice into the first block
 for CLIP on ScanObjectNN, the frozen source's own dropout / drop-path in training."""
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The six paper experiments compose to METHOD.md's per-run table and recipe (sections 4-6).
+"""The six paper experiments compose to the per-run table and recipe (docs/method.md#per-run-settings, #training-recipe).
 
-The table below is copied from METHOD.md by hand, not read from the configs: a value that
+The table below is copied from docs/method.md#per-run-settings by hand, not read from the configs: a value that
 drifts in an experiment file (or in a preset it must not depend on) fails here."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from any2point.config import CONFIG_MODULE
 pytestmark = [pytest.mark.filterwarnings("ignore:Class `DataConfig` subclasses `Dict`:UserWarning"),
               pytest.mark.usefixtures("hydra_conf")]  # conftest.py
 
-# run: (source, dataset, r, s, c, g, g3, t, k, inject, pool)  -- METHOD.md 5, per-run settings
+# run: (source, dataset, r, s, c, g, g3, t, k, inject, pool)  -- docs/method.md#per-run-settings
 TABLE = {
     "clip_text_scanobjectnn": ("clip_text", "scan", 16, 0.3, 0.3, 2, 0.08, None, 81, "input_and_every", "mean"),
     "dinov2_scanobjectnn": ("dinov2", "scan", 8, 0.3, 0.7, 26, 0.16, -1.8, 64, "every", "mean"),
@@ -26,7 +26,7 @@ TABLE = {
     "imagebind_audio_modelnet40": ("imagebind_audio", "modelnet", 8, 1.0, 0.1, 16, 0.16, -1.4, 81, "input",
                                    "mean_max"),
 }
-# METHOD.md 5 item 6: inside the frozen source during training
+# docs/method.md#guided-adapter, item 6: inside the frozen source during training
 SOURCE_DROPOUT = {
     "clip_text_scanobjectnn": {}, "clip_text_modelnet40": {},
     "dinov2_scanobjectnn": {"attn_drop_rate": 0.1}, "imagebind_audio_scanobjectnn": {"attn_drop_rate": 0.1},

@@ -1,5 +1,5 @@
 """The virtual projection against the release's formulas, written out here independently
-(METHOD.md 4): Euler angles with R = Rx Ry Rz, p' = R p, depth d = z' - t,
+(docs/method.md#virtual-projection): Euler angles with R = Rx Ry Rz, p' = R p, depth d = z' - t,
 u = (x'/d + 1) * W/2 - 0.5, v = (y'/d + 1) * H/2 - 0.5, clamped to the canvas (our fix),
 the PE grid sampled by ``grid_sample(align_corners=True)``, cells floor(u/g), floor(v/g).
 A view turned by 90 degrees, a swapped row/column or a half-pixel shift fails here."""
@@ -113,7 +113,7 @@ def test_cells_are_the_release_grid_cells(name):
 
 
 def test_1d_positions_follow_method_formula():
-    """1D (METHOD.md 4, with its fixes): s = (p - centroid) . n_j, min-max per cloud to [0, L-1],
+    """1D (docs/method.md#virtual-projection, with the fixes of #release-defects-and-our-fixes): s = (p - centroid) . n_j, min-max per cloud to [0, L-1],
     linear between rows floor(q) and floor(q) + 1, mean over the six face diagonals."""
     L, D = 77, 8
     table = torch.randn(L, D, generator=torch.Generator().manual_seed(3), dtype=torch.float64)

@@ -41,7 +41,7 @@ def test_centres_are_points_of_the_input_cloud():
 
 def test_parameter_count_at_width_768():
     n = sum(p.numel() for p in PointTokenizer(768).parameters())
-    assert 0.27e6 <= n <= 0.29e6, n  # METHOD.md: about 0.28 M (274,816 with the defaults)
+    assert 0.27e6 <= n <= 0.29e6, n  # docs/method.md#3d-tokenizer: about 0.28 M (274,816 with the defaults)
 
 
 @pytest.mark.parametrize("normalize", ["scan", "modelnet"])
