@@ -172,8 +172,10 @@ def test_seam_reports_share_and_attention_shift_per_seam(capsys):
     assert [(row["weights"], row["seam"]) for row in r["rows"]] == [
         ("random", "after_norm"), ("random", "before_norm"), ("shuffled", "after_norm"), ("shuffled", "before_norm")]
     for row in r["rows"]:
-        assert row["post_norm"] and len(row["share"]) == 2 and len(row["attention_tv"]) == 1
+        assert row["post_norm"] and len(row["share"]) == len(row["attention_entropy"]) == 2
+        assert len(row["attention_tv"]) == 1
         assert all(0 < v < 1 for v in row["share"] + row["attention_tv"])
+        assert all(0 < v <= 1 for v in row["attention_entropy"])
     assert bench_main(["seam", *args, "--source", "tiny_2d"]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert not rows[0]["post_norm"] and rows[0]["share"] == rows[1]["share"]

@@ -8,7 +8,9 @@ block by block along the model's own stream:
   adapter and aggregation) and y0 the frozen block alone on the same input;
 - **attention TV**: the total variation 1/2 sum_k |p_k - q_k| between block i+1's attention
   rows on y and on y0 (position encoding re-added as the model does), averaged over heads
-  and query tokens.
+  and query tokens;
+- **attention entropy**: block i's attention rows on its input, entropy over its maximum
+  log T (1: uniform attention), averaged over heads and query tokens.
 
 Each is measured for ``model.adapter.seam`` = ``after_norm`` (the placement before issue 26)
 and ``before_norm``, on the source with its pretrained weights, with the library's random
@@ -90,9 +92,11 @@ def measure(model, points: torch.Tensor) -> dict:
     def with_position(h, i):
         return h + context.position if i >= first and context.position is not None else h
 
-    shares, tvs = [], []
+    shares, tvs, entropies = [], [], []
     for i, block in enumerate(blocks):
         x = with_position(x, i)
+        p = attention_probs(block, x)
+        entropies.append(float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean() / math.log(p.shape[-1])))
         y = model.peft_method.run_block(model, i, block, x, context)
         y0 = block(x)
         shares.append(float((y - y0)[:, 1:].norm() / y[:, 1:].norm()))
@@ -101,7 +105,7 @@ def measure(model, points: torch.Tensor) -> dict:
             p, q = attention_probs(nxt, with_position(y, i + 1)), attention_probs(nxt, with_position(y0, i + 1))
             tvs.append(float(0.5 * (p - q).abs().sum(-1).mean()))
         x = y
-    return {"share": shares, "attention_tv": tvs}
+    return {"share": shares, "attention_tv": tvs, "attention_entropy": entropies}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -139,4 +143,9 @@ def report(r: dict) -> str:
               f"{'weights':<12}{'seam':<13}" + "".join(f"{'block ' + str(i + 2):>9}" for i in range(depth - 1))]
     for row in r["rows"]:
         lines.append(f"{row['weights']:<12}{row['seam']:<13}" + "".join(f"{v:>9.3f}" for v in row["attention_tv"]))
+    lines += ["", "attention entropy of each block on the model's stream (1 = uniform)",
+              f"{'weights':<12}{'seam':<13}" + "".join(f"{'block ' + str(i + 1):>9}" for i in range(depth))]
+    for row in r["rows"]:
+        lines.append(f"{row['weights']:<12}{row['seam']:<13}"
+                     + "".join(f"{v:>9.3f}" for v in row["attention_entropy"]))
     return "\n".join(lines)
