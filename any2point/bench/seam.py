@@ -112,8 +112,9 @@ def run(args: argparse.Namespace) -> dict:
     source = args.source or ("tiny_1d" if args.quick else "minilm")
     weights = [w.strip() for w in args.weights.split(",") if w.strip()]
     unknown = sorted(set(weights) - set(WEIGHTS))
-    if unknown:
-        raise SystemExit(f"--weights: unknown {unknown}; choose from {', '.join(WEIGHTS)}")
+    if unknown or not weights:
+        raise SystemExit(f"--weights: {f'unknown {unknown}' if unknown else 'none given'}; "
+                         f"choose from {', '.join(WEIGHTS)}")
     points = load_cloud(args).to(args.device)
     rows = []
     for weight in weights:
