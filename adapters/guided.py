@@ -20,6 +20,14 @@ mini attention's matmuls follow autocast.
 Ablation switches: ``view_cells=False`` keeps the adapter and the 3D reference only
 (X = X + c * X3d); ``reference='uniform'`` weights the views equally; ``guided=False`` is
 the plain bottleneck-adapter baseline.
+
+Post-LN sources (BERT family: h = LN(x + Attn x), output LN(h + f)): ``seam`` says where
+step 4's term joins. ``before_norm`` (default): X is the block's residual sum h + f + s*A(f)
+and the block's output LayerNorm normalises X + c * sum_j w_j F_j, so the next block reads
+a normalised stream, as in the pre-LN release. ``after_norm``: X is the block's output
+LN(h + f + s*A(f)) and the term is added after it, un-normalised (the placement before
+issue 26, kept for the ablation). The adapter's term is inside the LayerNorm either way.
+Pre-LN sources have no output norm: both values are the same computation.
 """
 from __future__ import annotations
 
@@ -36,7 +44,7 @@ from .cells import CellAssignment, batch_segments, cells_per_cloud, view_cells, 
 from .mini_attention import ViewMiniAttention
 from .pooling import POOL_MODES, pool_rows
 
-__all__ = ["AdapterConfig", "GuidedAdapters", "BlockAdapter"]
+__all__ = ["AdapterConfig", "GuidedAdapters", "BlockAdapter", "SEAMS"]
 
 
 @dataclass
@@ -53,6 +61,12 @@ class AdapterConfig:
     guided: bool = True  # False: bottleneck adapters only (baseline)
     view_cells: bool = True  # False: ablation without 1D/2D cells (adapter + 3D reference)
     reference: str = "voxel"  # 'voxel' | 'uniform' (ablation: no 3D reference, equal view weights)
+    # post-LN sources: the aggregation joins the residual sum before the block's output LayerNorm
+    # ('before_norm') or is added after it ('after_norm', the placement before issue 26); pre-LN: the same
+    seam: str = "before_norm"
+
+
+SEAMS = ("before_norm", "after_norm")
 
 
 def float32_statistics(x: torch.Tensor):
@@ -143,6 +157,8 @@ class GuidedAdapters(nn.Module):
         super().__init__()
         if config.reference not in ("voxel", "uniform"):
             raise ValueError(f"adapter.reference must be 'voxel' or 'uniform', got {config.reference!r}")
+        if config.seam not in SEAMS:
+            raise ValueError(f"adapter.seam must be one of {', '.join(SEAMS)}, got {config.seam!r}")
         if config.pool not in POOL_MODES:
             raise ValueError(f"adapter.pool must be one of {POOL_MODES}, got {config.pool!r}")
         if config.guided and not config.view_cells and config.reference == "uniform":

@@ -187,6 +187,7 @@ def parse_checkpoint_info(text: str, where: str) -> dict:
         if missing:
             raise PlainDataError(f"missing keys {missing}")
         refuse_interpolations(raw, "checkpoint")
+        _placement_before_seam(raw)
         info = {key: check_type(value, fields[key], key) for key, value in raw.items()}
         if not info["class_names"] or len(set(info["class_names"])) != len(info["class_names"]):
             raise PlainDataError("class_names: expected a non-empty list of distinct names")
@@ -205,6 +206,14 @@ def parse_checkpoint_info(text: str, where: str) -> dict:
     except RecursionError:
         raise CheckpointError(f"{where} is nested too deeply to be a checkpoint description; {_REDO}") from None
     return info
+
+
+def _placement_before_seam(raw: dict) -> None:
+    """A checkpoint written before ``model.adapter.seam`` existed was trained with the guided
+    aggregation after a post-LN block's output LayerNorm: it says ``after_norm`` (in place)."""
+    adapter = raw.get("model", {}).get("adapter") if isinstance(raw.get("model"), dict) else None
+    if isinstance(adapter, dict) and "seam" not in adapter:
+        adapter["seam"] = "after_norm"
 
 
 def _read_info(weights_path: Path) -> dict:

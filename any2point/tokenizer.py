@@ -44,22 +44,46 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
 
 
 class SinusoidalOffsetEncoding(nn.Module):
-    """sin/cos(beta * offset / alpha^(i/F)) per axis, F = C/6 frequencies -> C channels."""
+    """sin/cos(beta * offset / alpha^(i/F)) of each axis of a 3D offset, written into C channels.
+
+    Channel layout, for any C: the channels go to the axes in order x, y, z, C // 3 each, and
+    the first C % 3 axes take one more. An axis given n channels uses F = ceil(n / 2)
+    frequencies beta / alpha^(i/F), i = 0..F-1, and writes the sines of all F, then the
+    cosines of the first n - F (all F when n is even). When C is divisible by 6 every axis
+    gets n = C/3 = 2F channels, [sin f_0..f_F-1, cos f_0..f_F-1], axis after axis: the
+    release's encoding (F = C/6 frequencies per axis), which every stage of a source whose
+    width D is a multiple of 24 meets (the stages are D/4, D/2 and D wide: 384 and 768 for
+    the paper's sources). Other widths (CLIP's 512-wide text tower: a 128-channel first
+    stage; 1024-wide ViT-Ls) keep each axis's frequency range and differ by at most one
+    channel between axes.
+    """
 
     def __init__(self, channels: int, alpha: float, beta: float):
         super().__init__()
-        if channels % 6:
-            raise ValueError(f"the offset encoding needs a width divisible by 6, got {channels}")
-        freqs = channels // 6
-        inv = beta / alpha ** (torch.arange(freqs, dtype=torch.float32) / freqs)
-        self.register_buffer("inv_freq", inv, persistent=False)
+        if channels < 1:
+            raise ValueError(f"the offset encoding needs at least one channel, got {channels}")
+        per_axis = [channels // 3 + (axis < channels % 3) for axis in range(3)]
+        counts = [(n + 1) // 2 for n in per_axis]  # frequencies of each axis
+        most = max(counts)
+        inv = torch.zeros(3, most)  # an axis with fewer frequencies leaves zeros: never selected below
+        for axis, count in enumerate(counts):
+            if count:
+                inv[axis, :count] = beta / alpha ** (torch.arange(count, dtype=torch.float32) / count)
+        self.register_buffer("inv_freq", inv, persistent=False)  # (3, F): one row of frequencies per axis
+        # where each output channel sits in the full [sin F, cos F] x 3 layout; None: everywhere (C = 6F)
+        keep = [axis * 2 * most + i for axis, (n, count) in enumerate(zip(per_axis, counts))
+                for i in [*range(count), *range(most, most + n - count)]]
+        index = None if keep == list(range(6 * most)) else torch.tensor(keep)
+        self.register_buffer("channel_index", index, persistent=False)
+        self.channels = channels
 
     def forward(self, offsets: torch.Tensor) -> torch.Tensor:  # (..., 3) -> (..., C) float32
         # angles reach beta * max|offset| (~100 rad): float32 even under autocast (bf16 keeps
         # 8 significant bits, an error of ~0.5 rad at 100 rad)
         with torch.autocast(device_type=offsets.device.type, enabled=False):
             angles = _wide(offsets).unsqueeze(-1) * self.inv_freq.to(_wide(offsets).dtype)  # (..., 3, F)
-            return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+            encoded = torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)  # (..., 6F)
+            return encoded if self.channel_index is None else encoded.index_select(-1, self.channel_index)
 
 
 class Bottleneck(nn.Module):

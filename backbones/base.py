@@ -5,7 +5,10 @@ its width/depth/heads, its position table (1D rows, or a 2D grid with the canvas
 geometry it was trained on), its cls token and cls position if it has them, and its final
 norm. Each block runs batch-first on (B, T, D) and accepts an ``ffn_hook``: a callable that
 receives the block's FFN output ``f`` and returns a tensor added beside it (the adapter
-acts there). Family files in this package only translate a library model into this shape.
+acts there). A post-LN block (BERT) ends with a LayerNorm over its residual sum; it splits
+its forward at that norm (``residual``, ``output_norm``), so that terms meant for the
+residual stream can join the sum before it is normalised. Family files in this package
+only translate a library model into this shape.
 """
 from __future__ import annotations
 
@@ -76,11 +79,26 @@ def with_ffn(h: torch.Tensor, f: torch.Tensor, ffn_hook: FFNHook = None) -> torc
 
 
 class SourceBlock(nn.Module, abc.ABC):
-    """One frozen transformer block, batch-first, with an optional FFN hook."""
+    """One frozen transformer block, batch-first, with an optional FFN hook.
+
+    ``post_norm``: the block ends with a LayerNorm over its residual sum (post-LN: BERT,
+    RoBERTa, MiniLM, e5), so ``forward(x) == output_norm(residual(x))``; such blocks override
+    both. A pre-LN block (CLIP, ViT, ImageBind) has no output norm: its residual sum is its
+    output, and the next block normalises it."""
+
+    post_norm: ClassVar[bool] = False
 
     @abc.abstractmethod
     def forward(self, x: torch.Tensor, ffn_hook: FFNHook = None) -> torch.Tensor:
         """(B, T, D) -> (B, T, D); with no hook, equal to the library block's own output."""
+
+    def residual(self, x: torch.Tensor, ffn_hook: FFNHook = None) -> torch.Tensor:
+        """The block's residual sum before its output norm (a pre-LN block's output)."""
+        return self(x, ffn_hook)
+
+    def output_norm(self, r: torch.Tensor) -> torch.Tensor:
+        """The LayerNorm a post-LN block ends with, on a residual sum (identity when pre-LN)."""
+        return r
 
 
 class FrozenSource(nn.Module, abc.ABC):

@@ -8,7 +8,9 @@ padding_idx + 1; the rows before are never used and are not part of the table.
 
 These are post-LN transformers: each block ends in a LayerNorm, and the input embeddings
 pass an embedding LayerNorm first (the source's ``stem``). The adapter's FFN hook acts
-before the block's output LayerNorm. Attention runs through
+before the block's output LayerNorm, and the block splits at that norm (``residual``,
+``output_norm``) so the guided aggregation can join the sum before it too
+(``model.adapter.seam``, docs/controls.md). Attention runs through
 ``torch.nn.functional.scaled_dot_product_attention`` on the layer's own projections.
 """
 from __future__ import annotations
@@ -33,11 +35,20 @@ ROBERTA_HUB = "FacebookAI/roberta-base"
 class BertBlock(SourceBlock):
     """A ``BertLayer`` / ``RobertaLayer``; the hook's output joins the FFN residual before LN."""
 
+    post_norm = True
+
     def __init__(self, layer: nn.Module, heads: int):
         super().__init__()
         self.layer, self.heads = layer, heads
 
     def forward(self, x: torch.Tensor, ffn_hook=None) -> torch.Tensor:
+        return self.output_norm(self.residual(x, ffn_hook))
+
+    def output_norm(self, r: torch.Tensor) -> torch.Tensor:
+        return self.layer.output.LayerNorm(r)
+
+    def residual(self, x: torch.Tensor, ffn_hook=None) -> torch.Tensor:
+        """h + f (+ the hook's term): the sum the layer's output LayerNorm normalises."""
         att, B, T, D = self.layer.attention, *x.shape
         sa = att.self
 
@@ -50,7 +61,7 @@ class BertBlock(SourceBlock):
         h = att.output.LayerNorm(att.output.dropout(att.output.dense(a)) + x)
         out = self.layer.output
         f = out.dropout(out.dense(self.layer.intermediate(h)))
-        return out.LayerNorm(with_ffn(h, f, ffn_hook))
+        return with_ffn(h, f, ffn_hook)
 
 
 class BertStem(nn.Module):

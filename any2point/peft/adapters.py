@@ -12,7 +12,7 @@ from any2point.adapters import GuidedAdapters
 from .base import PeftMethod
 from .registry import register_peft_method
 
-__all__ = ["Any2PointMethod", "BottleneckAdapterMethod"]
+__all__ = ["Any2PointMethod", "BottleneckAdapterMethod", "aggregate_points"]
 
 
 @register_peft_method("any2point")
@@ -30,11 +30,19 @@ class Any2PointMethod(PeftMethod):
                                         length=getattr(model.views, "length", None))
 
     def run_block(self, model, i: int, block: nn.Module, x: torch.Tensor, context) -> torch.Tensor:
-        x = block(x, model.adapters.ffn_hook(i))
+        hook = model.adapters.ffn_hook(i)
         if context.cells is None:  # plain bottleneck adapters: nothing to aggregate
-            return x
-        points = model.adapters.aggregate(i, x[:, 1:], context.cells)
-        return torch.cat([x[:, :1], points], dim=1)
+            return block(x, hook)
+        if getattr(block, "post_norm", False) and model.adapters.config.seam == "before_norm":
+            # post-LN: the aggregation joins the residual sum, the block's output LayerNorm normalises both
+            return block.output_norm(aggregate_points(model, i, block.residual(x, hook), context))
+        return aggregate_points(model, i, block(x, hook), context)
+
+
+def aggregate_points(model, i: int, x: torch.Tensor, context) -> torch.Tensor:
+    """Block ``i``'s guided aggregation on the point tokens of ``x`` (B, 1 + G, D); the cls token passes."""
+    points = model.adapters.aggregate(i, x[:, 1:], context.cells)
+    return torch.cat([x[:, :1], points], dim=1)
 
 
 @register_peft_method("adapter")

@@ -1,8 +1,16 @@
-"""Controls that say what the frozen source brings (issue 17): the 3D parts alone, and the
-method with the source's position table scrambled. (The randomly initialised source is the
-``peft=any2point_random_source`` option: the any2point method on ``source.pretrained=false``.)"""
+"""Controls that say what the frozen source brings: the 3D parts alone (``tokenizer_only``),
+the method with the source's position table scrambled (``any2point_shuffled_position``), and
+the method on a source whose block tensors are each permuted within themselves
+(``any2point_shuffled_source``: the fair random transformer, same value scales, no learned
+structure).
+
+``peft=any2point_random_source`` (a YAML option, ``source.pretrained=false``) is the other,
+weaker random control: the library's initialisation (weights N(0, 0.02), LayerNorm gains 1),
+whose blocks stay close to the identity on 3D tokens, so it mostly measures the 3D parts
+alone; see docs/controls.md."""
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -15,7 +23,8 @@ from .adapters import Any2PointMethod
 from .base import PeftConfig, PeftMethod
 from .registry import register_peft_method
 
-__all__ = ["TokenizerOnlyMethod", "ShuffledPositionConfig", "ShuffledPositionMethod", "SourceFacts"]
+__all__ = ["TokenizerOnlyMethod", "ShuffledPositionConfig", "ShuffledPositionMethod", "SourceFacts",
+           "ShuffledSourceConfig", "ShuffledSourceMethod", "shuffled_blocks_source"]
 
 
 class SourceFacts(FrozenSource):
@@ -75,3 +84,40 @@ class ShuffledPositionMethod(Any2PointMethod):
         table = model.source.position_table()
         flat = table.reshape(-1, table.shape[-1])
         return flat.index_select(0, model.position_permutation.to(table.device)).reshape(table.shape)
+
+
+@dataclass
+class ShuffledSourceConfig(PeftConfig):
+    name: str = "any2point_shuffled_source"
+    seed: int = 0  # seed of the fixed permutations of the block tensors
+
+
+def shuffled_blocks_source(source: FrozenSource, seed: int) -> FrozenSource:
+    """A copy of ``source`` whose block tensors are each permuted within themselves.
+
+    Every floating-point parameter of ``source.blocks`` (attention and FFN weights and biases,
+    LayerNorm gains and biases, LayerScale) has its entries shuffled by a permutation drawn
+    from a CPU generator seeded with ``seed``, tensor after tensor in ``named_parameters``
+    order: the same permutations everywhere for the same source architecture. Each tensor
+    keeps its exact multiset of values (its scale, its LayerNorm gain level), its learned
+    structure is gone. Everything outside the blocks is the source's own, shared, not copied:
+    embeddings and stem, position table, cls token and row, final norm. ``source`` itself is
+    left as it was (only the module tree and the block tensors are new)."""
+    generator = torch.Generator().manual_seed(seed)
+    memo: dict[int, object] = {}
+    for p in source.blocks.parameters():
+        if p.is_floating_point():
+            order = torch.randperm(p.numel(), generator=generator).to(p.device)
+            shuffled = p.detach().reshape(-1).index_select(0, order).reshape(p.shape)
+            memo[id(p)] = nn.Parameter(shuffled, requires_grad=p.requires_grad)
+    for t in [*source.parameters(), *source.buffers()]:
+        memo.setdefault(id(t), t)  # outside the blocks (and integer tensors): the same tensor, no copy
+    return copy.deepcopy(source, memo)
+
+
+@register_peft_method("any2point_shuffled_source", ShuffledSourceConfig)
+class ShuffledSourceMethod(Any2PointMethod):
+    """Control: Any2Point on the source with every block tensor permuted within itself by a fixed seed (values kept)."""
+
+    def prepare_source(self, source: FrozenSource) -> FrozenSource:
+        return shuffled_blocks_source(source, self.config.seed)
