@@ -304,14 +304,16 @@ def _check_expectations(info: dict, path: Path, source: str | None, weights_tag:
 def _needs_weights(saved: SourceInfo) -> str | None:
     """Why rebuilding ``saved`` needs weights the user passes (None when it does not): a local
     weights file in training, or an ``hf:`` folder (the name is never opened)."""
-    if saved.pretrained and saved.weights_tag.startswith("file:"):
-        digest = f"SHA-256 {saved.weights_sha256}" if saved.weights_sha256 else "no digest recorded"
-        return f"the local weights file {saved.weights_tag[len('file:'):]!r} ({digest})"
+    digest = f"SHA-256 {saved.weights_sha256}" if saved.weights_sha256 else "no digest recorded"
+    local = saved.pretrained and saved.weights_tag.startswith("file:")
     if saved.name.startswith("hf:"):
         from .backbones.hf import names_folder
 
         if names_folder(saved.name[len("hf:"):]):
-            return "a local transformers folder (its config.json and weights)"
+            return ("the local transformers folder " + (f"{saved.weights_tag[len('file:'):]!r} ({digest})" if local
+                                                       else "(its config.json; random weights)"))
+    if local:
+        return f"the local weights file {saved.weights_tag[len('file:'):]!r} ({digest})"
     return None
 
 
@@ -321,7 +323,8 @@ def _check_weights_identity(saved: SourceInfo, model: Any2PointModel, path: Path
     recorded, now = saved.weights_sha256, getattr(model.source, "weights_sha256", None)
     if recorded is not None and now is not None and model.source.weights_tag != "random":
         if recorded != now:
-            where = f"the weights given ({given})" if given is not None else f"the weights found ({model.source.weights_tag})"
+            where = (f"the weights given ({given})" if given is not None
+                     else f"the weights found ({model.source.weights_tag})")
             raise CheckpointMismatchError(
                 f"{path} was trained on {saved.name} weights with SHA-256 {recorded}, but {where} have SHA-256 {now}; "
                 f"pass the weights used in training (--weights / weights=)")

@@ -19,7 +19,8 @@ import torch
 
 from .errors import WeightsUnavailableError
 
-__all__ = ["is_torchscript", "refuse_torchscript", "torch_load", "read_state_dict", "pickle_refused", "USE_INSTEAD"]
+__all__ = ["is_torchscript", "refuse_torchscript", "torch_load", "read_state_dict", "pickle_refused", "first_line",
+           "USE_INSTEAD"]
 
 USE_INSTEAD = ("a state dict saved with safetensors (safetensors.torch.save_file(model.state_dict(), ...)); for "
                "OpenAI CLIP, open_clip's open_clip_model.safetensors from the Hugging Face hub "
@@ -47,13 +48,18 @@ def refuse_torchscript(path: str | os.PathLike, source: str) -> None:
             f"code it carries). Use {USE_INSTEAD}")
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), or its type's name."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return text[:200] or type(exc).__name__
+
+
 def _refusal(exc: BaseException) -> str:
     text = str(exc)
     found = re.search(r"GLOBAL ([\w.]+)", text)
     if found:
         return f"it asks for the Python object {found.group(1)}, which is not a tensor"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
-    return first[:200]
+    return first_line(exc)
 
 
 def torch_load(path: str | os.PathLike, source: str, mmap: bool = True) -> Any:
@@ -82,6 +88,7 @@ def read_state_dict(path: str | os.PathLike, source: str) -> dict[str, torch.Ten
     """The tensors of a weights file (safetensors by its suffix, else a ``torch.save`` file),
     unwrapped from ``{"state_dict": ...}`` / ``{"model": ...}`` and a ``module.`` prefix."""
     path = Path(path)
+    refuse_torchscript(path, source)  # whatever its name says
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -90,7 +97,7 @@ def read_state_dict(path: str | os.PathLike, source: str) -> dict[str, torch.Ten
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise WeightsUnavailableError(f"{source}: {path} is not a readable safetensors file "
-                                          f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
+                                          f"({first_line(exc)})") from None
     state = torch_load(path, source)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

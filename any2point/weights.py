@@ -123,8 +123,8 @@ def local_weights(path: str | os.PathLike | None, source: str, config_key: str =
     try:
         st = p.stat()
     except OSError:
-        raise WeightsUnavailableError(
-            f"{source}: the local weights given by {config_key}={path} do not exist (looked at {p.absolute()})") from None
+        raise WeightsUnavailableError(f"{source}: the local weights given by {config_key}={path} do not exist "
+                                      f"(looked at {p.absolute()})") from None
     if folder:
         if not stat.S_ISDIR(st.st_mode):
             raise WeightsUnavailableError(f"{source}: {config_key}={path} is {_kind(st.st_mode)}; a folder is "

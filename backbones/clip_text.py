@@ -25,7 +25,7 @@ from torch import nn
 
 from any2point.errors import Any2PointError, UnknownSourceError, WeightsUnavailableError
 from any2point.registry import register_source
-from any2point.tensor_files import read_state_dict
+from any2point.tensor_files import first_line, read_state_dict, refuse_torchscript
 from any2point.weights import file_sha256, hf_hub_cached, hub_file, local_weights, unavailable
 
 from .base import FrozenSource, PositionTable, SourceBlock, SourceMismatchError, linear_targets, with_ffn
@@ -130,6 +130,7 @@ def read_tower_state(path: Path, wanted: set[str], prefix_of, name: str) -> dict
     ``prefix_of(keys)`` says under which prefix the tower's keys are stored. safetensors, or a
     ``torch.save`` state dict read with ``weights_only=True``; TorchScript archives (OpenAI's own
     ``.pt`` release files) are refused: loading one runs the code it carries."""
+    refuse_torchscript(path, name)  # whatever its name says
     if path.suffix == ".safetensors":  # read only this tower's tensors, not the other tower
         from safetensors import SafetensorError, safe_open
 
@@ -141,7 +142,7 @@ def read_tower_state(path: Path, wanted: set[str], prefix_of, name: str) -> dict
                         if k.startswith(prefix) and k[len(prefix):] in wanted}
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise WeightsUnavailableError(f"{name}: {path} is not a readable safetensors file "
-                                          f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
+                                          f"({first_line(exc)})") from None
     state = read_state_dict(path, name)  # unwraps {'state_dict': ...} and 'module.' prefixes
     prefix = prefix_of(state)
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix):] in wanted}
@@ -246,7 +247,8 @@ def pretrained_location(name: str, arch: str, tag: str, pretrained: bool,
 
 
 @register_source("clip_text", family="open_clip", position=PositionTable("1d", (77,)), width=768, depth=12,
-                 heads=12, origin=f"open_clip {MODEL} `{TAG}` (HF hub timm/vit_large_patch14_clip_224.openai)", licence="MIT", weights_available=lambda: official_cached(MODEL, TAG))
+                 heads=12, origin=f"open_clip {MODEL} `{TAG}` (HF hub timm/vit_large_patch14_clip_224.openai)",
+                 licence="MIT", weights_available=lambda: official_cached(MODEL, TAG))
 def clip_text(pretrained: bool = True, weights: str | None = None, causal: bool = False) -> ClipTextSource:
     """OpenAI CLIP ViT-L/14 text tower (language); attention is bidirectional unless causal=True."""
     return build_clip_text("clip_text", pretrained=pretrained, weights=weights, causal=causal)

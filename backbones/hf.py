@@ -11,6 +11,7 @@ from pathlib import Path
 
 from any2point.errors import WeightsUnavailableError
 from any2point.registry import register_family
+from any2point.tensor_files import first_line
 from any2point.weights import local_weights, regular_file
 
 from .bert import BertSource
@@ -41,7 +42,7 @@ def _config(name: str, where: str, overrides: dict):
         config = AutoConfig.from_pretrained(where)
     except Exception as exc:  # not a transformers config (or one that asks for remote code)
         raise WeightsUnavailableError(f"{name}: cannot read {where}/config.json as a transformers config: "
-                                      f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+                                      f"{type(exc).__name__}: {first_line(exc)}") from None
     for key, value in overrides.items():
         if not hasattr(config, key):
             raise TypeError(f"{name}: {type(config).__name__} has no setting {key!r} (from source.options)")

@@ -46,7 +46,7 @@ from torch import nn
 from any2point.atomic import atomic_write, atomic_write_text
 from any2point.errors import WeightsUnavailableError
 from any2point.registry import register_source
-from any2point.tensor_files import torch_load
+from any2point.tensor_files import refuse_torchscript, torch_load
 from any2point.weights import cache_dir, file_sha256, hub_offline, local_weights, regular_file, unavailable
 
 from .base import FrozenSource, PositionTable, SourceBlock, with_ffn
@@ -199,7 +199,8 @@ def check_audio_keys(found: set[str], expected: set[str], origin: str) -> None:
 @contextmanager
 def _open_checkpoint(path: Path, name: str = "imagebind_audio") -> Iterator[Mapping[str, torch.Tensor]]:
     """Lazy access to a checkpoint's tensors: safetensors, or a memory-mapped ``torch.save`` file
-    read with ``weights_only=True``."""
+    read with ``weights_only=True``. TorchScript is refused whatever the file's name says."""
+    refuse_torchscript(path, name)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
 
