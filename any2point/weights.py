@@ -115,8 +115,9 @@ def regular_file(path: str | os.PathLike, source: str, what: str = "weights file
 
 def local_weights(path: str | os.PathLike | None, source: str, config_key: str = "source.weights",
                   folder: bool = False) -> Path | None:
-    """The explicit local copy from config, checked before anything reads it: a regular file, or
-    a folder when ``folder`` (transformers folders); None when none was given."""
+    """The explicit local copy from config, checked before anything reads it: a regular file
+    that is not a TorchScript archive, or a folder when ``folder`` (transformers folders); None
+    when none was given."""
     if path in (None, ""):
         return None
     p = Path(os.path.expanduser(str(path)))
@@ -134,6 +135,9 @@ def local_weights(path: str | os.PathLike | None, source: str, config_key: str =
         raise WeightsUnavailableError(f"{source}: {config_key}={path} is a directory; a weights file is expected "
                                       f"(.safetensors, or a state dict saved with torch.save)")
     _check_regular(st, p, source, f"weights file given by {config_key}")
+    from .tensor_files import refuse_torchscript  # here: listing sources does not import torch
+
+    refuse_torchscript(p, source)  # before any source builds anything
     return p
 
 
