@@ -17,7 +17,7 @@ from typing import Tuple
 import open_clip
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertModel
 
 import any2point
@@ -326,10 +326,6 @@ def _clip_weights(path: Path, seed: int) -> Path:
 CLIP_VISUAL = f"{CLIP_TEXT}:visual"  # width 48: the tiny presets' tokenizer fits it
 
 
-def _model_settings():
-    return any2point.model_config("tiny_2d")
-
-
 def _clouds(b: int = 2, n: int = 64) -> torch.Tensor:
     x = torch.randn(b, n, 3, generator=torch.Generator().manual_seed(4))
     return x / x.norm(dim=-1, keepdim=True).amax(dim=1, keepdim=True)
@@ -337,28 +333,31 @@ def _clouds(b: int = 2, n: int = 64) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def clip_run(clip_arch, tmp_path_factory):
-    """A run trained (here: saved as training saves it) on a local weights file: (run, weights, model)."""
+    """A one-epoch run of any2point-train (in this process: the test arch is registered here) on
+    a local weights file: (run folder, weights file)."""
+    from any2point.train import run_training
+
     root = tmp_path_factory.mktemp("clip_run")
     weights = _clip_weights(root / "tiny_clip.safetensors", seed=2)
-    torch.manual_seed(0)
-    model = any2point.create_model(CLIP_VISUAL, len(CLASSES), source_options={"weights": str(weights)},
-                                   model=_model_settings()).eval()
-    cfg = compose_config("train", [*TINY, f"source.name={CLIP_VISUAL}", f"source.weights={weights}"])
-    save_checkpoint(model, root / "run" / "checkpoint", class_names=CLASSES, num_points=64, config=cfg,
-                    source={"name": CLIP_VISUAL, "pretrained": True, "weights": str(weights), "options": {}})
-    return root / "run", weights, model
+    overrides = [o for o in TINY if not o.startswith("source=")]
+    run_training(compose_config("train", [*overrides, f"source.name={CLIP_VISUAL}", f"source.weights={weights}",
+                                          "source.pretrained=true", "model=tiny_2d"]), root / "run")
+    return root / "run", weights
 
 
 def test_checkpoint_records_the_weights_identity_and_loads_only_from_weights_passed(clip_run, tmp_path):
-    run, weights, model = clip_run
+    run, weights = clip_run
     source = json.loads((run / "checkpoint.json").read_text())["source"]
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     assert source == {"name": CLIP_VISUAL, "pretrained": True, "options": {},  # no path
                       "weights_tag": "file:tiny_clip.safetensors", "weights_sha256": digest}
+    loaded = load_checkpoint(run, weights=str(weights))
+    table = load_file(str(weights))["visual.positional_embedding"][1:].reshape(4, 4, 48)
+    assert torch.equal(loaded.model.source.position_table(), table)  # the frozen source: from the file passed
     moved = Path(shutil.copy(weights, tmp_path / "renamed.safetensors"))  # the same content anywhere
-    loaded = load_checkpoint(run, weights=str(moved))
+    again = load_checkpoint(run, weights=str(moved))
     with torch.no_grad():
-        assert torch.equal(loaded.model(_clouds()), model(_clouds()))
+        assert torch.equal(again.model(_clouds()), loaded.model(_clouds()))
     other = _clip_weights(tmp_path / "other.safetensors", seed=3)
     with pytest.raises(CheckpointMismatchError) as err:
         load_checkpoint(run, weights=str(other))
