@@ -9,7 +9,6 @@ becomes a one-line :class:`WeightsUnavailableError` naming the file and what to 
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import zipfile
 from pathlib import Path
@@ -59,7 +58,7 @@ def _refusal(exc: BaseException) -> str:
     found = re.search(r"GLOBAL ([\w.]+)", text)
     if found:
         return f"it asks for the Python object {found.group(1)}, which is not a tensor"
-    return first_line(exc)
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def torch_load(path: str | os.PathLike, source: str, mmap: bool = True) -> Any:
@@ -73,7 +72,7 @@ def torch_load(path: str | os.PathLike, source: str, mmap: bool = True) -> Any:
             if not mmap or "mmap" not in str(exc):
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) files cannot be mapped
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever torch.load raised, the file is not plain tensors
         raise pickle_refused(path, source, exc) from None
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from any2point.errors import WeightsUnavailableError
 from any2point.registry import register_family
 from any2point.tensor_files import first_line
-from any2point.weights import local_weights, regular_file
+from any2point.weights import local_weights
 
 from .bert import BertSource
-from .hf_load import build_hf, hub_config_folder
+from .hf_load import build_hf, checked_config, hub_config_folder
 from .hf_vit import HfViTSource
 
 __all__ = ["hf_by_name", "names_folder"]
@@ -64,7 +64,7 @@ def hf_by_name(model: str, pretrained: bool = True, weights: str | None = None, 
     if folder is None:  # a hub id: its config.json from the verified hub cache
         where, _ = hub_config_folder(name, model, with_weights=False)
     else:
-        regular_file(folder / "config.json", name, "config.json")
+        checked_config(folder, name)
         where = folder
     config = _config(name, str(where), config_overrides)
     image = hasattr(config, "image_size") and hasattr(config, "patch_size")

@@ -23,12 +23,12 @@ from any2point.tensor_files import pickle_refused, refuse_torchscript
 from any2point.weights import (file_sha256, hub_file, local_weights, manifest_sha256, package_dir, regular_file,
                                unavailable, verified_hub_blob)
 
-__all__ = ["from_pretrained", "build_hf", "hub_config_folder", "weight_files"]
+__all__ = ["from_pretrained", "build_hf", "hub_config_folder", "weight_files", "checked_config"]
 
 _SINGLE = ("model.safetensors", "pytorch_model.bin")
 _INDEX = {"model.safetensors": "model.safetensors.index.json", "pytorch_model.bin": "pytorch_model.bin.index.json"}
 _SHARD_NAME = re.compile(r"[\w][\w.-]*")
-_MAX_INDEX_BYTES = 16 << 20
+_MAX_INDEX_BYTES = _MAX_CONFIG_BYTES = 16 << 20  # a config or an index is a few KB
 
 
 def from_pretrained(path_or_id: str, **kwargs) -> nn.Module:
@@ -56,6 +56,15 @@ def _no_dropout(model: nn.Module) -> nn.Module:
         if isinstance(getattr(m, "attention_dropout", None), float):
             m.attention_dropout = 0.0
     return model
+
+
+def checked_config(folder: Path, name: str) -> Path:
+    """``folder/config.json``, a regular file of a config's size (checked before transformers reads it)."""
+    config = regular_file(folder / "config.json", name, "config.json")
+    if config.stat().st_size > _MAX_CONFIG_BYTES:
+        raise WeightsUnavailableError(f"{name}: {config} is larger than {_MAX_CONFIG_BYTES} bytes; not a "
+                                      f"transformers config")
+    return config
 
 
 def _shards(index: Path, name: str) -> list[str]:
@@ -92,7 +101,7 @@ def _check_folder(folder: Path, name: str) -> list[str]:
     if (folder / "adapter_config.json").exists():
         raise WeightsUnavailableError(f"{name}: {folder} is a PEFT adapter folder (adapter_config.json): it names a "
                                       f"base model to load from elsewhere; give the base model's own folder")
-    regular_file(folder / "config.json", name, "config.json")
+    checked_config(folder, name)
     files = weight_files(folder, name)
     for f in files:
         regular_file(folder / f, name)
