@@ -3,9 +3,10 @@
 Layout of a checkpoint ``<stem>``:
 
 - ``<stem>.safetensors``: the trained tensors (:func:`trained_state_dict`);
-- ``<stem>.json``: how to rebuild the rest: the source (name, pretrained, weights, options,
-  and the ``weights_tag`` it loaded), the model and peft configs, the class names, the
-  number of points, the resolved run config and the any2point version.
+- ``<stem>.json``: how to rebuild the rest: the source (name, pretrained, options, the
+  ``weights_tag`` it loaded and the ``weights_sha256`` identity of the weights file(s)), the
+  model and peft configs, the class names, the number of points, the resolved run config and
+  the any2point version.
 
 "Only what trained" is every state-dict entry outside ``source.`` (tokenizer, cls, adapters,
 norm, head and their BatchNorm buffers), plus the ``source.`` entries whose parameters have
@@ -16,12 +17,19 @@ A checkpoint may come from someone else, so reading one runs nothing: the JSON i
 checked field by field against :data:`INFO_FIELDS` (unknown keys refused by name, no
 OmegaConf interpolation: a string holding ``${`` is refused), the tensors are safetensors.
 Every problem is a :class:`CheckpointError` naming the file and what to do.
+
+A checkpoint records which weights its source was trained on (name, tag, SHA-256), never where
+to read them: a source trained on a local weights file (tag ``file:<name>``, or an ``hf:``
+folder) is rebuilt only from weights the user passes (``weights=``), and their digest must be the
+recorded one. Official weights (an installed package, the verified hub cache) need no path. An
+older checkpoint's ``source.weights`` path is ignored, never followed.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,7 +41,8 @@ from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_write, atomic_write_json
 from .config import check_tokenizer_fits
-from .errors import Any2PointError, CheckpointError, CheckpointMismatchError, CheckpointNotFoundError, ConfigError
+from .errors import (Any2PointError, CheckpointError, CheckpointMismatchError, CheckpointNotFoundError, ConfigError,
+                     WeightsUnavailableError)
 from .factory import create_model
 from .model import Any2PointModel, ModelConfig
 from .peft import peft_config
@@ -48,6 +57,7 @@ BEST_VAL = "best_val"  # best epoch on the validation split (never chosen on tes
 FORMAT = 1
 MAX_INFO_BYTES = 16 << 20  # a checkpoint.json is a few KB; a larger one is refused before it is read
 MAX_NUM_POINTS = 1 << 20  # points per cloud a checkpoint may ask for (the paper's runs: 1,024)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -56,9 +66,11 @@ class SourceInfo:
 
     name: str
     pretrained: bool
-    weights: str | None  # where the weights were read from in training (read only, never written)
     options: dict[str, Any]
     weights_tag: str
+    # SHA-256 identity of the weights file(s) the source loaded (any2point.weights); None for
+    # random weights, a source that records none, or a checkpoint older than the field
+    weights_sha256: str | None
 
 
 # checkpoint.json: every key with its type (ModelConfig checked field by field; ``peft`` by the
@@ -110,7 +122,8 @@ def save_checkpoint(model: Any2PointModel, stem: str | Path, *, source: Mapping[
                     num_points: int, config: Any = None, extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``<stem>.safetensors`` and ``<stem>.json``; returns the safetensors path.
 
-    ``source``: the source section used to build the model (name, pretrained, weights, options);
+    ``source``: the source section used to build the model (name, pretrained, options; a
+    ``weights`` path in it is not recorded: the source's weights identity is);
     ``extra``: keys of :data:`OPTIONAL_INFO_FIELDS` (epoch, validation accuracy, metrics)."""
     from . import __version__
 
@@ -119,12 +132,13 @@ def save_checkpoint(model: Any2PointModel, stem: str | Path, *, source: Mapping[
         raise ValueError(f"unknown checkpoint.json keys {unknown}; known extras: {sorted(OPTIONAL_INFO_FIELDS)}")
     stem = Path(stem)
     tensors = trained_state_dict(model)
+    options = {k: v for k, v in dict(source.get("options") or {}).items() if k != "weights"}  # a path: never recorded
     info = {
         "format": FORMAT,
         "any2point_version": __version__,
         "source": {"name": str(source["name"]), "pretrained": bool(source.get("pretrained", True)),
-                   "weights": None if source.get("weights") is None else str(source["weights"]),
-                   "options": dict(source.get("options") or {}), "weights_tag": model.source.weights_tag},
+                   "options": options, "weights_tag": model.source.weights_tag,
+                   "weights_sha256": getattr(model.source, "weights_sha256", None)},
         "model": _jsonable(model.config),
         "peft": _jsonable(model.peft_config),
         "class_names": list(class_names),
@@ -179,6 +193,10 @@ def parse_checkpoint_info(text: str, where: str) -> dict:
         raise CheckpointMismatchError(f"{where}: checkpoint format {raw.get('format')!r:.40}, this any2point reads "
                                       f"format {FORMAT}")
     fields = {**INFO_FIELDS, **OPTIONAL_INFO_FIELDS}
+    if isinstance(raw.get("source"), dict):  # older checkpoints: a weights path (ignored), no digest
+        source = {k: v for k, v in raw["source"].items() if k != "weights"}
+        source.setdefault("weights_sha256", None)
+        raw = {**raw, "source": source}
     unknown = sorted(set(raw) - set(fields))
     missing = sorted(set(INFO_FIELDS) - set(raw))
     try:
@@ -189,6 +207,12 @@ def parse_checkpoint_info(text: str, where: str) -> dict:
         refuse_interpolations(raw, "checkpoint")
         _placement_before_seam(raw)
         info = {key: check_type(value, fields[key], key) for key, value in raw.items()}
+        digest = info["source"].weights_sha256
+        if digest is not None and not _SHA256.fullmatch(digest):
+            raise PlainDataError(f"source.weights_sha256: expected 64 lowercase hex digits, got {digest!r:.80}")
+        if "weights" in info["source"].options:
+            raise PlainDataError("source.options.weights: a checkpoint never names weights to read (pass them "
+                                 "explicitly: --weights / weights=)")
         if not info["class_names"] or len(set(info["class_names"])) != len(info["class_names"]):
             raise PlainDataError("class_names: expected a non-empty list of distinct names")
         if not 1 <= info["num_points"] <= MAX_NUM_POINTS:
@@ -286,6 +310,40 @@ def _check_expectations(info: dict, path: Path, source: str | None, weights_tag:
                                       f"({len(ours)} classes): {detail.rstrip('; ')}")
 
 
+def _needs_weights(saved: SourceInfo) -> str | None:
+    """Why rebuilding ``saved`` needs weights the user passes (None when it does not): a local
+    weights file in training, or an ``hf:`` folder (the name is never opened)."""
+    digest = f"SHA-256 {saved.weights_sha256}" if saved.weights_sha256 else "no digest recorded"
+    local = saved.pretrained and saved.weights_tag.startswith("file:")
+    if saved.name.startswith("hf:"):
+        from .backbones.hf import names_folder
+
+        if names_folder(saved.name[len("hf:"):]):
+            return ("the local transformers folder " + (f"{saved.weights_tag[len('file:'):]!r} ({digest})" if local
+                                                       else "(its config.json; random weights)"))
+    if local:
+        return f"the local weights file {saved.weights_tag[len('file:'):]!r} ({digest})"
+    return None
+
+
+def _check_weights_identity(saved: SourceInfo, model: Any2PointModel, path: Path, given: str | None) -> None:
+    """The weights just loaded are the ones of training: same SHA-256 when both are known, else
+    the same ``weights_tag``."""
+    recorded, now = saved.weights_sha256, getattr(model.source, "weights_sha256", None)
+    if recorded is not None and now is not None and model.source.weights_tag != "random":
+        if recorded != now:
+            where = (f"the weights given ({given})" if given is not None
+                     else f"the weights found ({model.source.weights_tag})")
+            raise CheckpointMismatchError(
+                f"{path} was trained on {saved.name} weights with SHA-256 {recorded}, but {where} have SHA-256 {now}; "
+                f"pass the weights used in training (--weights / weights=)")
+        return
+    if model.source.weights_tag != saved.weights_tag:
+        raise CheckpointMismatchError(
+            f"{path} was trained on {saved.name} weights {saved.weights_tag!r} but they now load as "
+            f"{model.source.weights_tag!r}; pass the weights used in training (--weights / weights=)")
+
+
 def load_checkpoint(path: str | Path, *, source: str | None = None, weights_tag: str | None = None,
                     class_names: list[str] | None = None, weights: str | None = None,
                     model_overrides: Mapping[str, Mapping[str, Any]] | None = None,
@@ -293,18 +351,25 @@ def load_checkpoint(path: str | Path, *, source: str | None = None, weights_tag:
     """Rebuild the model a checkpoint was trained as and load its tensors.
 
     ``source`` / ``weights_tag`` / ``class_names``: what the caller expects; any difference
-    raises :class:`CheckpointMismatchError` saying which. ``weights``: a local copy of the
-    source's weights when they are no longer where the checkpoint says. ``model_overrides``:
-    model sections to change (e.g. ``{"tokenizer": {"normalize": "modelnet"}}``); they must
-    not change tensor shapes. ``info`` of the result is plain JSON data."""
+    raises :class:`CheckpointMismatchError` saying which. ``weights``: the source's weights
+    (file or folder), needed when training read them from a local path (the checkpoint records
+    their SHA-256, never a path; a different file is refused); official weights need none.
+    ``model_overrides``: model sections to change (e.g. ``{"tokenizer": {"normalize":
+    "modelnet"}}``); they must not change tensor shapes. ``info`` of the result is plain JSON data."""
     weights_path = resolve_checkpoint(path)
     info = _read_info(weights_path)
     _check_expectations(info, weights_path, source, weights_tag, class_names)
     header = _tensor_header(weights_path)  # a damaged file fails before any model is built
     saved: SourceInfo = info["source"]
     options = dict(saved.options)
-    if weights is not None or saved.weights:
-        options["weights"] = str(weights if weights is not None else saved.weights)
+    needed = _needs_weights(saved)
+    if weights is None and needed is not None:
+        raise WeightsUnavailableError(
+            f"{weights_path.with_suffix('.json')}: {saved.name} was trained on {needed}; a checkpoint never says where "
+            f"to read weights from (an older checkpoint's recorded path is ignored): pass them explicitly "
+            f"(any2point-predict / any2point-show: --weights PATH; any2point-eval: weights=PATH)")
+    if weights is not None and (needed is not None or saved.weights_tag != "random"):  # random: all saved
+        options["weights"] = str(weights)
     model_cfg: ModelConfig = info["model"]
     for section, values in (model_overrides or {}).items():
         if not hasattr(model_cfg, section):
@@ -320,10 +385,7 @@ def load_checkpoint(path: str | Path, *, source: str | None = None, weights_tag:
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{weights_path.with_suffix('.json')} describes a model that cannot be built: "
                               f"{exc}") from None
-    if model.source.weights_tag != saved.weights_tag:
-        raise CheckpointMismatchError(
-            f"{weights_path} was trained on {saved.name} weights {saved.weights_tag!r} but they now load as "
-            f"{model.source.weights_tag!r}; point source.weights (eval: weights=...) at the weights used in training")
+    _check_weights_identity(saved, model, weights_path, None if weights is None else str(weights))
 
     expected = trained_keys(model)
     missing, unexpected = sorted(expected - set(header)), sorted(set(header) - expected)

@@ -130,7 +130,7 @@ class ExpectConfig:
 class EvalAppConfig:
     checkpoint: str = MISSING  # a run directory, or a .safetensors / .json checkpoint file
     expect: ExpectConfig = field(default_factory=ExpectConfig)
-    weights: str | None = None  # local copy of the source weights if they moved since training
+    weights: str | None = None  # the source's weights file or folder, needed when training read a local copy
     data: DataConfig | None = None  # null: the data config the checkpoint was trained on
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalOptions = field(default_factory=EvalOptions)

@@ -106,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per file and line")
     p.add_argument("--batch-size", type=int, default=32, help="files per forward pass (default 32)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to run (default cpu)")
-    p.add_argument("--weights", default=None, help="local copy of the source weights, if they moved since training")
+    p.add_argument("--weights", default=None, help="the source's weights file (or hf folder) when the run was trained "
+                   "on a local copy: the checkpoint records their SHA-256, never a path")
     p.add_argument("--seed", type=int, default=0, help="seed of mesh surface sampling (default 0)")
     return p
 

@@ -63,15 +63,23 @@ def _flatten(value, prefix: str = "") -> dict:
     return {prefix.rstrip("."): value}
 
 
-def _fingerprint(cfg: DictConfig, world_size: int) -> dict:
+def _fingerprint(cfg: DictConfig, world_size: int, weights_sha256: str | None) -> dict:
+    """The settings a resumed run must share, with the source's weights by identity (SHA-256),
+    not by path: the same file moved resumes, another file does not."""
     sections = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
                 for k in _RESUME_SECTIONS}
     sections["train"].pop("resume", None)
-    return {**_flatten(sections), "world_size": world_size}
+    flat = _flatten(sections)
+    flat.pop("source.weights", None)
+    return {**flat, "source.weights_sha256": weights_sha256, "world_size": world_size}
 
 
 def _check_resumable(saved: dict, now: dict, path: Path) -> None:
-    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    saved = {k: v for k, v in saved.items() if k != "source.weights"}  # older states: a path, never compared
+    keys = set(saved) | set(now)
+    if "source.weights_sha256" not in saved:  # older states recorded no identity
+        keys.discard("source.weights_sha256")
+    changed = sorted(k for k in keys if saved.get(k) != now.get(k))
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
         raise CheckpointError(f"{path} was written by a run with other settings ({detail}{' ...' if len(changed) > 6 else ''}); "
@@ -109,7 +117,7 @@ class _Run:
         self.scheduler = build_scheduler(self.optimizer, steps_per_epoch=len(self.train_loader), epochs=t.epochs,
                                          warmup_epochs=t.warmup_epochs, lr=t.lr, warmup_lr=t.warmup_lr,
                                          min_lr=t.min_lr)
-        self.fingerprint = _fingerprint(cfg, ctx.world_size)
+        self.fingerprint = _fingerprint(cfg, ctx.world_size, getattr(self.model.source, "weights_sha256", None))
         self.epoch = 0  # completed epochs
         self.best = {"oa": None, "macc": None, "epoch": None}
         self.seconds_before = 0.0

@@ -106,7 +106,8 @@ class FrozenSource(nn.Module, abc.ABC):
 
     Attributes set by family files: ``name``, ``width``, ``depth``, ``heads``,
     ``position`` (a PositionTable), ``weights_tag`` (where the weights came from, e.g.
-    ``openai`` or ``random``), ``stem`` (what the source applies to its input embeddings
+    ``openai`` or ``random``), ``weights_sha256`` (the SHA-256 identity of the weights
+    file(s) it loaded, see any2point.weights; None for random weights), ``stem`` (what the source applies to its input embeddings
     before the first block, e.g. BERT's embedding LayerNorm; identity for most),
     ``blocks`` (ModuleList of SourceBlock) and ``final_norm``.
 
@@ -115,6 +116,7 @@ class FrozenSource(nn.Module, abc.ABC):
     """
 
     lora_targets: ClassVar[dict[str, tuple[str, ...]]] = {}  # families read theirs from the model
+    weights_sha256: str | None = None  # set by the family file that loaded the weights
 
     def __init__(self, name: str, width: int, heads: int, position: PositionTable,
                  blocks: nn.ModuleList, final_norm: nn.Module, weights_tag: str,

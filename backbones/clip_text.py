@@ -17,17 +17,16 @@ Choices:
 """
 from __future__ import annotations
 
-import os
-import warnings
-import zipfile
+import posixpath
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from any2point.errors import UnknownSourceError
+from any2point.errors import Any2PointError, UnknownSourceError, WeightsUnavailableError
 from any2point.registry import register_source
-from any2point.weights import hf_hub_cached, hub_offline, local_weights, unavailable
+from any2point.tensor_files import first_line, read_state_dict, refuse_torchscript
+from any2point.weights import file_sha256, hf_hub_cached, hub_file, local_weights, unavailable
 
 from .base import FrozenSource, PositionTable, SourceBlock, SourceMismatchError, linear_targets, with_ffn
 
@@ -38,8 +37,7 @@ MODEL = "ViT-L-14"
 TAG = "openai"
 SOT_TOKEN = 49406  # "<start_of_text>" in CLIP's BPE vocabulary (open_clip SimpleTokenizer.sot_token_id)
 CLIP_VOCAB = 49408
-_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-_URL_CACHE = Path(os.path.expanduser("~/.cache/clip"))  # open_clip's cache for direct URL downloads
+_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # open_clip's names, safetensors first
 
 
 def causal_mask(T: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -127,33 +125,25 @@ def _text_prefix(keys, wanted: set[str]) -> str:
     return "text." if not wanted & keys and any(k.startswith("text.") for k in keys) else ""
 
 
-def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives are zips holding ``constants.pkl`` (plain torch.save zips do not)."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith("/constants.pkl") for n in z.namelist())
-
-
-def read_tower_state(path: Path, wanted: set[str], prefix_of) -> dict[str, torch.Tensor]:
-    """The tensors of one tower of a CLIP checkpoint (open_clip or OpenAI layout), by key;
-    ``prefix_of(keys)`` says under which prefix the tower's keys are stored."""
+def read_tower_state(path: Path, wanted: set[str], prefix_of, name: str) -> dict[str, torch.Tensor]:
+    """The tensors of one tower of a CLIP checkpoint (open_clip or OpenAI key layout), by key;
+    ``prefix_of(keys)`` says under which prefix the tower's keys are stored. safetensors, or a
+    ``torch.save`` state dict read with ``weights_only=True``; TorchScript archives (OpenAI's own
+    ``.pt`` release files) are refused: loading one runs the code it carries."""
+    refuse_torchscript(path, name)  # whatever its name says
     if path.suffix == ".safetensors":  # read only this tower's tensors, not the other tower
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
-            prefix = prefix_of(keys)
-            return {k[len(prefix):]: f.get_tensor(k) for k in keys
-                    if k.startswith(prefix) and k[len(prefix):] in wanted}
-    if _is_torchscript(path):  # OpenAI's own ViT-L-14.pt; torch.load(weights_only=True) refuses these
-        with warnings.catch_warnings():  # torch marks jit.load deprecated; it is the only reader of this format
-            warnings.simplefilter("ignore", FutureWarning)
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()
-    else:
-        from open_clip.factory import load_state_dict
-
-        state = load_state_dict(str(path))  # handles {'state_dict': ...} and 'module.' prefixes
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                keys = list(f.keys())
+                prefix = prefix_of(keys)
+                return {k[len(prefix):]: f.get_tensor(k) for k in keys
+                        if k.startswith(prefix) and k[len(prefix):] in wanted}
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise WeightsUnavailableError(f"{name}: {path} is not a readable safetensors file "
+                                          f"({first_line(exc)})") from None
+    state = read_state_dict(path, name)  # unwraps {'state_dict': ...} and 'module.' prefixes
     prefix = prefix_of(state)
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix):] in wanted}
 
@@ -162,7 +152,7 @@ def load_tower_weights(tower: nn.Module, path: Path, name: str, arch: str, prefi
                        layout: str) -> None:
     """Load one tower from ``path``; missing or mis-shaped tensors are named in the error."""
     wanted = {k for k in tower.state_dict() if not k.startswith(skip)}
-    state = read_tower_state(path, wanted, prefix_of)
+    state = read_tower_state(path, wanted, prefix_of, name)
     missing = sorted(wanted - set(state))
     if missing:
         shown = ", ".join(missing[:8]) + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else "")
@@ -182,61 +172,83 @@ def _load_text_weights(text: nn.Module, path: Path, name: str, arch: str = MODEL
                        "positional_embedding, token_embedding.weight, ln_final.*")
 
 
-def official_checkpoint(name: str, arch: str = MODEL, tag: str = TAG) -> Path:
-    """The ``tag`` checkpoint of ``arch`` through open_clip's own download and cache."""
+def _hub_location(arch: str, tag: str) -> tuple[str, tuple[str, ...]]:
+    """(hub repository, file names to try) of open_clip's ``tag`` weights of ``arch``; open_clip
+    writes ``org/model/`` (its default file names) or ``org/model/<file>``."""
+    import open_clip
+
+    hub = open_clip.get_pretrained_cfg(arch, tag).get("hf_hub") or ""
+    repo, filename = (hub.strip("/"), "") if hub.endswith("/") else posixpath.split(hub)
+    if not filename:
+        return repo, _HUB_FILES
+    stem = filename.rsplit(".", 1)[0]
+    safe = "open_clip_model.safetensors" if filename == "open_clip_pytorch_model.bin" else stem + ".safetensors"
+    return repo, (safe, filename) if safe != filename else (filename,)
+
+
+def official_checkpoint(name: str, arch: str = MODEL, tag: str = TAG) -> tuple[Path, str]:
+    """(path, SHA-256) of open_clip's ``tag`` weights of ``arch`` from the Hugging Face hub (its
+    cache, or a download when online), verified against the cache's blob name. OpenAI's own
+    release URLs are never used: those files are TorchScript archives."""
     import open_clip
 
     cfg = open_clip.get_pretrained_cfg(arch, tag)
     if not cfg:
         raise UnknownSourceError(f"{name}: open_clip has no pretrained tag {tag!r} for {arch}; tags: "
                                  + ", ".join(open_clip.list_pretrained_tags_by_model(arch)))
-    hub = (cfg.get("hf_hub") or "").strip("/")
-    url_file = _URL_CACHE / os.path.basename(cfg["url"]) if cfg.get("url") else None
-    where = " or ".join(w for w in (f"https://huggingface.co/{hub}" if hub else "", cfg.get("url") or "") if w)
-    hub_cached = bool(hub) and hf_hub_cached(hub, _HUB_FILES)
-    if not hub_cached and url_file is not None and url_file.is_file():  # an earlier download of the URL's file
-        return url_file
+    repo, files = _hub_location(arch, tag)
+    what = f"the CLIP {arch} `{tag}` checkpoint ({files[0]})"
+    url = f"https://huggingface.co/{repo}" if repo else "the Hugging Face hub"
+    extra = "a full CLIP or single-tower state dict in open_clip/OpenAI layout is expected (safetensors, or plain " \
+            "tensors saved with torch.save)"
+    if cfg.get("url"):
+        extra += f"; the release file {cfg['url']} is a TorchScript archive and is never read"
+    if not repo:
+        raise unavailable(name, what=what, url=url, extra=extra)
     try:
-        if hub_offline() and not hub_cached:
-            raise ConnectionError("HF_HUB_OFFLINE is set and neither the hub cache nor ~/.cache/clip holds a copy")
-        path = open_clip.download_pretrained(cfg)
-        if not path:
-            raise FileNotFoundError("open_clip returned no checkpoint path")
+        return hub_file(repo, files, name)
+    except Any2PointError:
+        raise  # a damaged or replaced cache file: the message says what to delete
     except Exception as exc:
-        what = f"the CLIP {arch} `{tag}` checkpoint (open_clip_model.safetensors or the release file)"
-        layout = "a full CLIP or single-tower state dict in open_clip/OpenAI layout is expected"
-        raise unavailable(name, what=what, url=where, extra=layout, cause=exc) from exc
-    return Path(path)
+        raise unavailable(name, what=what, url=url, extra=extra, cause=exc) from exc
 
 
 def official_cached(arch: str = MODEL, tag: str = TAG) -> bool:
-    """Whether the ``tag`` weights of ``arch`` are on this machine (no network)."""
-    import open_clip
-
-    cfg = open_clip.get_pretrained_cfg(arch, tag)
-    hub = (cfg.get("hf_hub") or "").strip("/")
-    return (bool(hub) and hf_hub_cached(hub, _HUB_FILES)) or bool(
-        cfg.get("url") and (_URL_CACHE / os.path.basename(cfg["url"])).is_file())
+    """Whether the ``tag`` weights of ``arch`` are in the hub cache (no network; verified on use)."""
+    repo, files = _hub_location(arch, tag)
+    return bool(repo) and hf_hub_cached(repo, files)
 
 
 def build_clip_text(name: str = "clip_text", *, arch: str = MODEL, tag: str = TAG, pretrained: bool = True,
                     weights: str | None = None, causal: bool = False) -> ClipTextSource:
-    """Random, a local checkpoint (``source.weights``), or open_clip's ``tag`` download."""
-    path, weights_tag = None, "random"
-    if pretrained:  # find the weights before building, so a missing file fails fast
-        local = local_weights(weights, name)
-        path = local if local is not None else official_checkpoint(name, arch, tag)
-        weights_tag = f"file:{local.name}" if local is not None else tag
+    """Random, a local checkpoint (``source.weights``), or open_clip's ``tag`` weights from the hub."""
+    path, weights_tag, digest = pretrained_location(name, arch, tag, pretrained, weights)
     text = _text_tower(name, arch, tag)
     if path is not None:
         _load_text_weights(text, path, name, arch)
     text.eval()
-    return ClipTextSource(name, text, weights_tag, causal=causal)
+    source = ClipTextSource(name, text, weights_tag, causal=causal)
+    source.weights_sha256 = digest
+    return source
+
+
+def pretrained_location(name: str, arch: str, tag: str, pretrained: bool,
+                        weights: str | None) -> tuple[Path | None, str, str | None]:
+    """(path, weights tag, SHA-256) of the weights to load: none (random), the checked local
+    file of ``source.weights``, or the verified hub copy. Found before building, so a missing or
+    refused file fails fast."""
+    if not pretrained:
+        return None, "random", None
+    local = local_weights(weights, name)
+    if local is not None:
+        return local, f"file:{local.name}", file_sha256(local, name)
+    path, digest = official_checkpoint(name, arch, tag)
+    return path, tag, digest
 
 
 @register_source("clip_text", family="open_clip", position=PositionTable("1d", (77,)), width=768, depth=12,
-                 heads=12, origin=f"open_clip {MODEL} `{TAG}` (HF hub timm/vit_large_patch14_clip_224.openai / "
-                 "OpenAI URL)", licence="MIT", weights_available=lambda: official_cached(MODEL, TAG))
+                 heads=12, origin=f"open_clip {MODEL} `{TAG}` (HF hub timm/vit_large_patch14_clip_224.openai)",
+                 licence="MIT", weights_available=lambda: official_cached(MODEL, TAG))
 def clip_text(pretrained: bool = True, weights: str | None = None, causal: bool = False) -> ClipTextSource:
     """OpenAI CLIP ViT-L/14 text tower (language); attention is bidirectional unless causal=True."""
     return build_clip_text("clip_text", pretrained=pretrained, weights=weights, causal=causal)

@@ -9,17 +9,14 @@ trunks (use ``timm:``), attentional pooling that changes the final norm's width.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from any2point.errors import UnknownSourceError
 from any2point.registry import register_family
-from any2point.weights import local_weights
 
 from .base import FrozenSource, PositionTable, SourceMismatchError, linear_targets
-from .clip_text import ClipTextBlock, build_clip_text, load_tower_weights, official_checkpoint, open_clip_config
+from .clip_text import ClipTextBlock, build_clip_text, load_tower_weights, open_clip_config, pretrained_location
 
 __all__ = ["ClipVisualSource", "build_clip_visual", "open_clip_by_name"]
 
@@ -78,19 +75,17 @@ def _visual_prefix(keys) -> str:
 
 def build_clip_visual(name: str, *, arch: str, tag: str, pretrained: bool = True,
                       weights: str | None = None) -> ClipVisualSource:
-    """Random, a local checkpoint (``source.weights``), or open_clip's ``tag`` download."""
-    path, weights_tag = None, "random"
-    if pretrained:
-        local = local_weights(weights, name)
-        path = local if local is not None else official_checkpoint(name, arch, tag)
-        weights_tag = f"file:{Path(local).name}" if local is not None else tag
+    """Random, a local checkpoint (``source.weights``), or open_clip's ``tag`` weights from the hub."""
+    path, weights_tag, digest = pretrained_location(name, arch, tag, pretrained, weights)
     visual = _vision_tower(name, arch, tag)
     if path is not None:
         load_tower_weights(visual, path, name, arch, _visual_prefix, skip=("proj", "attn_pool"),
                            layout="image tower under visual.: conv1.*, class_embedding, positional_embedding, "
                            "transformer.resblocks.N.*, ln_pre.*, ln_post.*")
     visual.eval()
-    return ClipVisualSource(name, visual, weights_tag)
+    source = ClipVisualSource(name, visual, weights_tag)
+    source.weights_sha256 = digest
+    return source
 
 
 @register_family("open_clip", library="open_clip", syntax="open_clip:<arch>:<tag>[:visual]",

@@ -9,14 +9,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from any2point.errors import WeightsUnavailableError
 from any2point.registry import register_family
-from any2point.weights import local_weights, unavailable
+from any2point.tensor_files import first_line
+from any2point.weights import local_weights
 
 from .bert import BertSource
-from .hf_load import build_hf
+from .hf_load import build_hf, checked_config, hub_config_folder
 from .hf_vit import HfViTSource
 
-__all__ = ["hf_by_name"]
+__all__ = ["hf_by_name", "names_folder"]
+
+
+def names_folder(model: str) -> bool:
+    """Whether ``hf:<model>`` names a local folder rather than a hub id (a path form)."""
+    return model.startswith(("/", "./", "../", "~")) or Path(os.path.expanduser(model)).is_dir()
 
 
 def _folder(model: str) -> Path | None:
@@ -28,15 +35,14 @@ def _folder(model: str) -> Path | None:
     return None
 
 
-def _config(name: str, model: str, overrides: dict):
+def _config(name: str, where: str, overrides: dict):
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(model)
-    except Exception as exc:  # offline without a cached copy, or no such model id
-        raise unavailable(name, what=f"the transformers folder of {model} (config.json and weights)",
-                          url=f"https://huggingface.co/{model}", extra="or name the folder: hf:/path/to/folder",
-                          cause=exc) from exc
+        config = AutoConfig.from_pretrained(where)
+    except Exception as exc:  # not a transformers config (or one that asks for remote code)
+        raise WeightsUnavailableError(f"{name}: cannot read {where}/config.json as a transformers config: "
+                                      f"{type(exc).__name__}: {first_line(exc)}") from None
     for key, value in overrides.items():
         if not hasattr(config, key):
             raise TypeError(f"{name}: {type(config).__name__} has no setting {key!r} (from source.options)")
@@ -49,14 +55,19 @@ def _config(name: str, model: str, overrides: dict):
                          "ViT-style image encoders (ViTModel)",
                  example="hf:bert-base-uncased")
 def hf_by_name(model: str, pretrained: bool = True, weights: str | None = None, **config_overrides):
-    """A transformers model; ``config_overrides`` set fields of its config (e.g. num_hidden_layers)."""
+    """A transformers model; ``config_overrides`` set fields of its config (e.g. num_hidden_layers).
+    ``weights`` (a folder) wins over a folder named by ``model``: a checkpoint's source name is
+    never opened when the weights are given."""
     name = f"hf:{model}"
-    folder = _folder(model)
-    local = local_weights(weights, name) if pretrained else None
-    where = folder or local
-    config = _config(name, str(where) if where is not None else model, config_overrides)
+    local = local_weights(weights, name, folder=True)
+    folder = local if local is not None else _folder(model)
+    if folder is None:  # a hub id: its config.json from the verified hub cache
+        where, _ = hub_config_folder(name, model, with_weights=False)
+    else:
+        checked_config(folder, name)
+        where = folder
+    config = _config(name, str(where), config_overrides)
     image = hasattr(config, "image_size") and hasattr(config, "patch_size")
-    if weights is None and folder is not None:
-        weights = str(folder)  # a local copy: tagged by its folder name, never looked up on the hub
     return build_hf(name, HfViTSource if image else BertSource, pretrained=pretrained, random_config=lambda: config,
-                    hub_id=model, weights=weights, config=config if config_overrides else None)
+                    hub_id=model, weights=None if folder is None else str(folder),  # a local copy: never the hub
+                    config=config if config_overrides else None)

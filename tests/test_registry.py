@@ -3,6 +3,7 @@ mechanics (unknown names, entry-point plug-ins) and weight resolution (offline e
 local files through ``source.weights``)."""
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import logging
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import _build_text_tower
 from open_clip.transformer import Transformer as OpenClipTransformer
+from safetensors.torch import save as safetensors_bytes
 from safetensors.torch import save_file
 from torch import nn
 from transformers.models.bert.modeling_bert import BertEncoder
@@ -31,6 +33,7 @@ from any2point.backbones.hf_vit import HfViTBlock
 from any2point.backbones.imagebind_audio import ImageBindAudioBlock
 from any2point.backbones.vit import TimmBlock
 from any2point.errors import UnknownSourceError, WeightsUnavailableError
+from .hub_cache import plant_hub_file
 
 BIG = {"clip_text", "dinov2", "deit_base", "roberta_base", "imagebind_audio"}
 
@@ -322,7 +325,7 @@ class _OpenAIHolder(nn.Module):
         return self.ln_final(x + self.positional_embedding) @ self.text_projection
 
 
-@pytest.mark.parametrize("layout", ["clip.safetensors", "custom_text.pt", "openai_jit.pt"])
+@pytest.mark.parametrize("layout", ["clip.safetensors", "custom_text.pt"])
 def test_clip_text_checkpoint_loads_through_source_weights(small_clip, tmp_path, layout):
     torch.manual_seed(1)
     donor = _small_text_tower()
@@ -331,21 +334,30 @@ def test_clip_text_checkpoint_loads_through_source_weights(small_clip, tmp_path,
         state.update({"visual.proj": torch.randn(8, 32), "logit_scale": torch.tensor(4.6)})
         path = tmp_path / layout
         save_file(state, str(path))
-    elif layout == "custom_text.pt":  # open_clip CustomTextCLIP layout: the text tower under "text."
+    else:  # open_clip CustomTextCLIP layout: the text tower under "text.", plain tensors saved with torch.save
         state = {"text." + k: v for k, v in state.items()} | {"visual.proj": torch.randn(8, 32)}
         path = tmp_path / layout
         torch.save({"state_dict": state}, path)
-    else:  # OpenAI's release: a TorchScript archive
-        path = tmp_path / layout
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)  # the release's format
-            torch.jit.save(torch.jit.trace(_OpenAIHolder(donor), torch.randn(1, 77, 64)), str(path))
     source = any2point.create_source("clip_text", weights=str(path))
     assert source.weights_tag == f"file:{layout}"
+    assert source.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert torch.equal(source.positional_embedding, donor.positional_embedding)
     assert torch.equal(source.cls_token(), donor.token_embedding.weight[49406])
     assert torch.equal(source.blocks[1].block.attn.in_proj_weight, donor.transformer.resblocks[1].attn.in_proj_weight)
     assert torch.equal(source.final_norm.weight, donor.ln_final.weight)
+
+
+def test_clip_text_refuses_an_openai_torchscript_release_file(small_clip, tmp_path):
+    """OpenAI's ViT-L-14.pt is a TorchScript archive: refused by name, never loaded."""
+    path = tmp_path / "ViT-L-14.pt"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)  # the release's format
+        torch.jit.save(torch.jit.trace(_OpenAIHolder(_small_text_tower()), torch.randn(1, 77, 64)), str(path))
+    with pytest.raises(WeightsUnavailableError) as err:
+        any2point.create_source("clip_text", weights=str(path))
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg and "TorchScript" in msg
+    assert "open_clip_model.safetensors" in msg and "timm/vit_large_patch14_clip_224.openai" in msg
 
 
 def test_clip_text_incomplete_checkpoint_names_missing_keys(small_clip, tmp_path):
@@ -362,7 +374,6 @@ def test_clip_text_offline_without_copy_names_url(small_clip, tmp_path, monkeypa
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
-    monkeypatch.setattr(clip_text_module, "_URL_CACHE", tmp_path / "empty-clip-cache")
     with pytest.raises(WeightsUnavailableError) as err:
         any2point.create_source("clip_text")
     assert "https://huggingface.co/timm/vit_large_patch14_clip_224.openai" in str(err.value)
@@ -401,20 +412,34 @@ def test_sources_table_lists_every_source_without_building_any(monkeypatch, caps
         assert syntax in table
 
 
-def test_clip_text_uses_an_earlier_openai_download_offline(small_clip, tmp_path, monkeypatch):
+def test_clip_text_reads_the_hub_cache_only_when_the_blob_verifies(small_clip, tmp_path, monkeypatch):
+    """Offline, the official weights come from the hub cache, and only when the content hashes to
+    the blob's name; OpenAI's own download folder (~/.cache/clip) is never read."""
     import huggingface_hub.constants
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
-    monkeypatch.setattr(clip_text_module, "_URL_CACHE", tmp_path / "clip")
-    assert not any2point.get_source_spec("clip_text").weights_available()
-    (tmp_path / "clip").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    hub = tmp_path / "hub-cache"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
     donor = _small_text_tower()
+    (tmp_path / ".cache" / "clip").mkdir(parents=True)  # an "earlier download" of the release file: ignored
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)  # the release's format
-        traced = torch.jit.trace(_OpenAIHolder(donor), torch.randn(1, 77, 64))
-        torch.jit.save(traced, str(tmp_path / "clip" / "ViT-L-14.pt"))
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+        torch.jit.save(torch.jit.trace(_OpenAIHolder(donor), torch.randn(1, 77, 64)),
+                       str(tmp_path / ".cache" / "clip" / "ViT-L-14.pt"))
+    assert not any2point.get_source_spec("clip_text").weights_available()
+    with pytest.raises(WeightsUnavailableError, match="https://huggingface.co/timm/vit_large_patch14_clip_224.openai"):
+        any2point.create_source("clip_text")
+    data = safetensors_bytes({k: v.contiguous() for k, v in donor.state_dict().items()})
+    repo = "timm/vit_large_patch14_clip_224.openai"
+    link = plant_hub_file(hub, repo, "open_clip_model.safetensors", data)
     assert any2point.get_source_spec("clip_text").weights_available()
     source = any2point.create_source("clip_text")
-    assert source.weights_tag == "openai"
+    assert source.weights_tag == "openai" and source.weights_sha256 == hashlib.sha256(data).hexdigest()
     assert torch.equal(source.blocks[0].block.mlp.c_proj.weight, donor.transformer.resblocks[0].mlp.c_proj.weight)
+    # the same name over other content: refused, naming the blob
+    blob = link.resolve()
+    blob.write_bytes(safetensors_bytes({k: torch.zeros_like(v) for k, v in donor.state_dict().items()}))
+    with pytest.raises(WeightsUnavailableError) as err:
+        any2point.create_source("clip_text")
+    assert blob.name in str(err.value) and "delete" in str(err.value) and "\n" not in str(err.value)

@@ -18,7 +18,6 @@ from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel, RoF
 
 import any2point
 from any2point.backbones.base import PositionTable, SourceMismatchError
-from any2point.backbones import clip_text as clip_text_module
 from any2point.checkpoint import load_checkpoint
 from any2point.errors import UnknownSourceError, WeightsUnavailableError
 from any2point.source_overrides import route_source_overrides
@@ -258,7 +257,7 @@ def test_pretrained_offline_without_copy_says_what_to_download_and_where(tmp_pat
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
-    monkeypatch.setattr(clip_text_module, "_URL_CACHE", tmp_path / "empty-clip-cache")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/clip is read either way
     with pytest.raises(WeightsUnavailableError) as err:
         any2point.create_source(name)
     msg = str(err.value)

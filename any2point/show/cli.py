@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"points read per file (default: the checkpoint's, else {d.points})")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of mesh surface sampling")
     p.add_argument("--dpi", type=int, default=d.dpi, help=f"resolution of the PNGs (default {d.dpi})")
-    p.add_argument("--weights", help="with --checkpoint: a local copy of the source weights, if they moved")
+    p.add_argument("--weights", help="with --checkpoint: the source's weights file (or hf folder) when the run was "
+                   "trained on a local copy (checked against the SHA-256 the checkpoint records)")
     p.add_argument("--html", action="store_true", help="also write <file>_cloud.html, the cloud to rotate in a browser")
     return p
 
