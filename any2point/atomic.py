@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -72,9 +73,10 @@ def atomic_write_safetensors(path: str | os.PathLike, tensors: Mapping[str, "tor
         try:
             save_file(dict(tensors), tmp, metadata=dict(metadata) if metadata else None)
         except SafetensorError as exc:  # safetensors reports a failed write (ENOSPC, EFBIG) as its own error
-            if "I/O error" not in str(exc):
+            code = re.search(r"I/O error: .*\(os error (\d+)\)", str(exc))
+            if code is None:  # not a failed write: a bug, with its traceback
                 raise
-            raise OSError(str(exc).split("I/O error: ", 1)[-1]) from None
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from None
         digest["sha256"] = file_sha256(tmp)
 
     atomic_write(path, write)

@@ -78,7 +78,8 @@ def check_data_options(cfg: Any) -> None:
 
 def _epoch_pools(options: dict, fmt: str, protocol) -> tuple[int, int]:
     """(pools, points to load per stored cloud) of the training split (``data.protocol.fps_pools``)."""
-    pools = int((options.get("protocol") or {}).get("fps_pools") or 1)
+    pools = (options.get("protocol") or {}).get("fps_pools")
+    pools = 1 if pools is None else pools
     checks.integer("data.protocol.fps_pools", pools, 1)
     if pools == 1:
         return 1, protocol.pool_size("train")
