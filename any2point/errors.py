@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
 __all__ = ["Any2PointError", "UnknownSourceError", "WeightsUnavailableError", "DataError", "ConfigError",
-           "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "RunDirectoryLockedError", "TrainingDivergedError", "OutputWriteError", "USER_ERROR_EXIT",
-           "exit_on_user_error", "user_errors_exit"]
+           "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "RunDirectoryLockedError", "TrainingDivergedError", "USER_ERROR_EXIT",
+           "exit_on_user_error", "user_errors_exit", "OutputWriteError"]
 
 USER_ERROR_EXIT = 1  # exit status of a command stopped by a user error
 

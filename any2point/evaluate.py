@@ -81,8 +81,8 @@ def run_eval(cfg: DictConfig, run_dir: str | Path) -> dict:
             data_cfg = _checkpoint_data_config(trained.get("data"), cfg.checkpoint)
         data_cfg.num_points = int(cfg.eval.num_points or info["num_points"])
         check_data_values(data_cfg)  # the checkpoint's data config too, before any data is read
-        check_cloud_size(TokenizerConfig(**info["model"]["tokenizer"]), data_cfg.num_points,
-                         where="eval.num_points" if cfg.eval.num_points else "num_points")
+        if cfg.eval.num_points:  # the checkpoint's own number was checked with its JSON
+            check_cloud_size(TokenizerConfig(**info["model"]["tokenizer"]), data_cfg.num_points, "eval.num_points")
         seed = cfg.seed if cfg.seed is not None else trained.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise CheckpointError(f"{cfg.checkpoint}: the checkpoint's config.seed is {seed!r:.40}, not an integer; "

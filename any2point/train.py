@@ -229,7 +229,8 @@ class _Run:
             return
         what = (f"{len(bad)} trained tensors hold NaN or infinite values ({', '.join(bad[:3])}"
                 f"{', ...' if len(bad) > 3 else ''})" if bad else f"the mean training loss is {loss}")
-        kept = (f"{TRAINING_STATE} of epoch {self.epoch} is kept as it was" if self.epoch else "nothing was saved")
+        kept = (f"the files of epoch {self.epoch} ({TRAINING_STATE}, best_val.*) are kept as they were" if self.epoch
+                else "nothing was saved")
         raise TrainingDivergedError(f"training diverged in epoch {epoch}: {what}; lower train.lr "
                                     f"(now {self.cfg.train.lr}) or check the data; {kept}")
 

@@ -173,3 +173,14 @@ def test_a_warm_up_longer_than_the_run_is_allowed_with_a_warning(caplog):
     with caplog.at_level("WARNING", logger="any2point.config"):
         check_train_settings(cfg)
     assert "train.warmup_epochs=5.0 is longer than train.epochs=2" in caplog.text
+
+
+def test_evaluation_points_too_few_for_the_checkpoints_tokenizer_are_refused_before_data(finished_tiny_run,
+                                                                                        tmp_path):
+    from any2point.evaluate import run_eval
+
+    cfg = compose_config("eval", [f"checkpoint={finished_tiny_run}", "eval.num_points=8", "data=modelnet40",
+                                  f"data.root={tmp_path / 'nowhere'}"])  # reading data would be a DataError
+    with pytest.raises(ConfigError, match=r"^eval\.num_points=8, too few for the tokenizer|"
+                                          r"^model\.tokenizer\.k=\d+ neighbours, .*eval\.num_points=8"):
+        run_eval(cfg, tmp_path / "eval")

@@ -173,8 +173,8 @@ def test_a_diverging_epoch_stops_the_run_and_keeps_the_last_good_one(tmp_path):
     cfg = compose_config("train", _tiny("data.samples_per_class.train=4", "data.val_fraction=0.25",
                                         "train.batch_size=12", "train.epochs=2", "train.warmup_epochs=1",
                                         "train.warmup_lr=1e-6", "train.lr=1e308"))
-    with pytest.raises(TrainingDivergedError, match=r"^training diverged in epoch 2: .*; last\.safetensors of epoch 1 "
-                                                    r"is kept as it was$"):
+    with pytest.raises(TrainingDivergedError, match=r"^training diverged in epoch 2: .*; the files of epoch 1 "
+                                                    r"\(last\.safetensors, best_val\.\*\) are kept as they were$"):
         run_training(cfg, tmp_path)
     state = read_training_state(tmp_path / "last.safetensors")
     assert state.epoch == 1 and all(bool(torch.isfinite(t).all()) for t in state.tensors.values())

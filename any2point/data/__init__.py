@@ -60,8 +60,8 @@ def format_of(options: Mapping) -> str:
 def check_data_options(cfg: Any) -> None:
     """Refuse the data settings that are wrong whatever the files hold, before any is read:
     ``data.format``, ``data.up_axis``, ``data.on_error``, ``data.protocol.fps_pools``,
-    ``data.fewshot`` and the entries of ``data.augment`` / ``data.eval_transforms``. (The apps check ``data.num_points``
-    and ``data.val_fraction`` with the rest of the composed config.)"""
+    ``data.fewshot`` and the entries of ``data.augment`` / ``data.eval_transforms``. (The
+    apps check ``data.num_points`` and ``data.val_fraction`` with the rest of the config.)"""
     options = as_dict(cfg)
     fmt = format_of(options)
     up_axis = options.get("up_axis", "y")
@@ -85,7 +85,7 @@ def _epoch_pools(options: dict, fmt: str, protocol) -> tuple[int, int]:
         return 1, protocol.pool_size("train")
     if fmt not in _EPOCH_POOL_FORMATS:
         raise ConfigError(f"data.protocol.fps_pools > 1 needs stored clouds; data.format {fmt!r} has none "
-                         f"(supported: {sorted(_EPOCH_POOL_FORMATS)})")
+                          f"(supported: {sorted(_EPOCH_POOL_FORMATS)})")
     if fmt == "modelnet40_resampled":  # the pre-sampled clouds (8,192 FPS points) are the whole clouds
         return pools, int(options.get("presample_points") or 8192)
     return pools, _WHOLE_CLOUDS

@@ -81,7 +81,8 @@ def fewshot_of(data_cfg: Mapping[str, Any]) -> FewShotConfig | None:
         raise ConfigError(f"data.fewshot has unknown keys {unknown}; expected ways, shots, fold, queries")
     missing = [k for k in ("ways", "shots") if k not in node]
     if missing:
-        raise ConfigError(f"data.fewshot needs {' and '.join(missing)} (and optionally fold, queries); got {dict(node)}")
+        raise ConfigError(f"data.fewshot needs {' and '.join(missing)} (and optionally fold, queries); "
+                          f"got {dict(node)}")
     cfg = FewShotConfig(**node)
     for key, least in (("ways", 1), ("shots", 1), ("fold", 0), ("queries", 1)):
         value = getattr(cfg, key)
