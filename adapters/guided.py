@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from any2point import checks
+from any2point.errors import ConfigError
 from any2point.projections import ViewPositions
 
 from .bottleneck import BottleneckAdapter
@@ -44,7 +46,12 @@ from .cells import CellAssignment, batch_segments, cells_per_cloud, view_cells, 
 from .mini_attention import ViewMiniAttention
 from .pooling import POOL_MODES, pool_rows
 
-__all__ = ["AdapterConfig", "GuidedAdapters", "BlockAdapter", "SEAMS"]
+__all__ = ["AdapterConfig", "GuidedAdapters", "BlockAdapter", "SEAMS", "REFERENCES"]
+
+# the 3D reference the views are weighed against (AdapterConfig.reference)
+REFERENCES = ("voxel", "uniform")
+# where a post-LN block takes the aggregation term (AdapterConfig.seam)
+SEAMS = ("before_norm", "after_norm")
 
 
 @dataclass
@@ -65,8 +72,22 @@ class AdapterConfig:
     # ('before_norm') or is added after it ('after_norm', the placement before issue 26); pre-LN: the same
     seam: str = "before_norm"
 
-
-SEAMS = ("before_norm", "after_norm")
+    def __post_init__(self) -> None:
+        key = "model.adapter."
+        checks.integer(key + "rank", self.rank, 1)
+        checks.number(key + "scale", self.scale)
+        checks.number(key + "coef", self.coef)
+        checks.number(key + "cell", self.cell, above=0)
+        checks.number(key + "voxel", self.voxel, above=0)
+        checks.fraction(key + "dropout", self.dropout)
+        checks.integer(key + "mini_heads", self.mini_heads, 1)
+        checks.integer(key + "mini_head_dim", self.mini_head_dim, 1)
+        checks.one_of(key + "pool", self.pool, POOL_MODES)
+        checks.one_of(key + "reference", self.reference, REFERENCES)
+        checks.one_of(key + "seam", self.seam, SEAMS)
+        if self.guided and not self.view_cells and self.reference == "uniform":
+            raise ConfigError("model.adapter.view_cells=false with model.adapter.reference=uniform leaves nothing to "
+                              "aggregate; use model.adapter.guided=false for plain bottleneck adapters")
 
 
 def float32_statistics(x: torch.Tensor):
@@ -154,16 +175,7 @@ class GuidedAdapters(nn.Module):
 
     def __init__(self, width: int, depth: int, views: int, config: AdapterConfig,
                  canvas: tuple[int, int] | None = None, length: int | None = None):
-        super().__init__()
-        if config.reference not in ("voxel", "uniform"):
-            raise ValueError(f"adapter.reference must be 'voxel' or 'uniform', got {config.reference!r}")
-        if config.seam not in SEAMS:
-            raise ValueError(f"adapter.seam must be one of {', '.join(SEAMS)}, got {config.seam!r}")
-        if config.pool not in POOL_MODES:
-            raise ValueError(f"adapter.pool must be one of {POOL_MODES}, got {config.pool!r}")
-        if config.guided and not config.view_cells and config.reference == "uniform":
-            raise ValueError("adapter.view_cells=false with adapter.reference=uniform leaves nothing to aggregate; "
-                             "use adapter.guided=false for plain bottleneck adapters")
+        super().__init__()  # the config checked its own values (AdapterConfig.__post_init__)
         self.config, self.canvas, self.length, self.views = config, canvas, length, views
         self.blocks = nn.ModuleList(BlockAdapter(width, views, config) for _ in range(depth))
         self.cells_per_cloud = 0

@@ -5,8 +5,13 @@ Layout of a checkpoint ``<stem>``:
 - ``<stem>.safetensors``: the trained tensors (:func:`trained_state_dict`);
 - ``<stem>.json``: how to rebuild the rest: the source (name, pretrained, options, the
   ``weights_tag`` it loaded and the ``weights_sha256`` identity of the weights file(s)), the
-  model and peft configs, the class names, the number of points, the resolved run config and
-  the any2point version.
+  model and peft configs, the class names, the number of points, the resolved run config, the
+  any2point version and the SHA-256 of the ``.safetensors`` file written with it
+  (``tensors_sha256``).
+
+The two files are replaced one after the other, so a run killed between the two renames
+leaves a new ``.safetensors`` beside the previous ``.json``: the digest tells the pair apart,
+and :func:`load_checkpoint` refuses a pair whose tensors are not the ones its JSON describes.
 
 "Only what trained" is every state-dict entry outside ``source.`` (tokenizer, cls, adapters,
 norm, head and their BatchNorm buffers), plus the ``source.`` entries whose parameters have
@@ -27,6 +32,7 @@ older checkpoint's ``source.weights`` path is ignored, never followed.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -37,16 +43,16 @@ from typing import Any, Mapping
 import torch
 from omegaconf import OmegaConf
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
 
-from .atomic import atomic_write, atomic_write_json
-from .config import check_tokenizer_fits
+from .atomic import atomic_write_json, atomic_write_safetensors
 from .errors import (Any2PointError, CheckpointError, CheckpointMismatchError, CheckpointNotFoundError, ConfigError,
                      WeightsUnavailableError)
 from .factory import create_model
 from .model import Any2PointModel, ModelConfig
 from .peft import peft_config
 from .plain_data import PlainDataError, check_type, from_plain, refuse_interpolations
+from .tokenizer import check_cloud_size
 
 __all__ = ["CHECKPOINT", "BEST_VAL", "FORMAT", "INFO_FIELDS", "OPTIONAL_INFO_FIELDS", "SourceInfo",
            "trained_state_dict", "trained_keys", "save_checkpoint", "load_checkpoint",
@@ -83,6 +89,8 @@ INFO_FIELDS: dict[str, Any] = {
 OPTIONAL_INFO_FIELDS: dict[str, Any] = {
     "epoch": int, "val_oa": float | None, "val_macc": float | None, "metrics": dict[str, Any],
 }
+# Written by every save; a checkpoint written before the digest was recorded lacks it.
+DIGEST_FIELD = "tensors_sha256"
 
 
 # ----------------------------------------------------------------------------- what trained
@@ -148,8 +156,8 @@ def save_checkpoint(model: Any2PointModel, stem: str | Path, *, source: Mapping[
         "config": _jsonable(config),
     }
     weights = stem.with_name(stem.name + ".safetensors")
-    atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": str(FORMAT)}))
-    atomic_write_json(stem.with_name(stem.name + ".json"), info)
+    info[DIGEST_FIELD] = atomic_write_safetensors(weights, tensors, {"format": str(FORMAT)})
+    atomic_write_json(stem.with_name(stem.name + ".json"), info)  # after the tensors: see the module docstring
     return weights
 
 
@@ -192,7 +200,7 @@ def parse_checkpoint_info(text: str, where: str) -> dict:
     if raw.get("format") != FORMAT:
         raise CheckpointMismatchError(f"{where}: checkpoint format {raw.get('format')!r:.40}, this any2point reads "
                                       f"format {FORMAT}")
-    fields = {**INFO_FIELDS, **OPTIONAL_INFO_FIELDS}
+    fields = {**INFO_FIELDS, **OPTIONAL_INFO_FIELDS, DIGEST_FIELD: str}
     if isinstance(raw.get("source"), dict):  # older checkpoints: a weights path (ignored), no digest
         source = {k: v for k, v in raw["source"].items() if k != "weights"}
         source.setdefault("weights_sha256", None)
@@ -206,7 +214,10 @@ def parse_checkpoint_info(text: str, where: str) -> dict:
             raise PlainDataError(f"missing keys {missing}")
         refuse_interpolations(raw, "checkpoint")
         _placement_before_seam(raw)
-        info = {key: check_type(value, fields[key], key) for key, value in raw.items()}
+        try:  # the model section builds as ModelConfig, whose sections refuse bad values by key
+            info = {key: check_type(value, fields[key], key) for key, value in raw.items()}
+        except ConfigError as exc:
+            raise PlainDataError(str(exc)) from None
         digest = info["source"].weights_sha256
         if digest is not None and not _SHA256.fullmatch(digest):
             raise PlainDataError(f"source.weights_sha256: expected 64 lowercase hex digits, got {digest!r:.80}")
@@ -218,7 +229,7 @@ def parse_checkpoint_info(text: str, where: str) -> dict:
         if not 1 <= info["num_points"] <= MAX_NUM_POINTS:
             raise PlainDataError(f"num_points: expected a count in [1, {MAX_NUM_POINTS}], got {info['num_points']}")
         try:  # a checkpoint whose tokenizer cannot group its own clouds would fail deep in predict
-            check_tokenizer_fits(info["model"].tokenizer, info["num_points"], where="num_points")
+            check_cloud_size(info["model"].tokenizer, info["num_points"], where="num_points")
         except ConfigError as exc:
             raise PlainDataError(str(exc)) from None
         try:  # interpolations were refused above: the method's typed config sees plain data only
@@ -272,6 +283,26 @@ def _tensor_header(path: Path) -> dict[str, tuple[str, list[int]]]:
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); it may be truncated or "
                               f"damaged: {_REDO}") from None
+
+
+def _read_described_tensors(weights_path: Path, info: dict) -> dict[str, torch.Tensor]:
+    """The tensors of ``weights_path``, read once and checked against the digest its JSON
+    recorded: a file replaced after the JSON was read, or a pair left by a save killed between
+    its two renames, is refused rather than loaded under another file's description."""
+    try:
+        data = weights_path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{weights_path} could not be read ({exc}); {_REDO}") from None
+    recorded = info.get(DIGEST_FIELD)
+    if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
+        raise CheckpointError(f"{weights_path} is not the tensors file {weights_path.with_suffix('.json').name} "
+                              f"describes (its SHA-256 differs from the one recorded when the pair was written: a "
+                              f"save was interrupted between the two files, or one of them was replaced); use a "
+                              f"pair written together (rerun the training to rewrite it)")
+    try:
+        return load_safetensors(data)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{weights_path} could not be read ({exc}); {_REDO}") from None
 
 
 @dataclass
@@ -398,10 +429,7 @@ def load_checkpoint(path: str | Path, *, source: str | None = None, weights_tag:
              if list(state[k].shape) != shape]
     if wrong:
         raise CheckpointMismatchError(f"{weights_path}: tensors do not fit the model: {', '.join(wrong[:8])}")
-    try:
-        tensors = load_file(str(weights_path), device=str(map_location))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{weights_path} could not be read ({exc}); {_REDO}") from None
+    tensors = _read_described_tensors(weights_path, info)
     model.load_state_dict(tensors, strict=False)  # key sets and shapes were compared above
     model.to(map_location)
     return LoadedCheckpoint(model=model.eval(), info=info_as_plain(info), path=weights_path)

@@ -15,6 +15,7 @@ type fails at start-up with the key's name. Importing this module registers the 
 from __future__ import annotations
 
 import hashlib
+import logging
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict
@@ -22,15 +23,23 @@ from typing import Any, Dict
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from . import checks
+from .data import check_data_options
+from .distributed import ACCELERATORS, BACKENDS, STRATEGIES
+from .engine import PRECISIONS
 from .errors import ConfigError
 from .model import ModelConfig
 from .peft import PeftConfig, load_peft_methods
+from .run_data import EVAL_SPLITS
+from .tokenizer import NORMALIZE_MODES, check_cloud_size
 
 __all__ = ["job_dirname", "SourceConfig", "DataConfig", "TrainConfig", "TrainerConfig", "TrainAppConfig", "EvalOptions",
            "ExpectConfig", "EvalAppConfig", "register_configs", "check_required", "check_train_settings",
-           "CONFIG_MODULE"]
+           "check_eval_settings", "check_data_values", "CONFIG_MODULE"]
 
 CONFIG_MODULE = "any2point.conf"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,6 +89,23 @@ class TrainConfig:
     val_every: int = 1  # validate every N epochs (and always after the last)
     resume: bool = True  # continue from <run dir>/last.safetensors when it exists
 
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "eval_batch_size", "val_every"):
+            checks.integer(f"train.{key}", getattr(self, key), 1)
+        checks.number("train.lr", self.lr, above=0)
+        # the schedule: a linear warm-up from warmup_lr up to lr, then a cosine down to min_lr
+        checks.number("train.warmup_epochs", self.warmup_epochs, at_least=0)
+        checks.number("train.warmup_lr", self.warmup_lr, at_least=0, at_most=self.lr)
+        checks.number("train.min_lr", self.min_lr, at_least=0, at_most=self.lr)
+        checks.number("train.weight_decay", self.weight_decay, at_least=0)
+        if len(self.betas) != 2:
+            raise ConfigError(f"train.betas={list(self.betas)} must be two numbers in [0, 1) (AdamW's beta1, beta2)")
+        for i, beta in enumerate(self.betas):
+            checks.number(f"train.betas[{i}]", beta, at_least=0, below=1)
+        if self.grad_clip is not None:
+            checks.number("train.grad_clip", self.grad_clip, above=0)
+        checks.fraction("train.label_smoothing", self.label_smoothing)
+
 
 @dataclass
 class TrainerConfig:
@@ -95,6 +121,14 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the training forward (the saved/evaluated model stays eager)
     activation_checkpointing: bool = False  # recompute tokenizer stages, blocks+adapters in backward: less memory
     reuse_host_memory: bool = True  # glibc: recycle freed activation memory (any2point.runtime)
+
+    def __post_init__(self) -> None:
+        checks.one_of("trainer.accelerator", self.accelerator, ACCELERATORS)
+        checks.one_of("trainer.strategy", self.strategy, STRATEGIES)
+        checks.one_of("trainer.backend", self.backend, BACKENDS)
+        checks.one_of("trainer.precision", self.precision, PRECISIONS)
+        checks.integer("trainer.num_workers", self.num_workers, 0)
+        checks.optional_integer("trainer.threads", self.threads, 1, "torch's default")
 
 
 @dataclass
@@ -116,6 +150,18 @@ class EvalOptions:
     vote_scale: list[float] = field(default_factory=lambda: [0.85, 1.15])  # per-axis scale range of the voting passes
     num_points: int | None = None  # null: the checkpoint's
     normalize: str | None = None  # tokenizer offset normalisation (scan | modelnet); null: the checkpoint's
+
+    def __post_init__(self) -> None:
+        checks.one_of("eval.split", self.split, EVAL_SPLITS)
+        checks.integer("eval.batch_size", self.batch_size, 1)
+        checks.integer("eval.votes", self.votes, 1)
+        if len(self.vote_scale) != 2:
+            raise ConfigError(f"eval.vote_scale={list(self.vote_scale)} must be two numbers [low, high]")
+        checks.number("eval.vote_scale[0]", self.vote_scale[0], above=0)
+        checks.number("eval.vote_scale[1]", self.vote_scale[1], at_least=self.vote_scale[0])
+        checks.optional_integer("eval.num_points", self.num_points, 1, "the checkpoint's")
+        if self.normalize is not None:
+            checks.one_of("eval.normalize", self.normalize, NORMALIZE_MODES)
 
 
 @dataclass
@@ -169,32 +215,40 @@ def check_required(cfg: DictConfig) -> None:
                          + " (set them on the command line, e.g. " + f"{missing[0]}=...)")
 
 
-def _tokenizer_pools(tokenizer, num_points: int) -> list[int]:
-    """How many points each tokenizer stage groups from: the cloud, then the previous stage's
-    centres (null centres halve the count per stage, as ``PointTokenizer.centres_for``)."""
-    centres = list(tokenizer.centres) if tokenizer.centres is not None else \
-        [num_points >> (i + 1) for i in range(int(tokenizer.stages))]
-    return [num_points] + centres[:-1]
+def check_data_values(data: DictConfig) -> None:
+    """The ``data`` section: the keys every dataset config has, then the format's own options
+    (:func:`any2point.data.check_data_options`); nothing is read."""
+    checks.integer("data.num_points", data.get("num_points"), 1)
+    checks.fraction("data.val_fraction", data.get("val_fraction", 0.0))
+    check_data_options(data)
 
 
-def check_tokenizer_fits(tokenizer, num_points: int, where: str = "data.num_points") -> None:
-    """Refuse a tokenizer ``k`` outside [1, the fewest points a stage groups], naming the key."""
-    k = tokenizer.k
-    pools = _tokenizer_pools(tokenizer, num_points)
-    if k <= 0 or k > min(pools):
-        raise ConfigError(f"model.tokenizer.k={k} must be between 1 and the fewest points a tokenizer stage groups "
-                          f"({min(pools)}: stages group {pools} points with {where}={num_points})")
+def _build_sections(cfg: DictConfig, sections: tuple[str, ...]) -> dict[str, Any]:
+    """Each typed section of a composed config as its dataclass: building it runs the
+    dataclass's ``__post_init__``, which refuses a bad value by its full key."""
+    return {key: OmegaConf.to_object(cfg[key]) for key in sections if cfg.get(key) is not None}
 
 
 def check_train_settings(cfg: DictConfig) -> None:
-    """Refuse settings that cannot give a meaningful run, naming the key, before any data is read."""
-    t = cfg.train
-    for key in ("epochs", "batch_size", "eval_batch_size", "val_every"):
-        if t[key] is None or t[key] <= 0:
-            raise ConfigError(f"train.{key} must be a positive integer, got {t[key]}")
-    if not t.lr > 0:
-        raise ConfigError(f"train.lr must be positive, got {t.lr}")
-    num_points = cfg.data.num_points
-    if num_points is None or num_points <= 0:
-        raise ConfigError(f"data.num_points must be a positive integer, got {num_points}")
-    check_tokenizer_fits(cfg.model.tokenizer, int(num_points))
+    """Refuse any value of a composed training config that cannot give a meaningful run, naming
+    its key, before any data is read: the model, peft, train and trainer sections build as
+    their dataclasses, the data section is checked, then the rules across sections."""
+    built = _build_sections(cfg, ("model", "peft", "train", "trainer"))
+    check_data_values(cfg.data)
+    train: TrainConfig = built["train"]
+    model: ModelConfig = built["model"]
+    check_cloud_size(model.tokenizer, int(cfg.data.num_points))  # one rule with the tokenizer's own check
+    if train.batch_size < 2 and model.head.hidden:
+        raise ConfigError(f"train.batch_size={train.batch_size} must be at least 2: the head's BatchNorm layers "
+                          f"(model.head.hidden={list(model.head.hidden)}) need two samples per training batch")
+    if train.warmup_epochs > train.epochs:
+        log.warning("train.warmup_epochs=%s is longer than train.epochs=%s: the learning rate never reaches "
+                    "train.lr=%s", train.warmup_epochs, train.epochs, train.lr)
+
+
+def check_eval_settings(cfg: DictConfig) -> None:
+    """The same for a composed evaluation config: its eval and trainer sections, and its data
+    section when one is chosen (null: the checkpoint's, checked when the checkpoint is read)."""
+    _build_sections(cfg, ("eval", "trainer"))
+    if cfg.data is not None:
+        check_data_values(cfg.data)

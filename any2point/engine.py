@@ -96,7 +96,13 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         loss.backward()
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
+        try:
+            optimizer.step()
+        except RuntimeError as exc:  # an update beyond float32's range (e.g. train.lr=1e308)
+            if "overflow" not in str(exc):
+                raise
+            raise TrainingDivergedError(f"the optimizer step overflowed at epoch {epoch + 1}, step {step + 1} "
+                                        f"({exc}): lower train.lr") from None
         scheduler.step()
         n = labels.shape[0]
         loss_sum += loss.item() * n

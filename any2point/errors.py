@@ -15,7 +15,7 @@ from typing import Callable, Iterator, TypeVar
 
 __all__ = ["Any2PointError", "UnknownSourceError", "WeightsUnavailableError", "DataError", "ConfigError",
            "CheckpointError", "CheckpointNotFoundError", "CheckpointMismatchError", "RunDirectoryLockedError", "TrainingDivergedError", "USER_ERROR_EXIT",
-           "exit_on_user_error", "user_errors_exit"]
+           "exit_on_user_error", "user_errors_exit", "OutputWriteError"]
 
 USER_ERROR_EXIT = 1  # exit status of a command stopped by a user error
 
@@ -67,7 +67,13 @@ class CheckpointMismatchError(CheckpointError):
 
 
 class TrainingDivergedError(Any2PointError, FloatingPointError):
-    """The training loss stopped being finite (a learning rate too high, or bad data)."""
+    """The training loss or the trained tensors stopped being finite (a learning rate too high,
+    or bad data); nothing diverged was saved."""
+
+
+class OutputWriteError(Any2PointError, OSError):
+    """A file could not be written (a full disk, a quota, no permission); the previous version
+    of the file, if any, is unchanged."""
 
 
 class RunDirectoryLockedError(Any2PointError, RuntimeError):

@@ -23,12 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed, runtime
 from .atomic import atomic_write_json, atomic_write_text
 from .checkpoint import load_checkpoint, read_checkpoint_info
-from .config import CONFIG_MODULE, check_required
+from .config import CONFIG_MODULE, check_data_values, check_eval_settings, check_required
 from .errors import CheckpointError, exit_on_user_error, user_errors_exit
 from .engine import make_loader, predict
 from .metrics import ClassificationResult, classification_metrics
 from .plots import plot_confusion_matrix
 from .run_data import load_eval_split
+from .tokenizer import TokenizerConfig, check_cloud_size
 
 __all__ = ["evaluate_dataset", "write_split_results", "run_eval", "main", "METRICS_JSON"]
 
@@ -66,6 +67,7 @@ def write_split_results(run_dir: str | Path, split: str, result: ClassificationR
 def run_eval(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Evaluate ``cfg.checkpoint``; returns the metrics written to ``run_dir/metrics.json``."""
     check_required(cfg)
+    check_eval_settings(cfg)  # every value, before the checkpoint or any data is read
     run_dir = Path(run_dir)
     ctx = distributed.setup(cfg.trainer)
     try:
@@ -78,6 +80,9 @@ def run_eval(cfg: DictConfig, run_dir: str | Path) -> dict:
         else:
             data_cfg = _checkpoint_data_config(trained.get("data"), cfg.checkpoint)
         data_cfg.num_points = int(cfg.eval.num_points or info["num_points"])
+        check_data_values(data_cfg)  # the checkpoint's data config too, before any data is read
+        if cfg.eval.num_points:  # the checkpoint's own number was checked with its JSON
+            check_cloud_size(TokenizerConfig(**info["model"]["tokenizer"]), data_cfg.num_points, "eval.num_points")
         seed = cfg.seed if cfg.seed is not None else trained.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise CheckpointError(f"{cfg.checkpoint}: the checkpoint's config.seed is {seed!r:.40}, not an integer; "

@@ -23,7 +23,8 @@ from any2point.adapters import AdapterConfig, CellAssignment
 from any2point.backbones.base import FrozenSource
 from any2point.projections import LearnedPositionEncoding, ProjectionConfig, VirtualProjection
 
-from .init import initialise
+from . import checks
+from .init import INIT_SCHEMES, initialise
 from .peft import PeftConfig, create_peft_method
 from .recompute import run_maybe_recomputed
 from .tokenizer import PointTokenizer, TokenizerConfig
@@ -35,6 +36,14 @@ __all__ = ["HeadConfig", "ModelConfig", "Any2PointModel", "ClassifierHead"]
 class HeadConfig:
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        for i, width in enumerate(self.hidden):
+            checks.integer(f"model.head.hidden[{i}]", width, 1)
+        checks.fraction("model.head.dropout", self.dropout)
+
+
+CLS_CHOICES = ("source", "random")  # ModelConfig.cls_token / cls_position
 
 
 @dataclass
@@ -52,9 +61,10 @@ class ModelConfig:
     # are the source's, set at creation (source.options, e.g. attn_drop_rate, drop_path_rate)
     source_dropout: bool = False
 
-
-# where the projection PE is added (ProjectionConfig.inject)
-_INJECT = ("input", "every", "input_and_every", "none")
+    def __post_init__(self) -> None:  # each section checked its own values when it was built
+        checks.one_of("model.init", self.init, INIT_SCHEMES)
+        checks.one_of("model.cls_token", self.cls_token, CLS_CHOICES)
+        checks.one_of("model.cls_position", self.cls_position, CLS_CHOICES)
 
 
 class ClassifierHead(nn.Sequential):
@@ -88,18 +98,11 @@ class Any2PointModel(nn.Module):
         self.peft_method = create_peft_method(peft)
         self.config, self.peft_config, self.num_classes = config, self.peft_method.config, num_classes
         source = self.peft_method.prepare_source(source)
-        D = source.width
-        if config.projection.inject not in _INJECT:
-            raise ValueError(f"projection.inject must be one of {', '.join(_INJECT)}, got {config.projection.inject!r}")
-        for key in ("cls_token", "cls_position"):
-            if getattr(config, key) not in ("source", "random"):
-                raise ValueError(f"model.{key} must be 'source' or 'random', got {getattr(config, key)!r}")
+        D = source.width  # the config's values were checked when it was built (ModelConfig.__post_init__)
         self.source = source
         self.tokenizer = PointTokenizer(D, config.tokenizer)
         self.views = VirtualProjection(source.position, config.projection)
         self.learned_position = (LearnedPositionEncoding(D) if config.projection.kind == "learned" else None)
-        if config.projection.kind not in ("virtual", "learned"):
-            raise ValueError(f"projection.kind must be 'virtual' or 'learned', got {config.projection.kind!r}")
 
         cls = source.cls_token() if config.cls_token == "source" else None
         self.cls_token = nn.Parameter(cls.detach().clone() if cls is not None else torch.randn(D) * 0.02)

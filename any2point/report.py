@@ -11,12 +11,15 @@ difference to its baseline group with its own interval (:mod:`any2point.report_c
 Printed as markdown and written to ``DIR/report.md``; CSV in ``DIR/report.csv`` (runs),
 ``DIR/report_groups.csv`` and, with ``--compare``, ``DIR/report_compare.csv``. A run whose
 files cannot be used is skipped with a warning naming the file; the tables are still written.
+Text taken from run files (folder names, sources, labels, compared values) is escaped for
+markdown: a ``|`` cannot split a cell and a line break cannot end a row or start a heading.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import io
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -34,6 +37,16 @@ _HEADERS = {"run": "run", "source": "source", "data": "data", "peft": "peft", "s
             "oa": "OA", "macc": "mAcc", "trainable_params": "trainable params", "seconds": "time"}
 _NAMES = {"oa": "OA", "macc": "mAcc"}
 _CI = f"{round(LEVEL * 100)} % CI"
+
+
+# every character Python (and so a reader's splitlines) treats as a line break
+_LINE_BREAKS = re.compile("[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+")
+
+
+def _md(value) -> str:
+    """Run-file text as one markdown table cell or heading: line breaks become a space,
+    backslashes and ``|`` are escaped (GitHub's tables split cells at every unescaped ``|``)."""
+    return _LINE_BREAKS.sub(" ", str(value)).replace("\\", "\\\\").replace("|", "\\|")
 
 
 def _row(run: Run) -> dict:
@@ -76,7 +89,7 @@ def _cell(key: str, value) -> str:
         return _params(value)
     if key == "seconds":
         return _duration(value)
-    return str(value)
+    return _md(value)
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -119,7 +132,7 @@ def groups_table(groups: Sequence[Group]) -> str:
     lines = ["| " + " | ".join(heads) + " |", _rule(heads, heads[1:2] + heads[4:])]
     for g in groups:
         s = group_summary(g)
-        cells = [g.label, str(len(g.runs)), _seeds(g), g.split]
+        cells = [_md(g.label), str(len(g.runs)), _md(_seeds(g)), _md(g.split)]
         cells += [c for m in METRICS for c in (_mean_std(s[m]), _ci(s[m]))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -136,7 +149,7 @@ def compare_table(comparisons: Sequence[Comparison]) -> str:
     heads = ["group", "baseline", "pairing"] + [h for m in METRICS for h in (f"Δ{_NAMES[m]}", f"Δ{_NAMES[m]} {_CI}")]
     lines = ["| " + " | ".join(heads) + " |", _rule(heads, heads[3:])]
     for c in comparisons:
-        cells = [c.group.label, c.baseline.label, _method(c)]
+        cells = [_md(c.group.label), _md(c.baseline.label), _method(c)]
         cells += [x for m in METRICS for x in (_number(c.diffs[m].mean, True), _ci(c.diffs[m], True))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -197,13 +210,13 @@ def write_report(root: str | Path, compare: str | None = None, baseline: str | N
     atomic_write_text(root / "report_groups.csv", _csv(group_rows, _columns(group_rows, ["group"])))
     if compare is not None and groups:
         value, comparisons, notes = compare_groups(groups, compare, baseline)
-        notes = "".join(f"- not compared: {n}\n" for n in notes)
-        parts.append(f"## Difference to {compare}={value} (group - baseline; {_CI})\n\n"
+        notes = "".join(f"- not compared: {_md(n)}\n" for n in notes)
+        parts.append(f"## Difference to {_md(compare)}={_md(value)} (group - baseline; {_CI})\n\n"
                      f"{compare_table(comparisons)}" + (f"\n{notes}" if notes else ""))
         compare_rows = _compare_rows(compare, comparisons)
         atomic_write_text(root / "report_compare.csv", _csv(compare_rows, _columns(compare_rows, ["key"])))
     markdown = "\n".join(parts)
-    atomic_write_text(root / "report.md", f"# Runs below {root}\n\n{markdown}")
+    atomic_write_text(root / "report.md", f"# Runs below {_md(root)}\n\n{markdown}")
     return markdown, rows, problems
 
 

@@ -26,10 +26,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from . import runtime
-from .atomic import atomic_write
+from .atomic import atomic_write_safetensors
 from .errors import CheckpointError
 from .plain_data import PlainDataError, from_plain
 
@@ -134,7 +133,7 @@ def save_training_state(path: str | Path, *, epoch: int, model: Mapping[str, tor
             "optimizer_values": values, "scheduler": dict(scheduler),
             "rng": [_rng_entry(rank, state, tensors) for rank, state in enumerate(rng)]}
     metadata = {_METADATA_KEY: json.dumps(info)}
-    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write_safetensors(Path(path), tensors, metadata)
 
 
 # ----------------------------------------------------------------------------- reading

@@ -13,10 +13,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import checks
+from .errors import ConfigError
 from .ops import furthest_point_sample, gather_points, knn
 from .recompute import run_maybe_recomputed
 
-__all__ = ["TokenizerConfig", "PointTokenizer"]
+__all__ = ["TokenizerConfig", "PointTokenizer", "NORMALIZE_MODES", "centres_per_stage", "check_cloud_size"]
+
+# how a group's offsets are scaled (TokenizerConfig.normalize)
+NORMALIZE_MODES = ("scan", "modelnet")
 
 
 @dataclass
@@ -36,6 +41,55 @@ class TokenizerConfig:
     # 'scan': divide offsets by the group's max |offset| per axis (ScanObjectNN);
     # 'modelnet': divide by the std of the cloud's offsets + 1e-5 (ModelNet40).
     normalize: str = "scan"
+
+    def __post_init__(self) -> None:
+        checks.integer("model.tokenizer.stages", self.stages, 1)
+        checks.integer("model.tokenizer.k", self.k, 1)
+        if self.centres is not None:
+            centres = list(self.centres)
+            if len(centres) != self.stages or any(not isinstance(n, int) or n < 1 for n in centres) \
+                    or sorted(centres, reverse=True) != centres:
+                raise ConfigError(f"model.tokenizer.centres={centres} must be null (halve the points per stage) or "
+                                  f"{self.stages} positive counts, one per stage (model.tokenizer.stages), never "
+                                  f"increasing")
+        for key in ("blocks", "bottleneck"):
+            if len(getattr(self, key)) != self.stages:
+                raise ConfigError(f"model.tokenizer.{key}={list(getattr(self, key))} must have one entry per stage "
+                                  f"(model.tokenizer.stages={self.stages})")
+        for i, n in enumerate(self.blocks):
+            checks.integer(f"model.tokenizer.blocks[{i}]", n, 0)
+        for i, n in enumerate(self.bottleneck):
+            checks.optional_integer(f"model.tokenizer.bottleneck[{i}]", n, 1, "half the stage width")
+        checks.number("model.tokenizer.alpha", self.alpha, above=0)
+        checks.number("model.tokenizer.beta", self.beta, above=0)
+        checks.one_of("model.tokenizer.normalize", self.normalize, NORMALIZE_MODES)
+
+
+def centres_per_stage(config: TokenizerConfig, num_points: int) -> list[int]:
+    """Centres each stage picks from clouds of ``num_points`` points: ``config.centres``, or
+    (null) half of the points the stage groups (1024 -> 512, 256, 128)."""
+    if config.centres is not None:
+        return list(config.centres)
+    return [num_points >> (i + 1) for i in range(config.stages)]
+
+
+def check_cloud_size(config: TokenizerConfig, num_points: int, where: str | None = "data.num_points") -> None:
+    """Refuse clouds the tokenizer cannot group: stage i picks between 1 and the points it groups
+    (the cloud, then the previous stage's centres) and takes k of those as neighbours.
+    ``where`` names the setting that gave ``num_points`` (None: the clouds at hand)."""
+    subject = f"{where}={num_points}" if where else f"clouds have {num_points} points"
+    centres = centres_per_stage(config, num_points)
+    grouped = [num_points, *centres[:-1]]
+    for stage, (picked, pool) in enumerate(zip(centres, grouped), start=1):
+        if not 1 <= picked <= pool:
+            raise ConfigError(f"{subject}, too few for the tokenizer: stage {stage} of {len(centres)} would pick "
+                              f"{picked} centres from {pool} points (centres per stage {centres}, set by "
+                              f"model.tokenizer.centres); use more points or fewer centres")
+    for stage, pool in enumerate(grouped, start=1):
+        if config.k > pool:
+            raise ConfigError(f"model.tokenizer.k={config.k} neighbours, but this stage groups {pool} points (stage "
+                              f"{stage} of {len(grouped)}; {subject}): k must be between 1 and the fewest points "
+                              f"a stage groups ({min(grouped)})")
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -108,8 +162,6 @@ class TokenizerStage(nn.Module):
     def __init__(self, in_channels: int, k: int, num_blocks: int, hidden: int | None,
                  alpha: float, beta: float, normalize: str):
         super().__init__()
-        if normalize not in ("scan", "modelnet"):
-            raise ValueError(f"tokenizer.normalize must be 'scan' or 'modelnet', got {normalize!r}")
         self.k, self.normalize = k, normalize
         # Recompute grouped_features in backward instead of storing its activations.
         self.activation_checkpointing = False
@@ -132,10 +184,8 @@ class TokenizerStage(nn.Module):
     def group(self, xyz: torch.Tensor, num_centres: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The stage's geometry: FPS centres (indices (B, G) and points (B, G, 3)) and the indices
         of each centre's k nearest points (B, G, k). Distances in float32 even under autocast
-        (a bf16 matmul would pick other neighbours)."""
-        if not 0 < self.k <= xyz.shape[1]:
-            raise ValueError(f"model.tokenizer.k={self.k} neighbours, but this stage groups {xyz.shape[1]} points: "
-                             f"k must be between 1 and the points grouped")
+        (a bf16 matmul would pick other neighbours). The sizes are checked by the tokenizer
+        (:func:`check_cloud_size`)."""
         with torch.autocast(device_type=xyz.device.type, enabled=False):
             xyz = _wide(xyz)
             centre_idx = furthest_point_sample(xyz, num_centres)
@@ -168,11 +218,7 @@ class PointTokenizer(nn.Module):
         cfg = config or TokenizerConfig()
         if overrides:
             cfg = TokenizerConfig(**{**cfg.__dict__, **overrides})
-        stages = cfg.stages
-        if cfg.centres is not None and len(cfg.centres) != stages:
-            raise ValueError(f"tokenizer.centres needs one entry per stage ({stages}), got {list(cfg.centres)}")
-        if not (len(cfg.blocks) == len(cfg.bottleneck) == stages):
-            raise ValueError(f"tokenizer.blocks and tokenizer.bottleneck need one entry per stage ({stages})")
+        stages = cfg.stages  # the config checked its own values (TokenizerConfig.__post_init__)
         if width % 2 ** stages:
             raise ValueError(f"width {width} must be divisible by 2**stages = {2 ** stages}")
         self.config, self.width = cfg, width
@@ -185,14 +231,13 @@ class PointTokenizer(nn.Module):
             channels *= 2
 
     def centres_for(self, num_points: int) -> list[int]:
-        """Centres per stage for clouds of ``num_points`` points."""
-        if self.config.centres is not None:
-            return list(self.config.centres)
-        return [num_points >> (i + 1) for i in range(self.config.stages)]
+        """Centres per stage for clouds of ``num_points`` points (:func:`centres_per_stage`)."""
+        return centres_per_stage(self.config, num_points)
 
     def geometry(self, points: torch.Tensor) -> list[torch.Tensor]:
         """FPS and kNN of every stage without the learned layers (what the benches time):
         each stage's centres (B, G, 3)."""
+        check_cloud_size(self.config, points.shape[1], where=None)
         xyz, out = points, []
         for stage, n in zip(self.stages, self.centres_for(points.shape[1])):
             xyz = stage.group(xyz, n)[1]
@@ -202,10 +247,8 @@ class PointTokenizer(nn.Module):
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if points.dim() != 3 or points.shape[-1] != 3:
             raise ValueError(f"the tokenizer expects points of shape (B, N, 3), got {tuple(points.shape)}")
+        check_cloud_size(self.config, points.shape[1], where=None)
         centres = self.centres_for(points.shape[1])
-        if centres[0] > points.shape[1] or min(centres) < 1 or sorted(centres, reverse=True) != centres:
-            raise ValueError(f"clouds have {points.shape[1]} points; the tokenizer cannot pick {centres} centres "
-                             f"(each stage needs at most as many centres as the previous one has points)")
         xyz = points
         B, N, _ = points.shape
         feats = self.embed(points.reshape(B * N, 3)).view(B, N, -1)

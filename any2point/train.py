@@ -14,11 +14,15 @@ validation split), ``checkpoint.safetensors/.json`` (the final model, the one re
 Rerunning the same command on the same run directory (``hydra.run.dir=...``) continues from
 the last completed epoch; on CPU the result is bitwise that of an uninterrupted run. One
 process writes a run directory at a time (any2point.run_lock); settings that cannot work are
-refused before any data is read (any2point.config.check_train_settings).
+refused before any data is read (any2point.config.check_train_settings). After every epoch the
+trained tensors are checked before anything is validated or saved: a loss or a tensor that is
+no longer finite stops the run with :class:`~any2point.errors.TrainingDivergedError`, and the
+files of the last good epoch stay as they were.
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -33,7 +37,7 @@ from .atomic import atomic_write_json
 from .checkpoint import BEST_VAL, CHECKPOINT, save_checkpoint, trained_keys, trained_state_dict
 from .config import CONFIG_MODULE, check_required, check_train_settings
 from .engine import autocast, make_loader, train_one_epoch
-from .errors import CheckpointError, ConfigError, exit_on_user_error, user_errors_exit
+from .errors import CheckpointError, ConfigError, TrainingDivergedError, exit_on_user_error, user_errors_exit
 from .evaluate import METRICS_JSON, evaluate_dataset, write_split_results
 from .factory import create_model_from_config
 from .history import EpochHistory
@@ -114,6 +118,11 @@ class _Run:
         self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay, t.betas)
         self.train_loader = make_loader(self.splits.train, t.batch_size, ctx, train=True, seed=cfg.seed,
                                         num_workers=cfg.trainer.num_workers)
+        if len(self.train_loader) == 0:  # the loader drops an epoch's last incomplete batch
+            share = len(self.train_loader.sampler)
+            raise ConfigError(f"train.batch_size={t.batch_size} is more than the {share} training samples"
+                              f"{' per process' if ctx.distributed else ''}; an epoch drops its last incomplete "
+                              f"batch, so it would have no step: lower train.batch_size or add training data")
         self.scheduler = build_scheduler(self.optimizer, steps_per_epoch=len(self.train_loader), epochs=t.epochs,
                                          warmup_epochs=t.warmup_epochs, lr=t.lr, warmup_lr=t.warmup_lr,
                                          min_lr=t.min_lr)
@@ -196,6 +205,7 @@ class _Run:
                                         epochs=epochs, grad_clip=c.train.grad_clip,
                                         label_smoothing=c.train.label_smoothing, precision=c.trainer.precision,
                                         progress=c.trainer.progress)
+                self._refuse_non_finite(e + 1, stats.loss)  # before anything of this epoch is saved
                 val = None
                 if self.splits.val is not None and ((e + 1) % c.train.val_every == 0 or e + 1 == epochs):
                     val = self._evaluate(self.splits.val)
@@ -215,6 +225,22 @@ class _Run:
                 self._save_state()
         finally:
             history.close()
+
+    def _refuse_non_finite(self, epoch: int, loss: float) -> None:
+        """Stop when the epoch's loss or a trained tensor (parameter or statistic) is NaN or
+        infinite: the last step diverged, and saving or validating it would replace the last
+        good state with garbage."""
+        state = self.model.state_dict()
+        bad = [k for k in sorted(trained_keys(self.model, state))
+               if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all())]
+        if not bad and math.isfinite(loss):
+            return
+        what = (f"{len(bad)} trained tensors hold NaN or infinite values ({', '.join(bad[:3])}"
+                f"{', ...' if len(bad) > 3 else ''})" if bad else f"the mean training loss is {loss}")
+        kept = (f"the files of epoch {self.epoch} ({TRAINING_STATE}, best_val.*) are kept as they were" if self.epoch
+                else "nothing was saved")
+        raise TrainingDivergedError(f"training diverged in epoch {epoch}: {what}; lower train.lr "
+                                    f"(now {self.cfg.train.lr}) or check the data; {kept}")
 
     # -- the end --------------------------------------------------------------------------------
 

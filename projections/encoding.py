@@ -12,12 +12,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from any2point import checks
 from any2point.backbones.base import PositionTable
+from any2point.errors import ConfigError
 
 from .sampling import sample_grid, sample_rows
 from .views import cube_rotations, face_diagonals, pixels_to_grid, project_1d, project_2d
 
-__all__ = ["ProjectionConfig", "ViewPositions", "VirtualProjection", "LearnedPositionEncoding"]
+__all__ = ["ProjectionConfig", "ViewPositions", "VirtualProjection", "LearnedPositionEncoding", "KINDS",
+           "INJECT_MODES"]
+
+KINDS = ("virtual", "learned")  # ProjectionConfig.kind
+INJECT_MODES = ("input", "every", "input_and_every", "none")  # ProjectionConfig.inject
 
 
 @dataclass
@@ -35,6 +41,18 @@ class ProjectionConfig:
     translation: float = -1.8  # 2D: camera pushed back by t (ScanObjectNN -1.8, ModelNet -1.4)
     directions: list[list[float]] | None = None  # 1D line directions; default: the cube's face diagonals
     length: int | None = None  # 1D: how many table rows the lines span (default: all rows)
+
+    def __post_init__(self) -> None:
+        key = "model.projection."
+        checks.one_of(key + "kind", self.kind, KINDS)
+        checks.one_of(key + "inject", self.inject, INJECT_MODES)
+        checks.integer(key + "views", self.views, 1)  # the upper bound is the source's (VirtualProjection)
+        checks.number(key + "translation", self.translation)
+        if self.directions is not None and (len(self.directions) != self.views
+                                            or any(len(d) != 3 for d in self.directions)):
+            raise ConfigError(f"{key}directions={list(map(list, self.directions))} must be null (the cube's face "
+                              f"diagonals) or {self.views} 3-vectors ({key}views={self.views})")
+        checks.optional_integer(key + "length", self.length, 2, "all rows of the table")
 
 
 @dataclass(frozen=True)
@@ -62,8 +80,9 @@ class VirtualProjection(nn.Module):
         else:
             dirs = (torch.tensor(config.directions, dtype=torch.float32) if config.directions is not None
                     else face_diagonals()[: config.views])
-            if dirs.dim() != 2 or dirs.shape[-1] != 3 or len(dirs) != config.views:
-                raise ValueError(f"projection.directions must be {config.views} 3-vectors, got shape {tuple(dirs.shape)}")
+            if len(dirs) != config.views:  # more views than the default directions
+                raise ValueError(f"model.projection.views={config.views}: a 1D source has {len(dirs)} default line "
+                                 f"directions; give model.projection.directions for more")
             dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             if torch.unique(dirs.round(decimals=5), dim=0).shape[0] != len(dirs):
                 raise ValueError("projection.directions must be distinct lines")

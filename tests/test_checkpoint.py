@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -198,3 +199,92 @@ def test_lora_checkpoint_holds_only_lora_and_non_source_tensors(tmp_path, minilm
     loaded = load_checkpoint(path, source="minilm", class_names=CLASSES).model
     with torch.no_grad():
         torch.testing.assert_close(loaded(_clouds(seed=3)), model(_clouds(seed=3)))
+
+
+# ----------------------------------------------------------------------------- the pair, and failed writes
+
+def test_a_save_killed_between_its_two_renames_leaves_a_pair_that_is_refused(tmp_path, monkeypatch, capsys):
+    from any2point import checkpoint
+    from any2point.errors import CheckpointError
+    from any2point.predict import main as predict_main
+
+    src = {"name": "tiny_1d", "pretrained": False, "weights": None, "options": {}}
+    model = _model(src)
+    stem = tmp_path / "best_val"
+    save_checkpoint(model, stem, source=src, class_names=CLASSES, num_points=64, extra={"epoch": 1})
+    first = load_checkpoint(stem.with_suffix(".safetensors"))
+    assert first.info["epoch"] == 1 and len(first.info["tensors_sha256"]) == 64
+
+    def killed(*args, **kwargs):  # the process dies after the tensors' rename, before the JSON's
+        raise KeyboardInterrupt
+
+    _train_a_step(model)
+    monkeypatch.setattr(checkpoint, "atomic_write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(model, stem, source=src, class_names=CLASSES, num_points=64, extra={"epoch": 2})
+    monkeypatch.undo()
+    assert json.loads(stem.with_suffix(".json").read_text())["epoch"] == 1  # epoch 2's tensors, epoch 1's JSON
+    with pytest.raises(CheckpointError, match=r"best_val\.safetensors is not the tensors file best_val\.json describes "
+                                              r"\(its SHA-256 differs"):
+        load_checkpoint(stem.with_suffix(".safetensors"))
+    cloud = tmp_path / "cloud.npy"
+    np.save(cloud, np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32))
+    assert predict_main([str(stem.with_suffix(".json")), str(cloud)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "SHA-256 differs" in err
+    save_checkpoint(model, stem, source=src, class_names=CLASSES, num_points=64, extra={"epoch": 2})  # rewritten whole
+    assert load_checkpoint(stem.with_suffix(".safetensors")).info["epoch"] == 2
+
+
+_FULL_DISK = """
+import json, resource, signal, sys
+from pathlib import Path
+import torch
+import any2point
+from any2point.checkpoint import save_checkpoint, trained_state_dict
+from any2point.errors import OutputWriteError
+from any2point.resume_state import save_training_state
+
+out = Path(sys.argv[1])
+src = {"name": "tiny_1d", "pretrained": False, "weights": None, "options": {}}
+torch.manual_seed(0)
+model = any2point.create_model("tiny_1d", 3, pretrained=False)
+save_checkpoint(model, out / "checkpoint", source=src, class_names=["a", "b", "c"], num_points=64)
+before = {p.name: p.read_bytes() for p in out.iterdir()}
+with torch.no_grad():
+    next(model.head.parameters()).add_(1.0)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+errors = []
+for write in (lambda: save_checkpoint(model, out / "checkpoint", source=src, class_names=["a", "b", "c"],
+                                      num_points=64),
+              lambda: save_training_state(out / "last.safetensors", epoch=1, model=trained_state_dict(model),
+                                          optimizer=torch.optim.AdamW(model.parameters()).state_dict(),
+                                          scheduler={}, rng=[], best={"oa": None, "macc": None, "epoch": None},
+                                          seconds=1.0, fingerprint={})):
+    try:
+        write()
+        errors.append(None)
+    except OutputWriteError as exc:
+        errors.append(str(exc))
+after = {p.name: p.read_bytes() for p in out.iterdir()}
+print(json.dumps({"errors": errors, "same": before == after, "names": sorted(after)}))
+"""
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
+    import subprocess
+    import sys
+
+    from .tiny_run import env
+
+    done = subprocess.run([sys.executable, "-c", _FULL_DISK, str(tmp_path)], env=env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["same"] and result["names"] == ["checkpoint.json", "checkpoint.safetensors"]  # no temporary left
+    checkpoint_error, state_error = result["errors"]
+    assert checkpoint_error == (f"cannot write {tmp_path / 'checkpoint.safetensors'}: File too large; "
+                                f"checkpoint.safetensors is as it was before (free some disk space or write to "
+                                f"another folder, then run again)")
+    assert state_error.startswith(f"cannot write {tmp_path / 'last.safetensors'}: File too large;")

@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 
 import any2point
 import any2point.config  # noqa: F401  (registers the schemas)
-from any2point.config import CONFIG_MODULE, check_required
+from any2point.config import (CONFIG_MODULE, check_data_values, check_eval_settings, check_required,
+                              check_train_settings)
 from any2point.model import ModelConfig
 from any2point.peft import PeftConfig
 from any2point.registry import get_source_spec, list_sources
@@ -47,12 +48,19 @@ def test_every_option_of_every_group_composes(group, option):
     assert "root" in cfg.data.keys() and isinstance(cfg.seed, int)
     if not OmegaConf.is_missing(cfg.data, "root"):
         check_required(cfg)  # nothing else left unset
+    # every shipped value passes the start-up checks (nothing is read); an experiment is a whole
+    # run, so its sections must also fit together (a source preset's k may need more points than
+    # the quickstart data has)
+    OmegaConf.to_object(cfg.train), OmegaConf.to_object(cfg.trainer), check_data_values(cfg.data)
+    if group == "experiment":
+        check_train_settings(cfg)
 
 
 @pytest.mark.parametrize("data", options("data"))
 def test_eval_config_composes_with_every_data_config(data):
     cfg = compose("eval", overrides=["checkpoint=/some/run", f"data={data}"])
     assert cfg.data.name == data and cfg.eval.votes == 1 and cfg.eval.num_points is None
+    check_eval_settings(cfg)
     assert compose("eval", overrides=["checkpoint=/some/run"]).data is None  # default: the checkpoint's data
 
 

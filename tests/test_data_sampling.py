@@ -122,7 +122,7 @@ def test_build_dataset_arguments(shapes_cfg):
         build_dataset(shapes_cfg, "val")
     with pytest.raises(ValueError, match="split must be one of"):
         build_dataset(shapes_cfg, "training")
-    with pytest.raises(ValueError, match="unknown data.format 'nope'"):
+    with pytest.raises(ValueError, match="data.format='nope' is not one of: folder, "):
         build_dataset({"name": "nope"}, "train")
     many = build_dataset({**shapes_cfg, "num_points": 256}, "test")  # test ignores protocol.train_fps (160)
     assert many[0][0].shape == (256, 3)

@@ -288,3 +288,24 @@ def test_a_key_swept_under_one_option_labels_by_the_key(tmp_path):
         cfg["peft"]["rank"] = rank
         (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert [g.label for g in group_runs(find_runs(tmp_path)[0])] == ["peft.rank=4", "peft.rank=8"]
+
+
+def test_text_from_run_files_cannot_split_cells_or_start_headings(tmp_path, capsys):
+    import re
+
+    _write(tmp_path / "a|b\n# folder", source="x|y\n# injected heading", data="shapes\r\n| fake | row |",
+           peft="any2point", split="test", oa=50.0, macc=40.0, trainable_params=1000, seconds=1.0)
+    _write(tmp_path / "plain", source="back\\slash", data="shapes", peft="any2point", split="test", oa=60.0,
+           macc=50.0, trainable_params=1000, seconds=1.0)
+    assert main([str(tmp_path), "--compare", "source"]) == 0
+    markdown = (tmp_path / "report.md").read_text()
+    assert capsys.readouterr().out in markdown
+    lines = markdown.splitlines()
+    assert [line.split(" (")[0] for line in lines if line.startswith("#")] == [
+        f"# Runs below {tmp_path}", "## Runs", "## Groups", "## Difference to source=back\\\\slash"]
+    cells = re.compile(r"(?<!\\)\|")  # a pipe not escaped by a backslash separates cells
+    for table in markdown.split("## ")[1:]:
+        rows = [line for line in table.splitlines() if line.startswith("|")]
+        assert rows and len({len(cells.findall(row)) for row in rows}) == 1, rows  # one column count per table
+    assert "| a\\|b # folder | x\\|y # injected heading | shapes \\| fake \\| row \\| | any2point |" in markdown
+    assert "| plain | back\\\\slash | shapes |" in markdown

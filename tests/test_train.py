@@ -22,7 +22,8 @@ import any2point
 from any2point.data import build_dataset
 from any2point.distributed import DistContext
 from any2point.engine import make_loader, predict, vote_scales
-from any2point.errors import CheckpointMismatchError
+from any2point.checkpoint import load_checkpoint
+from any2point.errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
 from any2point.evaluate import run_eval
 from any2point.resume_state import read_training_state
 from any2point.optim import build_optimizer, build_scheduler, lr_at, parameter_groups
@@ -133,6 +134,55 @@ def test_compile_with_activation_checkpointing_is_refused_clearly(tmp_path):
     with pytest.raises(ValueError, match="trainer.compile=true and trainer.activation_checkpointing=true"):
         run_training(compose_config("train", TINY + ["trainer.compile=true", "trainer.activation_checkpointing=true"]),
                      tmp_path)
+
+
+def _tiny(*overrides: str) -> list[str]:
+    """TINY with ``overrides`` in place of its own values of the same keys."""
+    keys = {o.split("=", 1)[0] for o in overrides}
+    return [o for o in TINY if o.split("=", 1)[0] not in keys] + list(overrides)
+
+
+def test_a_training_split_smaller_than_a_batch_is_refused_by_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"^train\.batch_size=32 is more than the 24 training samples; an epoch "
+                                          r"drops its last incomplete batch"):
+        run_training(compose_config("train", _tiny("train.batch_size=32")), tmp_path)
+
+
+def test_a_run_whose_only_step_diverges_saves_nothing(tmp_path):
+    # 8 training clouds in one batch: the single step at lr 1e308 overflows every trained tensor
+    # and no later step sees a non-finite loss (before the guard this run ended with status 0)
+    with pytest.raises(TrainingDivergedError, match=r"^training diverged in epoch 1: \d+ trained tensors hold NaN or "
+                                                    r"infinite values .*lower train\.lr \(now 1e\+308\) or check "
+                                                    r"the data; nothing was saved$"):
+        run_training(compose_config("train", _tiny("data.samples_per_class.train=2", "train.lr=1e308")), tmp_path)
+    assert not any((tmp_path / name).exists() for name in ("last.safetensors", "checkpoint.safetensors",
+                                                           "checkpoint.json", "metrics.json"))
+
+
+def test_an_update_beyond_float32_stops_the_run_clearly(tmp_path):
+    # lr / Adam's first bias correction is finite in Python but beyond float32: torch refuses the step
+    with pytest.raises(TrainingDivergedError, match=r"^the optimizer step overflowed at epoch 1, step 1 \(.*overflow\): "
+                                                    r"lower train\.lr$"):
+        run_training(compose_config("train", _tiny("train.lr=1e300")), tmp_path)
+    assert not (tmp_path / "last.safetensors").exists()
+
+
+def test_a_diverging_epoch_stops_the_run_and_keeps_the_last_good_one(tmp_path):
+    # 16 training clouds, 4 of them for validation, one batch of 12 per epoch: epoch 1 is the
+    # warm-up's first step (lr 1e-6), epoch 2 steps at train.lr=1e308
+    cfg = compose_config("train", _tiny("data.samples_per_class.train=4", "data.val_fraction=0.25",
+                                        "train.batch_size=12", "train.epochs=2", "train.warmup_epochs=1",
+                                        "train.warmup_lr=1e-6", "train.lr=1e308"))
+    with pytest.raises(TrainingDivergedError, match=r"^training diverged in epoch 2: .*; the files of epoch 1 "
+                                                    r"\(last\.safetensors, best_val\.\*\) are kept as they were$"):
+        run_training(cfg, tmp_path)
+    state = read_training_state(tmp_path / "last.safetensors")
+    assert state.epoch == 1 and all(bool(torch.isfinite(t).all()) for t in state.tensors.values())
+    best = load_checkpoint(tmp_path / "best_val.safetensors")  # the pair of epoch 1, whole and finite
+    assert best.info["epoch"] == 1 and all(bool(torch.isfinite(t).all()) for t in best.model.state_dict().values())
+    assert not (tmp_path / "checkpoint.safetensors").exists() and not (tmp_path / "metrics.json").exists()
+    with open(tmp_path / "history.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["1"]
 
 
 def test_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():

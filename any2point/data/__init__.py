@@ -7,24 +7,27 @@ prediction. Loaders read (or generate) a source split once into FPS-ordered pool
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
+from .. import checks
+from ..errors import ConfigError
 from .base import LoadedSplit, PointCloudDataset
+from .fewshot import fewshot_of
 from .fps_cache import cached_epoch_pools
 from .folder import load_folder
 from .modelnet40 import load_modelnet40
 from .modelnet40_resampled import load_modelnet40_resampled
 from .file_to_cloud import file_points, read_points
 from .formats import SUPPORTED_EXTENSIONS, PointFile, read_file
-from .options import as_dict, cache_of, protocol_of
+from .options import as_dict, cache_of, on_error_of, protocol_of
 from .protocol import SPLITS
 from .scanobjectnn import load_scanobjectnn
 from .shapes import load_shapes
 from .splits import stratified_split
 from .transforms import build_transforms
 
-__all__ = ["build_dataset", "PointCloudDataset", "read_points", "read_file", "file_points", "PointFile",
-           "SUPPORTED_EXTENSIONS", "LOADERS"]
+__all__ = ["build_dataset", "check_data_options", "format_of", "PointCloudDataset", "read_points", "read_file",
+           "file_points", "PointFile", "SUPPORTED_EXTENSIONS", "LOADERS", "UP_AXES"]
 
 # data.format -> loader(cfg dict, source split 'train' | 'test', pool size) -> LoadedSplit
 LOADERS: dict[str, Callable[[dict, str, int], LoadedSplit]] = {
@@ -44,17 +47,45 @@ _NORMALIZE_BY_DEFAULT = {"modelnet40_resampled", "folder", "shapes"}
 _WHOLE_CLOUDS = 1 << 20
 _EPOCH_POOL_FORMATS = {"modelnet40_h5", "scanobjectnn", "modelnet40_resampled"}
 
+UP_AXES = ("x", "y", "z")  # data.up_axis: the axis rotations turn about by default
+
+
+def format_of(options: Mapping) -> str:
+    """``data.format`` (``data.name`` when it is unset), one of :data:`LOADERS`."""
+    fmt = options.get("format") or options.get("name")
+    checks.one_of("data.format", fmt, sorted(LOADERS))
+    return str(fmt)
+
+
+def check_data_options(cfg: Any) -> None:
+    """Refuse the data settings that are wrong whatever the files hold, before any is read:
+    ``data.format``, ``data.up_axis``, ``data.on_error``, ``data.protocol.fps_pools``,
+    ``data.fewshot`` and the entries of ``data.augment`` / ``data.eval_transforms``. (The
+    apps check ``data.num_points`` and ``data.val_fraction`` with the rest of the config.)"""
+    options = as_dict(cfg)
+    fmt = format_of(options)
+    up_axis = options.get("up_axis", "y")
+    checks.one_of("data.up_axis", up_axis, UP_AXES)
+    on_error_of(options)
+    fewshot_of(options)
+    _epoch_pools(options, fmt, protocol_of(options, "train"))
+    for key in ("augment", "eval_transforms"):
+        try:
+            build_transforms(options.get(key), str(up_axis))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"data.{key}: {exc}") from None
+
 
 def _epoch_pools(options: dict, fmt: str, protocol) -> tuple[int, int]:
     """(pools, points to load per stored cloud) of the training split (``data.protocol.fps_pools``)."""
-    pools = int((options.get("protocol") or {}).get("fps_pools") or 1)
-    if pools < 1:
-        raise ValueError(f"data.protocol.fps_pools must be >= 1, got {pools}")
+    pools = (options.get("protocol") or {}).get("fps_pools")
+    pools = 1 if pools is None else pools
+    checks.integer("data.protocol.fps_pools", pools, 1)
     if pools == 1:
         return 1, protocol.pool_size("train")
     if fmt not in _EPOCH_POOL_FORMATS:
-        raise ValueError(f"data.protocol.fps_pools > 1 needs stored clouds; data.format {fmt!r} has none "
-                         f"(supported: {sorted(_EPOCH_POOL_FORMATS)})")
+        raise ConfigError(f"data.protocol.fps_pools > 1 needs stored clouds; data.format {fmt!r} has none "
+                          f"(supported: {sorted(_EPOCH_POOL_FORMATS)})")
     if fmt == "modelnet40_resampled":  # the pre-sampled clouds (8,192 FPS points) are the whole clouds
         return pools, int(options.get("presample_points") or 8192)
     return pools, _WHOLE_CLOUDS
@@ -68,9 +99,7 @@ def build_dataset(cfg: Any, split: str, seed: int = 0) -> PointCloudDataset:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     options = as_dict(cfg)
-    fmt = str(options.get("format") or options.get("name"))
-    if fmt not in LOADERS:
-        raise ValueError(f"unknown data.format {fmt!r}; known: {sorted(LOADERS)}")
+    fmt = format_of(options)
     val_fraction = float(options.get("val_fraction") or 0.0)
     if split == "val" and val_fraction <= 0:
         raise ValueError("split 'val' needs data.val_fraction > 0 (it is carved from the training split)")

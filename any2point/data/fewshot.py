@@ -34,7 +34,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .base import PointCloudDataset
 
 __all__ = ["FewShotConfig", "Episode", "draw_episode", "fewshot_of", "build_episode"]
@@ -75,18 +75,19 @@ def fewshot_of(data_cfg: Mapping[str, Any]) -> FewShotConfig | None:
     if node is None:
         return None
     if not isinstance(node, Mapping):
-        raise ValueError(f"data.fewshot must be null or a mapping with ways, shots, fold, queries; got {node!r}")
+        raise ConfigError(f"data.fewshot must be null or a mapping with ways, shots, fold, queries; got {node!r}")
     unknown = sorted(set(node) - {"ways", "shots", "fold", "queries"})
     if unknown:
-        raise ValueError(f"data.fewshot has unknown keys {unknown}; expected ways, shots, fold, queries")
+        raise ConfigError(f"data.fewshot has unknown keys {unknown}; expected ways, shots, fold, queries")
     missing = [k for k in ("ways", "shots") if k not in node]
     if missing:
-        raise ValueError(f"data.fewshot needs {' and '.join(missing)} (and optionally fold, queries); got {dict(node)}")
+        raise ConfigError(f"data.fewshot needs {' and '.join(missing)} (and optionally fold, queries); "
+                          f"got {dict(node)}")
     cfg = FewShotConfig(**node)
     for key, least in (("ways", 1), ("shots", 1), ("fold", 0), ("queries", 1)):
         value = getattr(cfg, key)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-            raise ValueError(f"data.fewshot.{key} must be an integer >= {least}, got {value!r}")
+            raise ConfigError(f"data.fewshot.{key} must be an integer >= {least}, got {value!r}")
     return cfg
 
 

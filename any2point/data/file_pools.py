@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import DataError
 from .fps_cache import FPS_VERSION, ArrayCache, file_digest, fps_indices, points_problem
+from .options import on_error_of
 from .sampling import pad_or_trim
 
 __all__ = ["pool_files"]
@@ -46,8 +47,7 @@ def pool_files(files: list[Path], read_cloud: Callable[[Path], np.ndarray], *, p
 
     ``read_cloud(path) -> (n, 3)`` raises DataError for a bad file: with ``on_error='skip'``
     the file is logged and appended to ``skipped`` as (path, reason) instead."""
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
+    on_error = on_error_of({"on_error": on_error})
     presample = max(presample, pool_size)
     pools: list[np.ndarray] = []
     kept: list[int] = []

@@ -25,7 +25,7 @@ from .base import LoadedSplit
 from .file_pools import pool_files
 from .file_to_cloud import DEFAULT_MESH_POINTS, file_cloud
 from .formats import DEFAULT_MAX_POINTS_PER_FILE, SUPPORTED_EXTENSIONS
-from .options import cache_of, class_names_of, existing_root
+from .options import cache_of, class_names_of, existing_root, on_error_of
 
 __all__ = ["load_folder"]
 
@@ -62,9 +62,7 @@ def _class_folders(root: Path, note) -> list[str]:
 def load_folder(cfg: dict, source_split: str, pool_size: int) -> LoadedSplit:
     root = existing_root(cfg, _LAYOUT + f" (root/<class>/{source_split}/<file>; supported: "
                          f"{', '.join(SUPPORTED_EXTENSIONS)})", "your own data: no download")
-    on_error = str(cfg.get("on_error", "raise"))
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
+    on_error = on_error_of(cfg)
     skipped: list[tuple[str, str]] = []
 
     def note(path: Path, reason: str) -> None:  # listed, never an error

@@ -6,13 +6,16 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from .. import checks
 from ..errors import DataError
 from .fps_cache import ArrayCache, default_cache_dir
 from .protocol import PointProtocol
 
 log = logging.getLogger(__name__)
 
-__all__ = ["as_dict", "protocol_of", "cache_of", "existing_root", "class_names_of"]
+__all__ = ["as_dict", "protocol_of", "cache_of", "existing_root", "class_names_of", "ON_ERROR", "on_error_of"]
+
+ON_ERROR = ("raise", "skip")  # what a loader of files does with a bad file (data.on_error)
 
 
 def as_dict(cfg: Any) -> dict:
@@ -70,3 +73,10 @@ def existing_root(cfg: dict, expected: str, download: str) -> Path:
 def class_names_of(cfg: dict, default: list[str] | None = None) -> list[str] | None:
     names = cfg.get("class_names")
     return [str(n) for n in names] if names else default
+
+
+def on_error_of(cfg: Mapping) -> str:
+    """``data.on_error`` (default ``raise``), one of :data:`ON_ERROR`."""
+    value = cfg.get("on_error", "raise")
+    checks.one_of("data.on_error", value, ON_ERROR)
+    return value

@@ -6,6 +6,7 @@ from typing import Iterator
 
 from torch import nn
 
+from .. import checks
 from .base import PeftConfig, PeftMethod, parameters_outside_source
 from .registry import register_peft_method
 
@@ -19,6 +20,11 @@ class LoraPeftConfig(PeftConfig):
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_mlp: bool = False  # also adapt the MLP projections, not only attention
+
+    def __post_init__(self) -> None:
+        checks.integer("peft.lora_rank", self.lora_rank, 1)
+        checks.number("peft.lora_alpha", self.lora_alpha, above=0)
+        checks.fraction("peft.lora_dropout", self.lora_dropout)
 
 
 def lora_layers(module: nn.Module) -> list[nn.Module]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import checks
 from .base import PeftConfig, PeftMethod
 from .registry import register_peft_method
 
@@ -16,6 +17,9 @@ __all__ = ["PromptPeftConfig", "PromptMethod"]
 class PromptPeftConfig(PeftConfig):
     name: str = "prompt"
     prompt_tokens: int = 10  # per block
+
+    def __post_init__(self) -> None:
+        checks.integer("peft.prompt_tokens", self.prompt_tokens, 1)
 
 
 @register_peft_method("prompt", PromptPeftConfig)
