@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel, ViTConfig, ViTModel
 
 import any2point
+from any2point.errors import ConfigError
 from any2point.backbones.bert import BertSource
 from any2point.backbones.hf_vit import HfViTSource
 
@@ -188,5 +189,5 @@ def test_a_post_ln_forward_is_its_blocks_with_the_seam_in_turn():
 
 
 def test_an_unknown_seam_is_refused_by_name():
-    with pytest.raises(ValueError, match="adapter.seam must be one of before_norm, after_norm"):
+    with pytest.raises(ConfigError, match=r"model\.adapter\.seam='inside' is not one of: before_norm, after_norm"):
         any2point.create_model("tiny_1d", num_classes=3, adapter={"seam": "inside"})
