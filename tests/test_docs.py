@@ -54,11 +54,15 @@ class Command:
     where: str          # file:line
     kind: str           # train | eval | show | predict | bench | script
     args: tuple[str, ...]
+    error: str | None = None  # a console block shows the command failing with this message
 
 
 def _fenced_shell_lines(text: str):
-    """(line number, line) of every line inside a shell code block, continuations joined."""
+    """(line number, line, error) of every command inside a shell code block, continuations
+    joined. In a ``console`` block only ``$`` lines are commands, and the ``<app>: error: ...``
+    line printed after one is the error it must stop with."""
     fence, pending, start = None, "", 0
+    shown: list = []  # the console command whose output lines follow
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if fence is None:
@@ -71,12 +75,18 @@ def _fenced_shell_lines(text: str):
             continue
         if fence[1] not in SHELL_FENCES:
             continue
+        if fence[1] == "console" and not pending and not stripped.startswith("$ "):
+            error = re.match(r"any2point-\w+: error: (.*)", stripped)
+            if error and shown:
+                shown[-1][2] = error.group(1)
+            continue
         if not pending:
             start = number
         pending += stripped[:-1].rstrip() + " " if stripped.endswith("\\") else stripped
         if not stripped.endswith("\\"):
-            yield start, pending.removeprefix("$ ")
+            shown.append([start, pending.removeprefix("$ "), None])
             pending = ""
+    yield from (tuple(command) for command in shown)
 
 
 def _segments(line: str) -> list[list[str]]:
@@ -120,11 +130,11 @@ def _commands() -> list[Command]:
     for path in DOCS:
         text = path.read_text(encoding="utf-8")
         rel = path.relative_to(ROOT).as_posix()
-        for number, line in _fenced_shell_lines(text):
+        for number, line, error in _fenced_shell_lines(text):
             for tokens in _segments(line):
                 found = _classify(tokens)
                 if found:
-                    commands.append(Command(f"{rel}:{number}", found[0], tuple(found[1])))
+                    commands.append(Command(f"{rel}:{number}", found[0], tuple(found[1]), error))
         for number, line in enumerate(text.splitlines(), 1):
             for inline in re.findall(r"(?<!`)`python -m any2point\.bench ([^`]+)`", line):  # naming a subcommand
                 commands.append(Command(f"{rel}:{number}", "bench", tuple(shlex.split(inline))))
@@ -180,7 +190,7 @@ def _skip_without_launcher(overrides: list[str]) -> None:
                 pytest.skip(f"hydra/launcher={value} needs the {extra} extra (pip install -e \".[{extra}]\")")
 
 
-def _compose_checked(app: str, overrides: list[str], where: str):
+def _compose_checked(app: str, overrides: list[str], where: str, error: str | None = None):
     try:
         cfg = compose(app, overrides=overrides, return_hydra_config=True)  # hydra.* overrides checked too
         with open_dict(cfg):
@@ -191,8 +201,10 @@ def _compose_checked(app: str, overrides: list[str], where: str):
             OmegaConf.to_object(cfg.model)
             OmegaConf.to_object(cfg.peft)
     except Exception as exc:
+        if error is not None and str(exc) == error:
+            return None  # stops with the message the docs show
         pytest.fail(f"{where}: any2point-{app} {' '.join(overrides)}\n  {type(exc).__name__}: {exc}")
-    return cfg
+    return cfg  # an error shown for a command that composes comes at run time (tests/test_train.py)
 
 
 def _ids(commands):
@@ -210,7 +222,7 @@ def test_train_and_eval_commands_compose(command):
         overrides = route_source_overrides(overrides)
     _skip_without_launcher(overrides)
     for run in _expansions(overrides, command.where):
-        _compose_checked(command.kind, run, command.where)
+        _compose_checked(command.kind, run, command.where, command.error)
 
 
 SHOW_COMMANDS = [c for c in COMMANDS if c.kind == "show"]
@@ -285,7 +297,9 @@ def test_the_docs_show_commands_of_every_kind():
 def test_the_extraction_joins_continuations_and_splits_chains():
     text = "```bash\n$ any2point-train a=1 \\\n    b=2  # note\npip x && any2point-eval c=3\n```\n```text\nany2point-train z=9\n```\n"
     lines = list(_fenced_shell_lines(text))
-    assert lines == [(2, "any2point-train a=1 b=2  # note"), (4, "pip x && any2point-eval c=3")]
+    assert lines == [(2, "any2point-train a=1 b=2  # note", None), (4, "pip x && any2point-eval c=3", None)]
+    shown = "```console\n$ any2point-train x=1\nany2point-train: error: x=1 is bad\n$ echo $?\n1\n```\n"
+    assert list(_fenced_shell_lines(shown)) == [(2, "any2point-train x=1", "x=1 is bad"), (4, "echo $?", None)]
     assert [_classify(s) for s in _segments(lines[1][1])] == [None, ("eval", ["c=3"])]
     assert _expansions(["a=1,2", "b=range(2)", "c=x"], "here") == [
         ["a=1", "b=0", "c=x"], ["a=2", "b=0", "c=x"], ["a=1", "b=1", "c=x"]]
