@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
+from .limits import MAX_COLUMNS, read_bounded
 from .records import DEFAULT_MAX_POINTS_PER_FILE, PointFile, check_declared, check_points, check_width
 
 __all__ = ["read_text", "parse_text_cloud"]
@@ -33,9 +34,9 @@ def parse_text_cloud(text: str, source: str, limit: int = DEFAULT_MAX_POINTS_PER
     lines = [(i, line) for i, line in lines if line and not line.startswith(("#", "//"))]
     names: list[str] = []
     if lines:
-        first = lines[0][1].replace(",", " ").split()
+        first = lines[0][1].replace(",", " ").split(None, MAX_COLUMNS)
         try:
-            [float(t) for t in first]
+            [float(t) for t in first[:MAX_COLUMNS]]
             if len(first) == 1:  # a point count on its own line
                 lines = lines[1:]
         except ValueError:  # column names
@@ -44,7 +45,8 @@ def parse_text_cloud(text: str, source: str, limit: int = DEFAULT_MAX_POINTS_PER
     check_declared(source, "rows of points", len(lines), limit)
     if not lines:
         raise DataError("no points: expected rows of 'x y z' or 'x,y,z'", source)
-    rows = [line.replace(",", " ").split() for _, line in lines]
+    # at most MAX_COLUMNS + 1 values split from a row: a longer one is refused by check_width
+    rows = [line.replace(",", " ").split(None, MAX_COLUMNS) for _, line in lines]
     width = min(len(r) for r in rows)
     if width < 3:
         number = next(i for (i, _), r in zip(lines, rows) if len(r) < 3)
@@ -71,7 +73,7 @@ def parse_text_cloud(text: str, source: str, limit: int = DEFAULT_MAX_POINTS_PER
 
 
 def read_text(path: Path, limit: int) -> PointFile:
-    raw = path.read_bytes()
+    raw = read_bounded(path, limit)
     lines = raw.count(b"\n")
     if lines > limit + 16:  # before decoding or splitting anything; a few lines of header and comments allowed
         check_declared(path, "text lines", lines, limit)
