@@ -83,9 +83,9 @@ def _check_elements(path: Path, elements: list[_Element], binary: bool, data_byt
         if element.count and not element.properties:
             raise DataError(f"PLY element '{element.name}' declares {element.count:,} records with no properties; "
                             "expected at least one property per element", str(path))
-        # an ASCII value takes at least one character and a separator
+        # an ASCII value takes at least one character and a separator (but the file's last)
         needed += element.count * (element.min_bytes if binary else 2 * element.properties)
-    if needed > data_bytes:
+    if needed > data_bytes + (0 if binary else 1):
         raise DataError(f"file is truncated: the header's elements need at least {needed:,} bytes of data, "
                         f"{data_bytes:,} follow", str(path))
 

@@ -6,6 +6,7 @@ line, so this small parser stays ours. Its row count is checked before any numbe
 """
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 
 import numpy as np
@@ -77,4 +78,9 @@ def read_text(path: Path, limit: int) -> PointFile:
     lines = raw.count(b"\n")
     if lines > limit + 16:  # before decoding or splitting anything; a few lines of header and comments allowed
         check_declared(path, "text lines", lines, limit)
-    return parse_text_cloud(raw.decode("utf-8", errors="replace"), str(path), limit)
+    encoding = "utf-8-sig"  # a UTF-8 byte-order mark is dropped
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"
+    # any other byte that is not UTF-8 is read as U+FFFD: in a comment or a column name it is harmless,
+    # in a number it makes that line's error
+    return parse_text_cloud(raw.decode(encoding, errors="replace"), str(path), limit)
