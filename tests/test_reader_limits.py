@@ -13,6 +13,7 @@ import base64
 import functools
 import json
 import os
+import re
 import struct
 import tempfile
 from pathlib import Path
@@ -56,8 +57,6 @@ def _bounded_read(path: Path, max_points: int = DEFAULT_MAX_POINTS_PER_FILE):
 def _refused(path: Path, match: str, max_points: int = DEFAULT_MAX_POINTS_PER_FILE):
     outcome = _bounded_read(path, max_points)
     assert outcome.kind == "DataError", f"{path.name} was read: {outcome}"
-    import re
-
     assert re.search(match, outcome.message), outcome.message
     return outcome
 
@@ -244,7 +243,8 @@ def test_non_utf8_bytes_in_comments_and_names_are_read(tmp_path, suffix):
     np.testing.assert_array_equal(plain.vertices, latin.vertices)
     np.testing.assert_array_equal(plain.faces, latin.faces)
     assert len(latin.faces) == 4
-    np.testing.assert_array_equal(read_points(tmp_path / f"ascii{suffix}", 64), read_points(tmp_path / f"latin1{suffix}", 64))
+    np.testing.assert_array_equal(read_points(tmp_path / f"ascii{suffix}", 64),
+                                  read_points(tmp_path / f"latin1{suffix}", 64))
     if suffix != ".stl":  # a byte-order mark, UTF-8 or UTF-16, is read too
         (tmp_path / f"bom{suffix}").write_bytes(b"\xef\xbb\xbf" + text.encode())
         (tmp_path / f"utf16{suffix}").write_bytes(text.encode("utf-16"))
@@ -415,7 +415,8 @@ def gltf_documents(draw) -> dict:
                                            **({"mode": draw(st.integers(0, 7))} if draw(st.booleans()) else {})}]}
                           for _ in range(draw(st.integers(0, 2)))]
     document["nodes"] = [{"mesh": draw(st.integers(0, 2)),
-                          **({"children": draw(st.lists(st.integers(0, 3), max_size=3))} if draw(st.booleans()) else {}),
+                          **({"children": draw(st.lists(st.integers(0, 3), max_size=3))}
+                             if draw(st.booleans()) else {}),
                           **({"scale": [draw(st.sampled_from([1, 0, 1e300, -2]))] * 3} if draw(st.booleans()) else {})}
                          for _ in range(draw(st.integers(0, 3)))]
     document["scenes"] = [{"nodes": draw(st.lists(st.integers(0, 3), max_size=3))}]

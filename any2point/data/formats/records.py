@@ -3,8 +3,9 @@
 A point file is a :class:`PointFile`: xyz plus the normals, colours and other per-point
 values the file carries (kept even though the model reads xyz only). A mesh is a
 ``trimesh.Trimesh`` (scenes already flattened). The checks here refuse silent wrong
-results: a declared size above the limit (the limits themselves are in ``limits``), a transposed ``(3, N)`` array, complex or
-non-numeric values, NaN coordinates, faces pointing past the vertices.
+results: a declared size above the limit (the limits themselves are in ``limits``), a
+transposed ``(3, N)`` array, complex or non-numeric values, NaN coordinates, faces pointing
+past the vertices.
 """
 from __future__ import annotations
 
