@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import DataError
 from .formats import DEFAULT_MAX_POINTS_PER_FILE, PointFile, read_file
 from .fps_cache import fps_indices
-from .sampling import normalize_unit_sphere, pad_or_trim
+from .sampling import check_coordinate_range, normalize_unit_sphere, pad_or_trim
 
 __all__ = ["file_points", "file_cloud", "read_points", "sample_mesh", "DEFAULT_MESH_POINTS"]
 
@@ -26,6 +26,7 @@ def sample_mesh(mesh, count: int, seed: int, source: str | None = None) -> Point
 
     if len(mesh.faces) == 0:
         raise DataError("empty mesh: no faces to sample", source)
+    check_coordinate_range(mesh.vertices, source)
     extent = float(np.ptp(mesh.vertices, axis=0).max())
     if not np.isfinite(mesh.area) or mesh.area <= 1e-12 * max(extent, 1e-30) ** 2:
         raise DataError(f"all {len(mesh.faces)} faces have zero area: nothing to sample", source)

@@ -5,7 +5,20 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["triangle_areas", "sample_surface", "normalize_unit_sphere", "pad_or_trim"]
+__all__ = ["triangle_areas", "sample_surface", "check_coordinate_range", "normalize_unit_sphere", "pad_or_trim"]
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_coordinate_range(vertices: np.ndarray, source: str | None = None) -> None:
+    """Coordinates within float32's range, which every cloud is converted to: beyond it (1e300)
+    areas overflow and the mesh would look flat ("zero area") rather than out of range."""
+    magnitude = np.abs(np.asarray(vertices, dtype=np.float64)).max(axis=1, initial=0.0)
+    if len(magnitude) and magnitude.max() > _FLOAT32_MAX:
+        bad = int(np.argmax(magnitude > _FLOAT32_MAX))
+        raise DataError(f"vertex {bad} has out of range coordinates ({magnitude[bad]:.3g}); expected |coordinate| "
+                        f"<= {_FLOAT32_MAX:.3g} (float32)", source)
 
 
 def triangle_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -20,6 +33,7 @@ def sample_surface(vertices: np.ndarray, faces: np.ndarray, num_points: int, rng
     if faces is None or len(faces) == 0:
         raise DataError("empty mesh: no faces to sample", source)
     vertices = np.asarray(vertices, dtype=np.float64)
+    check_coordinate_range(vertices, source)
     areas = triangle_areas(vertices, faces)
     total = float(areas.sum())
     extent = float(np.ptp(vertices, axis=0).max()) if len(vertices) else 0.0

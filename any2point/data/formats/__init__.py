@@ -2,9 +2,10 @@
 
 ``read_file(path, max_points)`` returns a :class:`PointFile` (points with the normals,
 colours and other per-point values the file holds) or a ``trimesh.Trimesh`` (a mesh; a
-scene flattened with its transforms). Every reader checks the sizes the file declares
-against ``max_points`` (``data.max_points_per_file``) before reading, and every failure is
-a :class:`~any2point.errors.DataError` naming the file and what was expected.
+scene flattened with its transforms). The file's size, and every size its header declares,
+is checked against the limits of ``limits`` (all scaled by ``max_points``, the setting
+``data.max_points_per_file``) before anything is read, decoded or allocated, and every
+failure is a :class:`~any2point.errors.DataError` naming the file and what was expected.
 
 =========================  ==========================================  ======================
 extensions                 read by                                     module
@@ -25,6 +26,7 @@ from typing import Callable, Union
 from ...errors import DataError
 from .arrays import read_h5, read_npy, read_npz
 from .lidar import read_las
+from .limits import check_file_size
 from .meshes import MESH_TYPES, read_mesh_file
 from .pcd import read_pcd
 from .ply import read_ply
@@ -54,6 +56,7 @@ def read_file(path: str | Path, max_points: int = DEFAULT_MAX_POINTS_PER_FILE) -
                         f"{', '.join(SUPPORTED_EXTENSIONS)}", str(path))
     if not path.is_file():
         raise DataError("file does not exist or is not a regular file", str(path))
+    check_file_size(path, path.stat().st_size, int(max_points))
     try:
         return reader(path, int(max_points))
     except DataError:

@@ -1,8 +1,8 @@
 """NumPy (.npy, .npz) and HDF5 arrays holding one cloud.
 
 Shapes and dtypes are read from the headers (the .npy header, each .npz member's header,
-the HDF5 dataset's metadata) and checked before any data is read or decompressed. Nothing
-is unpickled (``allow_pickle=False``)."""
+the HDF5 dataset's metadata and chunk shape) and checked before any data is read or
+decompressed. Nothing is unpickled (``allow_pickle=False``)."""
 from __future__ import annotations
 
 import zipfile
@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
+from .limits import MAX_ARCHIVE_MEMBERS, NPY_HEADER_BYTES, check_decoded
 from .meshes import mesh_from_faces
 from .records import PointFile, check_declared, check_dtype, check_points, check_width, cloud_columns
 
 __all__ = ["read_npy", "read_npz", "read_h5"]
 
 _NPZ_KEYS = ("points", "xyz", "pos", "data", "vertices")
-_MAX_HEADER = 10_000  # bytes of an .npy header (numpy's own default limit)
 
 
 def _npy_header(stream, what: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -25,7 +25,7 @@ def _npy_header(stream, what: str, path: Path) -> tuple[tuple[int, ...], np.dtyp
     try:
         version = fmt.read_magic(stream)
         reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-        shape, _, dtype = reader(stream, max_header_size=_MAX_HEADER)
+        shape, _, dtype = reader(stream, max_header_size=NPY_HEADER_BYTES)
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
         raise DataError(f"{what} is not a readable .npy array ({exc})", str(path)) from None
     return shape, dtype
@@ -56,7 +56,9 @@ def _npz_headers(path: Path, limit: int) -> dict[str, tuple[tuple[int, ...], np.
     try:
         with zipfile.ZipFile(path) as archive:
             members = [m for m in archive.infolist() if m.filename.endswith(".npy")]
-            check_declared(path, ".npz members", len(members), 64)
+            if len(members) > MAX_ARCHIVE_MEMBERS:
+                raise DataError(f"the archive holds {len(members):,} .npy arrays; expected at most "
+                                f"{MAX_ARCHIVE_MEMBERS}", str(path))
             for member in members:
                 with archive.open(member) as stream:  # decompresses only the header bytes
                     headers[member.filename[:-4]] = _npy_header(stream, f"member {member.filename!r}", path)
@@ -82,7 +84,7 @@ def read_npz(path: Path, limit: int):
             raise DataError(f"'vertices' has shape {vshape}; expected (num_vertices, 3)", str(path))
         check_declared(path, "'vertices'", vshape[0], limit)
         with np.load(path, allow_pickle=False) as archive:
-            return mesh_from_faces(path, archive["vertices"], archive["faces"][:, :3])
+            return mesh_from_faces(path, archive["vertices"], archive["faces"][:, :3], limit)
     key = keys[0] if len(keys) == 1 else next((k for k in _NPZ_KEYS if k in keys), None)
     if key is None:
         raise DataError(f"holds arrays {keys}; expected one array, or one named one of {list(_NPZ_KEYS)}",
@@ -121,6 +123,9 @@ def read_h5(path: Path, limit: int) -> PointFile:
                 raise DataError(f"dataset {key!r} holds {dataset.shape[0]} clouds; a single file to predict on must "
                                 "hold one (use a dataset config such as modelnet40 for HDF5 collections)", str(path))
             cloud_columns(path, f"dataset {key!r}", dataset.shape or (), dataset.dtype, limit)
+            if dataset.chunks:  # HDF5 decompresses whole chunks, which may be far larger than the dataset
+                check_decoded(path, f"a chunk of shape {dataset.chunks} of dataset {key!r}",
+                              int(np.prod(dataset.chunks)) * dataset.dtype.itemsize, limit)
             array = dataset[..., :3]  # xyz only: the other columns are never read
     except OSError as exc:
         raise DataError(f"not a readable HDF5 file (truncated or corrupt?): {exc}", str(path)) from None

@@ -1,5 +1,7 @@
 """LAS / LAZ lidar through laspy (the ``any2point[lidar]`` extra, with the lazrs backend for
-LAZ). The point count of the header is checked before laspy reads the points.
+LAZ). The header is checked before laspy reads the points: the point count against the limit,
+for LAS the count against the bytes the file holds (laspy reads what is there without a word,
+fewer points than declared or only the first of more), for LAZ the bytes it decodes to.
 
 LAZ is decoded in a child process: lazrs aborts the whole process on some corrupt files
 (found by the fuzz tests), which would end a prediction over many files. The child sends
@@ -14,13 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
+from .limits import LAZ_SECONDS, check_decoded, max_decoded_bytes
 from .records import PointFile, check_declared, check_points
 
 __all__ = ["read_las"]
 
 _EXTRA = "pip install 'any2point[lidar]'"
 _COLOR = ("red", "green", "blue")
-_CHILD_SECONDS = 600  # a LAZ decode of the largest file the limit allows takes seconds, not minutes
 
 
 def _check_record_counts(path: Path) -> None:
@@ -40,6 +42,34 @@ def _check_record_counts(path: Path) -> None:
         if evlrs * 60 > size:  # an extended VLR header is 60 bytes
             raise DataError(f"the header declares {evlrs:,} extended variable-length records, more than a "
                             f"{size:,}-byte file holds", str(path))
+
+
+def _check_point_data(path: Path, count: int, laz: bool, limit: int) -> None:
+    """The declared points against the file: a LAS file's point records run from the offset
+    the header gives to the first extended VLR or waveform packet (LAS 1.3-1.4) or the end of
+    the file, and must be exactly the declared count, give or take less than one record; a
+    LAZ file's decoded records within the decoded-size limit."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(255)
+    (offset,) = struct.unpack_from("<I", head, 96)
+    (length,) = struct.unpack_from("<H", head, 105)
+    if laz:
+        check_decoded(path, f"{count:,} LAZ points of {length} bytes", count * length, limit)
+        return
+    if length == 0:
+        raise DataError("the header declares point records of 0 bytes", str(path))
+    ends = [size]
+    if head[25] >= 3 and len(head) >= 235:  # start of waveform data packets
+        ends.append(struct.unpack_from("<Q", head, 227)[0])
+    if head[25] >= 4 and len(head) >= 247 and struct.unpack_from("<I", head, 243)[0]:  # start of the first EVLR
+        ends.append(struct.unpack_from("<Q", head, 235)[0])
+    end = min([e for e in ends[1:] if offset <= e < size] + [size])
+    held = (end - offset) // length if end >= offset else 0
+    if held != count:
+        raise DataError(f"the header declares {count:,} points of {length} bytes from byte {offset:,}, the file holds "
+                        f"{held:,} ({max(end - offset, 0):,} bytes of point records); expected the count to match the "
+                        "size (truncated or corrupt file?)", str(path))
 
 
 def _arrays(path: str) -> dict[str, np.ndarray]:
@@ -62,7 +92,7 @@ def _cap_memory(limit: int) -> None:
 
         with open("/proc/self/statm") as f:
             mapped = int(f.read().split()[0]) * resource.getpagesize()
-        budget = max(512 << 20, 256 * limit)  # ~60 bytes a decoded point, several copies
+        budget = max(512 << 20, 4 * max_decoded_bytes(limit))  # the decoded points and a few copies
         resource.setrlimit(resource.RLIMIT_AS, (mapped + budget, mapped + budget))
     except (ImportError, OSError, ValueError):  # not Linux: no cap
         pass
@@ -93,7 +123,7 @@ def _arrays_in_child(path: Path, limit: int) -> dict[str, np.ndarray]:
     child.start()
     send.close()
     try:
-        message = receive.recv_bytes() if receive.poll(_CHILD_SECONDS) else b"T"
+        message = receive.recv_bytes() if receive.poll(LAZ_SECONDS) else b"T"
     except EOFError:
         message = None
     finally:
@@ -102,7 +132,7 @@ def _arrays_in_child(path: Path, limit: int) -> dict[str, np.ndarray]:
             child.kill()
         child.join()
     if message == b"T":
-        raise DataError(f"decoding did not finish in {_CHILD_SECONDS} s; the file is corrupt or far larger than "
+        raise DataError(f"decoding did not finish in {LAZ_SECONDS} s; the file is corrupt or far larger than "
                         "its header says", str(path))
     if message is None:
         raise DataError(f"the LAZ decoder (lazrs) crashed on this file (exit code {child.exitcode}): the file is "
@@ -118,14 +148,15 @@ def read_las(path: Path, limit: int) -> PointFile:
         import laspy
     except ImportError:
         raise DataError(f"reading {path.suffix} files needs laspy: {_EXTRA}", str(path)) from None
-    laz = path.suffix.lower() == ".laz"
     _check_record_counts(path)
     try:
         with laspy.open(str(path)) as reader:
-            check_declared(path, "LAS points", int(reader.header.point_count), limit)
-        if laz and not laspy.LazBackend.detect_available():
-            raise DataError(f"reading .laz files needs a LAZ backend: {_EXTRA}", str(path))
-        arrays = _arrays_in_child(path, limit) if laz else _arrays(str(path))
+            count, compressed = int(reader.header.point_count), bool(reader.header.are_points_compressed)
+        check_declared(path, "LAS points", count, limit)
+        _check_point_data(path, count, compressed, limit)
+        if compressed and not laspy.LazBackend.detect_available():
+            raise DataError(f"reading compressed (LAZ) points needs a LAZ backend: {_EXTRA}", str(path))
+        arrays = _arrays_in_child(path, limit) if compressed else _arrays(str(path))
     except DataError:
         raise
     except Exception as exc:  # laspy.LaspyException, struct / numpy errors on short files

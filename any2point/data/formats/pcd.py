@@ -1,5 +1,6 @@
 """PCD (PCL, ROS) through pypcd4. The header (parsed by pypcd4 itself) is checked first:
-the point count against the limit, and for ``binary_compressed`` the sizes pypcd4 would
+the point count against the limit, the values of one point (pypcd4 builds a dtype entry per
+value), the bytes the records decode to, and for ``binary_compressed`` the sizes pypcd4 would
 allocate and decompress, which a crafted file can set to anything."""
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
+from .limits import LZF_MAX_RATIO, MAX_HEADER_BYTES, MAX_VALUES_PER_RECORD, check_decoded, read_bounded
 from .records import PointFile, check_declared, check_points
 
 __all__ = ["read_pcd"]
 
 _NORMALS = ("normal_x", "normal_y", "normal_z")
-_MAX_COUNT = 4096  # values per field (a 4096-bin descriptor); pypcd4 builds one dtype entry per value
+_LISTS = ("FIELDS", "SIZE", "TYPE", "COUNT")  # one entry per field
 
 
 def _header(path: Path, raw: bytes):
@@ -23,11 +25,15 @@ def _header(path: Path, raw: bytes):
     from pypcd4.pypcd4 import MetaData
 
     lines, offset = [], 0
-    for line in io.BytesIO(raw):
+    for line in io.BytesIO(raw[:MAX_HEADER_BYTES]):
         offset += len(line)
         text = line.decode("utf-8", "replace").strip()
         if text.startswith("#") or not text:
             continue
+        words = text.split(None, MAX_VALUES_PER_RECORD + 1)
+        if words[0].upper() in _LISTS and len(words) > MAX_VALUES_PER_RECORD + 1:
+            raise DataError(f"PCD {words[0]} line lists more than {MAX_VALUES_PER_RECORD} fields; expected at most "
+                            f"{MAX_VALUES_PER_RECORD} values per point", str(path))
         lines.append(text)
         if text.startswith("DATA") or len(lines) >= 10:
             break
@@ -42,19 +48,29 @@ def _header(path: Path, raw: bytes):
 def read_pcd(path: Path, limit: int) -> PointFile:
     from pypcd4 import PointCloud
 
-    raw = path.read_bytes()
+    raw = read_bounded(path, limit)
     meta, offset = _header(path, raw)
     check_declared(path, "PCD points", meta.points, limit)
     check_declared(path, "PCD width x height", meta.width * meta.height, limit)
     if meta.width * meta.height != meta.points:
         raise DataError(f"PCD header declares WIDTH {meta.width} x HEIGHT {meta.height} but POINTS {meta.points}",
                         str(path))
-    counts = tuple(meta.count or ())
-    if any(not 1 <= c <= _MAX_COUNT for c in counts) or any(z not in (1, 2, 4, 8) for z in meta.size or ()):
-        raise DataError(f"PCD COUNT {list(counts)[:8]} / SIZE {list(meta.size or ())[:8]}; expected counts of 1 to "
-                        f"{_MAX_COUNT} values per field and sizes of 1, 2, 4 or 8 bytes", str(path))
+    counts, sizes = tuple(meta.count or ()), tuple(meta.size or ())
+    if len({len(meta.fields), len(sizes), len(meta.type or ()), len(counts)}) != 1:
+        raise DataError(f"PCD header lists {len(meta.fields)} FIELDS, {len(sizes)} SIZE, {len(meta.type or ())} TYPE "
+                        f"and {len(counts)} COUNT entries; expected one of each per field", str(path))
+    if any(not 1 <= c <= MAX_VALUES_PER_RECORD for c in counts) or any(z not in (1, 2, 4, 8) for z in sizes):
+        raise DataError(f"PCD COUNT {list(counts)[:8]} / SIZE {list(sizes)[:8]}; expected counts of 1 to "
+                        f"{MAX_VALUES_PER_RECORD} values per field and sizes of 1, 2, 4 or 8 bytes", str(path))
+    if sum(counts) > MAX_VALUES_PER_RECORD:
+        raise DataError(f"PCD COUNT declares {sum(counts):,} values per point; expected at most "
+                        f"{MAX_VALUES_PER_RECORD}", str(path))
+    itemsize = sum(c * z for c, z in zip(counts, sizes))
+    check_decoded(path, f"{meta.points:,} PCD points of {itemsize} bytes", meta.points * itemsize, limit)
     try:
-        itemsize = meta.build_dtype().itemsize
+        built = meta.build_dtype().itemsize
+        if built != itemsize:
+            raise ValueError(f"records of {built} bytes, not {itemsize}")
     except Exception as exc:
         raise DataError(f"PCD fields cannot form records ({exc}); expected TYPE F/I/U with SIZE 1, 2, 4 or 8",
                         str(path)) from None
@@ -67,6 +83,9 @@ def read_pcd(path: Path, limit: int) -> PointFile:
             raise DataError(f"binary_compressed PCD declares {compressed:,} compressed / {uncompressed:,} "
                             f"uncompressed bytes; expected at most {len(raw) - offset - 8:,} and exactly "
                             f"{meta.points * itemsize:,} ({meta.points} points of {itemsize} bytes)", str(path))
+        if uncompressed > LZF_MAX_RATIO * compressed + 1:
+            raise DataError(f"binary_compressed PCD declares {uncompressed:,} bytes from {compressed:,} compressed "
+                            f"bytes; LZF expands at most {LZF_MAX_RATIO}-fold", str(path))
     elif data == "binary" and len(raw) - offset < meta.points * itemsize:
         raise DataError(f"file is truncated: {meta.points} points of {itemsize} bytes declared, "
                         f"{len(raw) - offset} bytes of data", str(path))

@@ -3,8 +3,9 @@
 A point file is a :class:`PointFile`: xyz plus the normals, colours and other per-point
 values the file carries (kept even though the model reads xyz only). A mesh is a
 ``trimesh.Trimesh`` (scenes already flattened). The checks here refuse silent wrong
-results: a declared size above the limit, a transposed ``(3, N)`` array, complex or
-non-numeric values, NaN coordinates, faces pointing past the vertices.
+results: a declared size above the limit (the limits themselves are in ``limits``), a
+transposed ``(3, N)`` array, complex or non-numeric values, NaN coordinates, faces pointing
+past the vertices.
 """
 from __future__ import annotations
 
@@ -15,19 +16,10 @@ from typing import Mapping
 import numpy as np
 
 from ...errors import DataError
+from .limits import DEFAULT_MAX_POINTS_PER_FILE, MAX_COLUMNS, VALUES_PER_POINT
 
 __all__ = ["PointFile", "DEFAULT_MAX_POINTS_PER_FILE", "MAX_COLUMNS", "VALUES_PER_POINT", "check_declared",
            "check_width", "cloud_columns", "check_points", "check_dtype"]
-
-# The fallback of ``data.max_points_per_file`` for callers without a data config (the
-# data YAMLs state the same value; a test keeps them equal).
-DEFAULT_MAX_POINTS_PER_FILE = 5_000_000
-# An array cloud may carry per-point values beyond xyz (normals, colours, labels, features):
-# at most MAX_COLUMNS of them, and at most VALUES_PER_POINT * max_points_per_file values in all
-# (xyz + normals at the full point limit; wider records hold proportionally fewer points), so
-# a header declaring (1000, 10**9) is refused before anything is read.
-MAX_COLUMNS = 64
-VALUES_PER_POINT = 6
 
 
 @dataclass(frozen=True)

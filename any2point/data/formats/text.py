@@ -6,11 +6,13 @@ line, so this small parser stays ours. Its row count is checked before any numbe
 """
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import DataError
+from .limits import MAX_COLUMNS, read_bounded
 from .records import DEFAULT_MAX_POINTS_PER_FILE, PointFile, check_declared, check_points, check_width
 
 __all__ = ["read_text", "parse_text_cloud"]
@@ -33,9 +35,9 @@ def parse_text_cloud(text: str, source: str, limit: int = DEFAULT_MAX_POINTS_PER
     lines = [(i, line) for i, line in lines if line and not line.startswith(("#", "//"))]
     names: list[str] = []
     if lines:
-        first = lines[0][1].replace(",", " ").split()
+        first = lines[0][1].replace(",", " ").split(None, MAX_COLUMNS)
         try:
-            [float(t) for t in first]
+            [float(t) for t in first[:MAX_COLUMNS]]
             if len(first) == 1:  # a point count on its own line
                 lines = lines[1:]
         except ValueError:  # column names
@@ -44,7 +46,8 @@ def parse_text_cloud(text: str, source: str, limit: int = DEFAULT_MAX_POINTS_PER
     check_declared(source, "rows of points", len(lines), limit)
     if not lines:
         raise DataError("no points: expected rows of 'x y z' or 'x,y,z'", source)
-    rows = [line.replace(",", " ").split() for _, line in lines]
+    # at most MAX_COLUMNS + 1 values split from a row: a longer one is refused by check_width
+    rows = [line.replace(",", " ").split(None, MAX_COLUMNS) for _, line in lines]
     width = min(len(r) for r in rows)
     if width < 3:
         number = next(i for (i, _), r in zip(lines, rows) if len(r) < 3)
@@ -71,8 +74,13 @@ def parse_text_cloud(text: str, source: str, limit: int = DEFAULT_MAX_POINTS_PER
 
 
 def read_text(path: Path, limit: int) -> PointFile:
-    raw = path.read_bytes()
+    raw = read_bounded(path, limit)
     lines = raw.count(b"\n")
     if lines > limit + 16:  # before decoding or splitting anything; a few lines of header and comments allowed
         check_declared(path, "text lines", lines, limit)
-    return parse_text_cloud(raw.decode("utf-8", errors="replace"), str(path), limit)
+    encoding = "utf-8-sig"  # a UTF-8 byte-order mark is dropped
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"
+    # any other byte that is not UTF-8 is read as U+FFFD: in a comment or a column name it is harmless,
+    # in a number it makes that line's error
+    return parse_text_cloud(raw.decode(encoding, errors="replace"), str(path), limit)
