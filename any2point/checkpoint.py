@@ -70,6 +70,7 @@ INFO_FIELDS: dict[str, Any] = {
 # Keys a writer may add (``save_checkpoint(extra=...)``).
 OPTIONAL_INFO_FIELDS: dict[str, Any] = {
     "epoch": int, "val_oa": float | None, "val_macc": float | None, "metrics": dict[str, Any],
+    "unseen_class_names": list[str],  # a zero-shot run's held-out classes (data.classes.eval)
 }
 
 
@@ -106,6 +107,20 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _without_local_paths(model_config: ModelConfig) -> ModelConfig:
+    """The model config as a checkpoint records it: the text encoder by name, never where its
+    weights were on this machine (``model.head.text_weights``; given again where it is used)."""
+    return dataclasses.replace(model_config, head=dataclasses.replace(model_config.head, text_weights=None))
+
+
+def _run_config_without_local_paths(config: Any) -> Any:
+    config = _jsonable(config)
+    head = ((config or {}).get("model") or {}).get("head") if isinstance(config, dict) else None
+    if isinstance(head, dict) and head.get("text_weights") is not None:
+        head["text_weights"] = None
+    return config
+
+
 def save_checkpoint(model: Any2PointModel, stem: str | Path, *, source: Mapping[str, Any], class_names: list[str],
                     num_points: int, config: Any = None, extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``<stem>.safetensors`` and ``<stem>.json``; returns the safetensors path.
@@ -125,13 +140,13 @@ def save_checkpoint(model: Any2PointModel, stem: str | Path, *, source: Mapping[
         "source": {"name": str(source["name"]), "pretrained": bool(source.get("pretrained", True)),
                    "weights": None if source.get("weights") is None else str(source["weights"]),
                    "options": dict(source.get("options") or {}), "weights_tag": model.source.weights_tag},
-        "model": _jsonable(model.config),
+        "model": _jsonable(_without_local_paths(model.config)),
         "peft": _jsonable(model.peft_config),
         "class_names": list(class_names),
         "num_points": int(num_points),
         "tensors": len(tensors),
         **dict(extra or {}),
-        "config": _jsonable(config),
+        "config": _run_config_without_local_paths(config),
     }
     weights = stem.with_name(stem.name + ".safetensors")
     atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": str(FORMAT)}))
@@ -255,6 +270,11 @@ class LoadedCheckpoint:
     def num_points(self) -> int:
         return int(self.info["num_points"])
 
+    @property
+    def unseen_class_names(self) -> list[str]:
+        """A zero-shot run's held-out classes (empty for other runs)."""
+        return list(self.info.get("unseen_class_names") or [])
+
 
 def _check_expectations(info: dict, path: Path, source: str | None, weights_tag: str | None,
                         class_names: list[str] | None) -> None:
@@ -280,14 +300,17 @@ def _check_expectations(info: dict, path: Path, source: str | None, weights_tag:
 def load_checkpoint(path: str | Path, *, source: str | None = None, weights_tag: str | None = None,
                     class_names: list[str] | None = None, weights: str | None = None,
                     model_overrides: Mapping[str, Mapping[str, Any]] | None = None,
-                    map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
+                    map_location: str | torch.device = "cpu", text_weights: str | None = None) -> LoadedCheckpoint:
     """Rebuild the model a checkpoint was trained as and load its tensors.
 
     ``source`` / ``weights_tag`` / ``class_names``: what the caller expects; any difference
     raises :class:`CheckpointMismatchError` saying which. ``weights``: a local copy of the
     source's weights when they are no longer where the checkpoint says. ``model_overrides``:
     model sections to change (e.g. ``{"tokenizer": {"normalize": "modelnet"}}``); they must
-    not change tensor shapes. ``info`` of the result is plain JSON data."""
+    not change tensor shapes. ``text_weights``: a local copy of the contrastive head's text
+    encoder weights (a checkpoint names the encoder, never where its weights are); the head
+    checks that it gives the training classes' embeddings the run trained with. ``info`` of
+    the result is plain JSON data."""
     weights_path = resolve_checkpoint(path)
     info = _read_info(weights_path)
     _check_expectations(info, weights_path, source, weights_tag, class_names)
@@ -297,6 +320,7 @@ def load_checkpoint(path: str | Path, *, source: str | None = None, weights_tag:
     if weights is not None or saved.weights:
         options["weights"] = str(weights if weights is not None else saved.weights)
     model_cfg: ModelConfig = info["model"]
+    model_cfg = dataclasses.replace(model_cfg, head=dataclasses.replace(model_cfg.head, text_weights=text_weights))
     for section, values in (model_overrides or {}).items():
         if not hasattr(model_cfg, section):
             raise ValueError(f"unknown model section {section!r} in model_overrides")
@@ -333,4 +357,5 @@ def load_checkpoint(path: str | Path, *, source: str | None = None, weights_tag:
         raise CheckpointError(f"{weights_path} could not be read ({exc}); {_REDO}") from None
     model.load_state_dict(tensors, strict=False)  # key sets and shapes were compared above
     model.to(map_location)
+    model.head.restore_classes(info["class_names"], where=str(weights_path))
     return LoadedCheckpoint(model=model.eval(), info=info_as_plain(info), path=weights_path)

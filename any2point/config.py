@@ -132,6 +132,9 @@ class EvalAppConfig:
     expect: ExpectConfig = field(default_factory=ExpectConfig)
     weights: str | None = None  # local copy of the source weights if they moved since training
     data: DataConfig | None = None  # null: the data config the checkpoint was trained on
+    # keys changed in the checkpoint's data config (data.KEY=VALUE without data=NAME lands here)
+    data_overrides: Dict[str, Any] = field(default_factory=dict)
+    text_weights: str | None = None  # local copy of a contrastive head's text encoder weights
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalOptions = field(default_factory=EvalOptions)
     seed: int | None = None  # null: the training seed (it decides the validation split)
@@ -198,3 +201,29 @@ def check_train_settings(cfg: DictConfig) -> None:
     if num_points is None or num_points <= 0:
         raise ConfigError(f"data.num_points must be a positive integer, got {num_points}")
     check_tokenizer_fits(cfg.model.tokenizer, int(num_points))
+    check_head_settings(cfg.model.head)
+    from .data.classes import class_selection_of
+    from .heads import get_head
+    from .data.options import as_dict
+
+    selection = class_selection_of(as_dict(cfg.data))
+    if selection is not None and selection.unseen and not get_head(cfg.model.head.name).open_vocabulary:
+        raise ConfigError("data.classes.eval holds out unseen classes, which only a head that scores classes by their "
+                          f"names can classify; set model.head.name=contrastive (got {cfg.model.head.name!r})")
+
+
+def check_head_settings(head) -> None:
+    """Refuse head settings that cannot work (unknown head, pooling, text encoder name, templates),
+    naming the key, before the text encoder or any data is loaded."""
+    from .heads import get_head, pooled_width
+    from .heads.config import PROJECTION_INITS
+    from .text_encoders import check_templates, check_text_encoder_name
+
+    get_head(head.name)
+    pooled_width(head.pool, 1)
+    if head.name == "contrastive":
+        check_text_encoder_name(head.text_encoder)
+        check_templates(head.templates)
+        if head.projection_init not in PROJECTION_INITS:
+            raise ConfigError(f"model.head.projection_init must be one of {', '.join(PROJECTION_INITS)}, "
+                              f"got {head.projection_init!r}")
