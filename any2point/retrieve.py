@@ -208,11 +208,15 @@ def _cache_dir(args) -> Path | None:
 @exit_on_user_error("any2point-retrieve", status=EXIT_CHECKPOINT)
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.topk < 1 or args.batch_size < 1:
-        raise ConfigError("--topk and --batch-size must be at least 1")
-    if not args.text.strip():
-        raise ConfigError("--text is empty: give the sentence to search for")
-    files = find_shape_files(args.paths)
+    try:
+        if args.topk < 1 or args.batch_size < 1:
+            raise ConfigError("--topk and --batch-size must be at least 1")
+        if not args.text.strip():
+            raise ConfigError("--text is empty: give the sentence to search for")
+        files = find_shape_files(args.paths)
+    except ConfigError as exc:
+        print(f"any2point-retrieve: {exc}", file=sys.stderr)
+        return EXIT_CHECKPOINT
     try:
         require_open_vocabulary(args.checkpoint, "retrieval by text")
         loaded = load_checkpoint(args.checkpoint, weights=args.weights, map_location=resolve_device(args.device),
