@@ -82,8 +82,8 @@ def _selected_splits(data_cfg, seed: int, selection: ClassSelection) -> RunSplit
     test, skipped = _try_test(data_cfg, seed, classes=selection.train)
     if test is None:
         log.warning("test split skipped: %s", skipped)
-    zero_shot = zero_shot_data(data_cfg, seed, selection, "auto", seen_val=val, seen_test=test) \
-        if selection.unseen else None
+    zero_shot = zero_shot_data(data_cfg, seed, selection, "auto" if test is not None else "val", seen_val=val,
+                               seen_test=test) if selection.unseen else None
     log.info("training on %d of the classes (%d clouds)%s", len(selection.train), len(train),
              f"; {len(selection.unseen)} unseen classes held out" if selection.unseen else "")
     return RunSplits(train=train, val=val, test=test, test_skipped=skipped, zero_shot=zero_shot)

@@ -82,8 +82,9 @@ def zero_shot_data(data_cfg, seed: int, selection: ClassSelection, split: str = 
             return ZeroShotData(seen, unseen, seen_test, unseen_test, "test")
         if split == "test":
             raise DataError(f"no test split to evaluate zero-shot on ({problem}); the fallback is eval.split=val")
-        log.info("no test split (%s): zero-shot figures come from the unseen classes' clouds of the training files "
-                 "and the seen classes' validation split", problem)
+        log.warning("no test split: %s", problem)
+    log.info("zero-shot figures from the unseen classes' clouds of the training files and the seen classes' "
+             "validation split (split %s)", FALLBACK_SPLIT)
     if seen_val is None:
         if not float(as_dict(data_cfg).get("val_fraction") or 0.0) > 0:
             raise ConfigError(f"{name!r} has no test split, so GZSL's seen part is the seen classes' validation split: "
