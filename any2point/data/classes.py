@@ -16,11 +16,10 @@ Named splits:
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 
 __all__ = ["ClassSelection", "class_selection_of", "NAMED_SPLITS", "MODELNET40_CLASSES", "MODELNET10_CLASSES"]
 
@@ -48,15 +47,6 @@ class ClassSelection:
     def all(self) -> list[str]:
         """GZSL's classes: the seen ones, then the unseen ones."""
         return [*self.train, *self.unseen]
-
-    def check_available(self, available: Sequence[str], dataset: str) -> None:
-        """DataError naming every selected class that ``available`` (the data's classes) lacks."""
-        missing = [c for c in self.all if c not in set(available)]
-        if missing:
-            close = {c: difflib.get_close_matches(c, list(available), n=1) for c in missing}
-            hints = "; ".join(f"{c!r}: did you mean {m[0]!r}?" for c, m in close.items() if m)
-            raise DataError(f"data.classes names {len(missing)} class(es) that {dataset!r} does not have: {missing}"
-                            + (f" ({hints})" if hints else "") + f"; its classes: {list(available)}")
 
 
 def _names(value: Any, key: str, side: int) -> tuple[str, ...]:
