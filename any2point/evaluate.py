@@ -92,8 +92,8 @@ def _zero_shot_selection(data_cfg, info: dict) -> ClassSelection | None:
     return selection if selection is not None and selection.unseen else None
 
 
-def _run_zero_shot_eval(cfg: DictConfig, run_dir: Path, ctx, data_cfg, info: dict, selection: ClassSelection,
-                        seed: int, start: float) -> dict:
+def _run_zero_shot_eval(cfg: DictConfig, run_dir: Path, ctx, data_cfg, selection: ClassSelection, seed: int,
+                        start: float) -> dict:
     if cfg.eval.split == "train":
         raise ConfigError("eval.split=train: a zero-shot evaluation reads the test split (auto, test) or the "
                           "fallback (val)")
@@ -107,7 +107,7 @@ def _run_zero_shot_eval(cfg: DictConfig, run_dir: Path, ctx, data_cfg, info: dic
     with loaded.model.head.classes(data.seen):
         seen = evaluate_dataset(loaded.model, data.seen_eval, ctx, batch_size=cfg.eval.batch_size, **kw)
     result = evaluate_zero_shot(loaded.model, data, ctx, batch_size=cfg.eval.batch_size, **kw)
-    metrics = {**_common_metrics(loaded, data_cfg, cfg), "split": data.split, "oa": seen.oa, "macc": seen.macc,
+    metrics = {**_common_metrics(loaded, data_cfg), "split": data.split, "oa": seen.oa, "macc": seen.macc,
                "samples": seen.samples, **result.metrics(), "seen_classes": len(data.seen),
                "unseen_classes": list(data.unseen), "seconds": time.perf_counter() - start}
     if ctx.is_main:
@@ -126,7 +126,7 @@ def _load(cfg: DictConfig, ctx, class_names) -> LoadedCheckpoint:
                            map_location=ctx.device, text_weights=cfg.text_weights)
 
 
-def _common_metrics(loaded: LoadedCheckpoint, data_cfg, cfg: DictConfig) -> dict:
+def _common_metrics(loaded: LoadedCheckpoint, data_cfg) -> dict:
     return {"checkpoint": str(loaded.path), "source": loaded.info["source"]["name"],
             "weights_tag": loaded.info["source"]["weights_tag"], "data": str(data_cfg.get("name")),
             "peft": loaded.info["peft"].get("name")}
@@ -155,7 +155,7 @@ def run_eval(cfg: DictConfig, run_dir: str | Path) -> dict:
                                   f"set seed=... to choose the validation split")
         selection = _zero_shot_selection(data_cfg, info)
         if selection is not None:
-            return _run_zero_shot_eval(cfg, run_dir, ctx, data_cfg, info, selection, seed, start)
+            return _run_zero_shot_eval(cfg, run_dir, ctx, data_cfg, selection, seed, start)
         dataset = load_eval_split(data_cfg, cfg.eval.split, seed)
         loaded = _load(cfg, ctx, class_names=dataset.class_names)
         result = evaluate_dataset(loaded.model, dataset, ctx, batch_size=cfg.eval.batch_size,
@@ -163,7 +163,7 @@ def run_eval(cfg: DictConfig, run_dir: str | Path) -> dict:
                                   votes=cfg.eval.votes, vote_scale=cfg.eval.vote_scale, seed=seed,
                                   progress=cfg.trainer.progress)
         metrics = {
-            **_common_metrics(loaded, data_cfg, cfg),
+            **_common_metrics(loaded, data_cfg),
             "split": dataset.split,
             "oa": result.oa,
             "macc": result.macc,
