@@ -49,9 +49,10 @@ from .atomic import atomic_write_json, atomic_write_safetensors
 from .errors import (Any2PointError, CheckpointError, CheckpointMismatchError, CheckpointNotFoundError, ConfigError,
                      WeightsUnavailableError)
 from .factory import create_model
+from .heads import HeadConfig
 from .model import Any2PointModel, ModelConfig
 from .peft import peft_config
-from .plain_data import PlainDataError, check_type, from_plain, refuse_interpolations
+from .plain_data import PlainDataError, check_type, refuse_interpolations
 from .tokenizer import check_cloud_size
 
 __all__ = ["CHECKPOINT", "BEST_VAL", "FORMAT", "INFO_FIELDS", "OPTIONAL_INFO_FIELDS", "SourceInfo",
@@ -88,6 +89,7 @@ INFO_FIELDS: dict[str, Any] = {
 # Keys a writer may add (``save_checkpoint(extra=...)``).
 OPTIONAL_INFO_FIELDS: dict[str, Any] = {
     "epoch": int, "val_oa": float | None, "val_macc": float | None, "metrics": dict[str, Any],
+    "unseen_class_names": list[str],  # a zero-shot run's held-out classes (data.classes.eval)
 }
 # Written by every save; a checkpoint written before the digest was recorded lacks it.
 DIGEST_FIELD = "tensors_sha256"
@@ -126,6 +128,20 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _without_local_paths(model_config: ModelConfig) -> ModelConfig:
+    """The model config as a checkpoint records it: the text encoder by name, never where its
+    weights were on this machine (``model.head.text_weights``; given again where it is used)."""
+    return dataclasses.replace(model_config, head=dataclasses.replace(model_config.head, text_weights=None))
+
+
+def _run_config_without_local_paths(config: Any) -> Any:
+    config = _jsonable(config)
+    head = ((config or {}).get("model") or {}).get("head") if isinstance(config, dict) else None
+    if isinstance(head, dict) and head.get("text_weights") is not None:
+        head["text_weights"] = None
+    return config
+
+
 def save_checkpoint(model: Any2PointModel, stem: str | Path, *, source: Mapping[str, Any], class_names: list[str],
                     num_points: int, config: Any = None, extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``<stem>.safetensors`` and ``<stem>.json``; returns the safetensors path.
@@ -147,13 +163,13 @@ def save_checkpoint(model: Any2PointModel, stem: str | Path, *, source: Mapping[
         "source": {"name": str(source["name"]), "pretrained": bool(source.get("pretrained", True)),
                    "options": options, "weights_tag": model.source.weights_tag,
                    "weights_sha256": getattr(model.source, "weights_sha256", None)},
-        "model": _jsonable(model.config),
+        "model": _jsonable(_without_local_paths(model.config)),
         "peft": _jsonable(model.peft_config),
         "class_names": list(class_names),
         "num_points": int(num_points),
         "tensors": len(tensors),
         **dict(extra or {}),
-        "config": _jsonable(config),
+        "config": _run_config_without_local_paths(config),
     }
     weights = stem.with_name(stem.name + ".safetensors")
     info[DIGEST_FIELD] = atomic_write_safetensors(weights, tensors, {"format": str(FORMAT)})
@@ -200,6 +216,7 @@ def parse_checkpoint_info(text: str, where: str) -> dict:
     if raw.get("format") != FORMAT:
         raise CheckpointMismatchError(f"{where}: checkpoint format {raw.get('format')!r:.40}, this any2point reads "
                                       f"format {FORMAT}")
+    _upgrade_head(raw)
     fields = {**INFO_FIELDS, **OPTIONAL_INFO_FIELDS, DIGEST_FIELD: str}
     if isinstance(raw.get("source"), dict):  # older checkpoints: a weights path (ignored), no digest
         source = {k: v for k, v in raw["source"].items() if k != "weights"}
@@ -249,6 +266,14 @@ def _placement_before_seam(raw: dict) -> None:
     adapter = raw.get("model", {}).get("adapter") if isinstance(raw.get("model"), dict) else None
     if isinstance(adapter, dict) and "seam" not in adapter:
         adapter["seam"] = "after_norm"
+
+
+def _upgrade_head(raw: dict) -> None:
+    """Checkpoints written before heads were registered units hold ``model.head`` as
+    ``{hidden, dropout}`` only: that head is today's classifier with its defaults (same tensors)."""
+    head = raw.get("model", {}).get("head") if isinstance(raw.get("model"), dict) else None
+    if isinstance(head, dict) and set(head) == {"hidden", "dropout"}:
+        raw["model"]["head"] = {**dataclasses.asdict(HeadConfig()), **head}
 
 
 def _read_info(weights_path: Path) -> dict:
@@ -319,6 +344,11 @@ class LoadedCheckpoint:
     def num_points(self) -> int:
         return int(self.info["num_points"])
 
+    @property
+    def unseen_class_names(self) -> list[str]:
+        """A zero-shot run's held-out classes (empty for other runs)."""
+        return list(self.info.get("unseen_class_names") or [])
+
 
 def _check_expectations(info: dict, path: Path, source: str | None, weights_tag: str | None,
                         class_names: list[str] | None) -> None:
@@ -378,7 +408,7 @@ def _check_weights_identity(saved: SourceInfo, model: Any2PointModel, path: Path
 def load_checkpoint(path: str | Path, *, source: str | None = None, weights_tag: str | None = None,
                     class_names: list[str] | None = None, weights: str | None = None,
                     model_overrides: Mapping[str, Mapping[str, Any]] | None = None,
-                    map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
+                    map_location: str | torch.device = "cpu", text_weights: str | None = None) -> LoadedCheckpoint:
     """Rebuild the model a checkpoint was trained as and load its tensors.
 
     ``source`` / ``weights_tag`` / ``class_names``: what the caller expects; any difference
@@ -386,7 +416,10 @@ def load_checkpoint(path: str | Path, *, source: str | None = None, weights_tag:
     (file or folder), needed when training read them from a local path (the checkpoint records
     their SHA-256, never a path; a different file is refused); official weights need none.
     ``model_overrides``: model sections to change (e.g. ``{"tokenizer": {"normalize":
-    "modelnet"}}``); they must not change tensor shapes. ``info`` of the result is plain JSON data."""
+    "modelnet"}}``); they must not change tensor shapes. ``text_weights``: a local copy of the
+    contrastive head's text encoder weights (a checkpoint names the encoder, never where its
+    weights are); the head checks that it gives the training classes' embeddings the run
+    trained with. ``info`` of the result is plain JSON data."""
     weights_path = resolve_checkpoint(path)
     info = _read_info(weights_path)
     _check_expectations(info, weights_path, source, weights_tag, class_names)
@@ -402,6 +435,7 @@ def load_checkpoint(path: str | Path, *, source: str | None = None, weights_tag:
     if weights is not None and (needed is not None or saved.weights_tag != "random"):  # random: all saved
         options["weights"] = str(weights)
     model_cfg: ModelConfig = info["model"]
+    model_cfg = dataclasses.replace(model_cfg, head=dataclasses.replace(model_cfg.head, text_weights=text_weights))
     for section, values in (model_overrides or {}).items():
         if not hasattr(model_cfg, section):
             raise ValueError(f"unknown model section {section!r} in model_overrides")
@@ -432,4 +466,5 @@ def load_checkpoint(path: str | Path, *, source: str | None = None, weights_tag:
     tensors = _read_described_tensors(weights_path, info)
     model.load_state_dict(tensors, strict=False)  # key sets and shapes were compared above
     model.to(map_location)
+    model.head.restore_classes(info["class_names"], where=str(weights_path))
     return LoadedCheckpoint(model=model.eval(), info=info_as_plain(info), path=weights_path)

@@ -178,6 +178,9 @@ class EvalAppConfig:
     expect: ExpectConfig = field(default_factory=ExpectConfig)
     weights: str | None = None  # the source's weights file or folder, needed when training read a local copy
     data: DataConfig | None = None  # null: the data config the checkpoint was trained on
+    # keys changed in the checkpoint's data config (data.KEY=VALUE without data=NAME lands here)
+    data_overrides: Dict[str, Any] = field(default_factory=dict)
+    text_weights: str | None = None  # local copy of a contrastive head's text encoder weights
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalOptions = field(default_factory=EvalOptions)
     seed: int | None = None  # null: the training seed (it decides the validation split)
@@ -244,6 +247,14 @@ def check_train_settings(cfg: DictConfig) -> None:
     if train.warmup_epochs > train.epochs:
         log.warning("train.warmup_epochs=%s is longer than train.epochs=%s: the learning rate never reaches "
                     "train.lr=%s", train.warmup_epochs, train.epochs, train.lr)
+    from .data.classes import class_selection_of
+    from .data.options import as_dict
+    from .heads import get_head
+
+    selection = class_selection_of(as_dict(cfg.data))
+    if selection is not None and selection.unseen and not get_head(model.head.name).open_vocabulary:
+        raise ConfigError("data.classes.eval holds out unseen classes, which only a head that scores classes by their "
+                          f"names can classify; set model.head.name=contrastive (got {model.head.name!r})")
 
 
 def check_eval_settings(cfg: DictConfig) -> None:

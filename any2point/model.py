@@ -5,7 +5,8 @@ adapters -> trainable final norm -> head.
       -> tokenizer: tokens (B, G, D), centres (B, G, 3)
       -> per-view positions of the centres (once) -> PE from the source's frozen table
       -> [cls] + tokens -> source stem -> L frozen blocks, each with its adapter
-      -> final norm -> head on concat(max over point tokens, cls) -> logits (B, C)
+      -> final norm -> pooled as the head asks (concat(max over point tokens, cls) by default)
+      -> head (a registered unit, any2point.heads) -> logits (B, C)
 
 Geometry (per-view positions, cells, voxels) is computed once per forward pass and handed
 down as immutable records; no block recomputes it.
@@ -24,23 +25,14 @@ from any2point.backbones.base import FrozenSource
 from any2point.projections import LearnedPositionEncoding, ProjectionConfig, VirtualProjection
 
 from . import checks
+from .errors import ConfigError
+from .heads import ClassifierHead, HeadConfig, create_head
 from .init import INIT_SCHEMES, initialise
 from .peft import PeftConfig, create_peft_method
 from .recompute import run_maybe_recomputed
 from .tokenizer import PointTokenizer, TokenizerConfig
 
 __all__ = ["HeadConfig", "ModelConfig", "Any2PointModel", "ClassifierHead"]
-
-
-@dataclass
-class HeadConfig:
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
-    dropout: float = 0.5
-
-    def __post_init__(self) -> None:
-        for i, width in enumerate(self.hidden):
-            checks.integer(f"model.head.hidden[{i}]", width, 1)
-        checks.fraction("model.head.dropout", self.dropout)
 
 
 CLS_CHOICES = ("source", "random")  # ModelConfig.cls_token / cls_position
@@ -65,19 +57,6 @@ class ModelConfig:
         checks.one_of("model.init", self.init, INIT_SCHEMES)
         checks.one_of("model.cls_token", self.cls_token, CLS_CHOICES)
         checks.one_of("model.cls_position", self.cls_position, CLS_CHOICES)
-
-
-class ClassifierHead(nn.Sequential):
-    """Linear -> BN -> ReLU -> Dropout per hidden layer, then the class logits."""
-
-    def __init__(self, in_features: int, num_classes: int, config: HeadConfig):
-        layers: list[nn.Module] = []
-        for width in config.hidden:
-            layers += [nn.Linear(in_features, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
-                       nn.Dropout(config.dropout)]
-            in_features = width
-        layers.append(nn.Linear(in_features, num_classes))
-        super().__init__(*layers)
 
 
 @dataclass(frozen=True)
@@ -114,7 +93,10 @@ class Any2PointModel(nn.Module):
         self.norm = copy.deepcopy(source.final_norm) if has_norm else nn.LayerNorm(D)
         self.adapters = self.prompts = None  # set by the methods that use them
         self.peft_method.inject(self)  # before the head: a seed gives the same adapters as always
-        self.head = ClassifierHead(2 * D, num_classes, config.head)
+        self.head = create_head(config.head, D, num_classes)
+        if self.peft_method.encode is not None and self.head.in_features != 2 * D:
+            raise ConfigError(f"model.head.pool={config.head.pool} pools the source's tokens, which peft="
+                              f"{self.peft_config.name} does not run; use model.head.pool=max_cls")
         initialise(self, config.init)
         self.peft_method.mark_trainable(self)
         self.activation_checkpointing = False
@@ -194,12 +176,15 @@ class Any2PointModel(nn.Module):
         return self.peft_method.position_table(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Final norm, then concat(max over point tokens, cls) -> (B, 2D)."""
-        x = self.norm(x)
-        return torch.cat([x[:, 1:].amax(dim=1), x[:, 0]], dim=-1)
+        """Final norm, then the head's pooling (by default concat(max over point tokens, cls) -> (B, 2D))."""
+        return self.head.pool(self.norm(x))
+
+    def head_input(self, points: torch.Tensor) -> torch.Tensor:
+        """The pooled 3D feature of ``points``: what the head maps to class scores."""
+        if self.peft_method.encode is not None:  # a method that replaces the pipeline (tokenizer_only)
+            return self.peft_method.encode(self, points)
+        x, context = self.embed(points)
+        return self.features(self.run_blocks(x, context))
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
-        if self.peft_method.encode is not None:  # a method that replaces the pipeline (tokenizer_only)
-            return self.head(self.peft_method.encode(self, points))
-        x, context = self.embed(points)
-        return self.head(self.features(self.run_blocks(x, context)))
+        return self.head(self.head_input(points))

@@ -24,7 +24,7 @@ _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalRe
 _MATRICES = (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear)
 # Modules that store their parts as stacked Parameters instead of submodules: which of their
 # parameters are projection matrices (decayed); the others (norms, biases) are not decayed.
-_STACKED_MATRICES = {"ViewMiniAttention": {"qkv_weight", "out_weight"}}
+_STACKED_MATRICES = {"ViewMiniAttention": {"qkv_weight", "out_weight"}, "ContrastiveHead": {"projection"}}
 
 
 def decays(module: nn.Module, name: str) -> bool:

@@ -7,6 +7,10 @@ validation split instead. Validation exists when ``data.val_fraction > 0``.
 With ``data.fewshot`` set, one few-shot episode decides the splits instead
 (:mod:`any2point.data.fewshot`): support clouds train, queries from the rest of the training
 split validate, queries from the test split (when readable) test.
+
+With ``data.classes`` set (:mod:`any2point.data.classes`), train, val and test hold the seen
+classes' clouds only, and the unseen classes' clouds go to the zero-shot evaluation data
+(:mod:`any2point.zeroshot`), never to the training loader.
 """
 from __future__ import annotations
 
@@ -14,9 +18,11 @@ import logging
 from dataclasses import dataclass
 
 from .data import PointCloudDataset, build_dataset
+from .data.classes import ClassSelection, class_selection_of
 from .data.fewshot import FewShotConfig, build_episode, fewshot_of
 from .data.options import as_dict
-from .errors import DataError
+from .errors import ConfigError, DataError
+from .zeroshot import ZeroShotData, zero_shot_data
 
 __all__ = ["RunSplits", "load_splits", "load_eval_split", "EVAL_SPLITS"]
 
@@ -31,6 +37,7 @@ class RunSplits:
     val: PointCloudDataset | None
     test: PointCloudDataset | None
     test_skipped: str | None  # why there is no test split
+    zero_shot: ZeroShotData | None = None  # the unseen classes' evaluation data (data.classes.eval)
 
     @property
     def class_names(self) -> list[str]:
@@ -46,9 +53,9 @@ def _val_fraction(data_cfg) -> float:
     return float(data_cfg.get("val_fraction") or 0.0)
 
 
-def _try_test(data_cfg, seed: int) -> tuple[PointCloudDataset | None, str | None]:
+def _try_test(data_cfg, seed: int, classes=None) -> tuple[PointCloudDataset | None, str | None]:
     try:
-        return build_dataset(data_cfg, "test", seed), None
+        return build_dataset(data_cfg, "test", seed, classes=classes), None
     except DataError as exc:
         return None, str(exc)
 
@@ -68,12 +75,32 @@ def _episode_splits(data_cfg, seed: int, fewshot: FewShotConfig) -> RunSplits:
     return RunSplits(train=support, val=val, test=test, test_skipped=skipped)
 
 
+def _selected_splits(data_cfg, seed: int, selection: ClassSelection) -> RunSplits:
+    """The seen classes' train / val / test, and the zero-shot data when there are unseen classes."""
+    train = build_dataset(data_cfg, "train", seed, classes=selection.train)
+    val = build_dataset(data_cfg, "val", seed, classes=selection.train) if _val_fraction(data_cfg) > 0 else None
+    test, skipped = _try_test(data_cfg, seed, classes=selection.train)
+    if test is None:
+        log.warning("test split skipped: %s", skipped)
+    zero_shot = zero_shot_data(data_cfg, seed, selection, "auto" if test is not None else "val", seen_val=val,
+                               seen_test=test) if selection.unseen else None
+    log.info("training on %d of the classes (%d clouds)%s", len(selection.train), len(train),
+             f"; {len(selection.unseen)} unseen classes held out" if selection.unseen else "")
+    return RunSplits(train=train, val=val, test=test, test_skipped=skipped, zero_shot=zero_shot)
+
+
 def load_splits(data_cfg, seed: int) -> RunSplits:
     """train, val (when ``data.val_fraction > 0``) and test (when readable) of a training run;
-    with ``data.fewshot``, the splits of that episode."""
+    with ``data.fewshot``, the splits of that episode; with ``data.classes``, the seen classes'
+    splits and the unseen classes' evaluation data."""
     fewshot = fewshot_of(as_dict(data_cfg))
+    selection = class_selection_of(as_dict(data_cfg))
+    if fewshot is not None and selection is not None:
+        raise ConfigError("data.fewshot and data.classes cannot be combined: an episode draws its own classes")
     if fewshot is not None:
         return _episode_splits(data_cfg, seed, fewshot)
+    if selection is not None:
+        return _selected_splits(data_cfg, seed, selection)
     train = build_dataset(data_cfg, "train", seed)
     val = build_dataset(data_cfg, "val", seed) if _val_fraction(data_cfg) > 0 else None
     test, skipped = _try_test(data_cfg, seed)
@@ -96,13 +123,15 @@ def load_eval_split(data_cfg, split: str, seed: int) -> PointCloudDataset:
                             f"validation queries are eval.split=val")
         return {"auto": episode.test if episode.test is not None else episode.val, "train": episode.train, "val": episode.val,
                 "test": episode.test}[split]
+    selection = class_selection_of(as_dict(data_cfg))
+    classes = list(selection.train) if selection is not None else None
     if split != "auto":
-        return build_dataset(data_cfg, split, seed)
-    test, skipped = _try_test(data_cfg, seed)
+        return build_dataset(data_cfg, split, seed, classes=classes)
+    test, skipped = _try_test(data_cfg, seed, classes=classes)
     if test is not None:
         return test
     if _val_fraction(data_cfg) > 0:
         log.warning("no test split (%s): evaluating the validation split", skipped)
-        return build_dataset(data_cfg, "val", seed)
+        return build_dataset(data_cfg, "val", seed, classes=classes)
     raise DataError(f"no test split to evaluate ({skipped}) and data.val_fraction is 0: set eval.split=train, "
                     f"or data.val_fraction to what the training run used")

@@ -38,7 +38,7 @@ from .checkpoint import BEST_VAL, CHECKPOINT, save_checkpoint, trained_keys, tra
 from .config import CONFIG_MODULE, check_required, check_train_settings
 from .engine import autocast, make_loader, train_one_epoch
 from .errors import CheckpointError, ConfigError, TrainingDivergedError, exit_on_user_error, user_errors_exit
-from .evaluate import METRICS_JSON, evaluate_dataset, write_split_results
+from .evaluate import METRICS_JSON, evaluate_dataset, write_split_results, write_zero_shot_results
 from .factory import create_model_from_config
 from .history import EpochHistory
 from .metrics import ClassificationResult
@@ -49,6 +49,7 @@ from .resume_state import (LEGACY_TRAINING_STATE, TRAINING_STATE, TrainingState,
 from .run_data import RunSplits, load_splits
 from .run_lock import run_directory_lock
 from .source_overrides import route_source_overrides
+from .zeroshot import ZERO_SHOT_KEYS, evaluate_zero_shot
 
 __all__ = ["run_training", "main"]
 
@@ -113,6 +114,7 @@ class _Run:
         self.splits: RunSplits = load_splits(cfg.data, cfg.seed)
         self.class_names = self.splits.class_names
         self.model = create_model_from_config(cfg, len(self.class_names)).to(ctx.device)
+        self.model.head.bind_classes(self.class_names)
         self.params = parameter_report(self.model)
         t = cfg.train
         self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay, t.betas)
@@ -187,6 +189,8 @@ class _Run:
                                 precision=c.trainer.precision, num_workers=c.trainer.num_workers, seed=c.seed)
 
     def _save(self, stem: str, extra: dict) -> None:
+        if self.splits.zero_shot is not None:
+            extra = {**extra, "unseen_class_names": list(self.splits.zero_shot.unseen)}
         if self.ctx.is_main:
             save_checkpoint(self.model, self.run_dir / stem, source=_source_section(self.cfg),
                             class_names=self.class_names, num_points=int(self.cfg.data.num_points), config=self.cfg,
@@ -252,6 +256,12 @@ class _Run:
                               else self._evaluate(splits.val))
         if splits.test is not None:
             results["test"] = self._evaluate(splits.test)
+        zero_shot = None
+        if splits.zero_shot is not None:
+            distributed.sync_buffers(self.model, self.ctx)
+            zero_shot = evaluate_zero_shot(self.model, splits.zero_shot, self.ctx, batch_size=c.train.eval_batch_size,
+                                           precision=c.trainer.precision, num_workers=c.trainer.num_workers,
+                                           seed=c.seed)
         report = splits.report
         metrics = {
             "source": c.source.name, "weights_tag": self.model.source.weights_tag, "data": c.data.name,
@@ -269,11 +279,17 @@ class _Run:
             trainable_params_without_head=self.params["trainable_without_head"], total_params=self.params["total"],
             trainable_percent=100.0 * self.params["trainable_fraction"], epochs=self.epoch,
             world_size=self.ctx.world_size)
-        self._save(CHECKPOINT, {"epoch": self.epoch, "metrics": {k: metrics[k] for k in ("split", "oa", "macc")}})
+        if zero_shot is not None:
+            metrics.update(split=zero_shot.split, **zero_shot.metrics(), seen_classes=len(splits.zero_shot.seen),
+                           unseen_classes=list(splits.zero_shot.unseen))
+        kept = ("split", "oa", "macc") + (ZERO_SHOT_KEYS if zero_shot is not None else ())
+        self._save(CHECKPOINT, {"epoch": self.epoch, "metrics": {k: metrics[k] for k in kept}})
         metrics["seconds"] = self.elapsed()
         if self.ctx.is_main:
             for name, r in results.items():
                 write_split_results(self.run_dir, name, r, self.class_names)
+            if zero_shot is not None:
+                write_zero_shot_results(self.run_dir, zero_shot, splits.zero_shot)
             atomic_write_json(self.run_dir / METRICS_JSON, metrics)
             if report:
                 log.info("final model (epoch %d) on the %s split of %s: OA %.2f%%  mAcc %.2f%%  (%d samples, %d "
@@ -282,6 +298,10 @@ class _Run:
                          f"; best val OA {self.best['oa']:.2f}% at epoch {self.best['epoch']}" if splits.val else "")
             else:
                 log.warning("no validation or test split: nothing evaluated (set data.val_fraction > 0)")
+            if zero_shot is not None:
+                log.info("zero-shot (%s): ZSL top-1 %.2f%% (%d unseen classes); GZSL seen %.2f%%, unseen %.2f%%, "
+                         "harmonic mean %.2f%%", zero_shot.split, zero_shot.zsl.oa, len(splits.zero_shot.unseen),
+                         zero_shot.seen, zero_shot.unseen, zero_shot.hm)
             if splits.test_skipped:
                 log.info("test split skipped: %s", splits.test_skipped)
             log.info("run directory: %s", self.run_dir)

@@ -7,10 +7,13 @@ prediction. Loaders read (or generate) a source split once into FPS-ordered pool
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+import difflib
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
 
 from .. import checks
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .base import LoadedSplit, PointCloudDataset
 from .fewshot import fewshot_of
 from .fps_cache import cached_epoch_pools
@@ -91,17 +94,34 @@ def _epoch_pools(options: dict, fmt: str, protocol) -> tuple[int, int]:
     return pools, _WHOLE_CLOUDS
 
 
-def build_dataset(cfg: Any, split: str, seed: int = 0) -> PointCloudDataset:
+def _select_classes(loaded: LoadedSplit, classes: list[str], dataset: str) -> tuple[np.ndarray, list[str]]:
+    """(labels renumbered in the order of ``classes``, -1 for the other clouds; ``classes``)."""
+    missing = [c for c in classes if c not in loaded.class_names]
+    if missing:
+        close = [f"{c!r}: did you mean {m[0]!r}?" for c in missing
+                 if (m := difflib.get_close_matches(c, loaded.class_names, n=1))]
+        raise DataError(f"{dataset!r} has no class(es) {missing} (data.classes)"
+                        + (f" ({'; '.join(close)})" if close else "") + f"; its classes: {loaded.class_names}")
+    mapping = np.full(len(loaded.class_names), -1, dtype=np.int64)
+    mapping[[loaded.class_names.index(c) for c in classes]] = np.arange(len(classes))
+    return mapping[loaded.labels], classes
+
+
+def build_dataset(cfg: Any, split: str, seed: int = 0, classes: Sequence[str] | None = None,
+                  carve: bool = True) -> PointCloudDataset:
     """The ``split`` ('train', 'val' or 'test') of the dataset described by the ``data`` config.
 
     'val' is a seeded, class-stratified ``data.val_fraction`` of the training split, and
-    'train' then excludes it."""
+    'train' then excludes it. ``classes``: only the clouds of these classes, labelled in this
+    order (the validation split is then carved from them alone; data.classes). ``carve=False``:
+    'val' is every selected cloud of the training files, read as an evaluation split (a
+    zero-shot run's unseen classes when the data has no test split)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     options = as_dict(cfg)
     fmt = format_of(options)
-    val_fraction = float(options.get("val_fraction") or 0.0)
-    if split == "val" and val_fraction <= 0:
+    val_fraction = float(options.get("val_fraction") or 0.0) if carve else 0.0
+    if split == "val" and val_fraction <= 0 and carve:
         raise ValueError("split 'val' needs data.val_fraction > 0 (it is carved from the training split)")
     protocol = protocol_of(options, split)
     source_split = "test" if split == "test" else "train"
@@ -110,14 +130,18 @@ def build_dataset(cfg: Any, split: str, seed: int = 0) -> PointCloudDataset:
     epoch_pools = None
     if pools > 1 and loaded.pools.shape[1] > protocol.train_fps:
         epoch_pools = cached_epoch_pools(loaded.pools, protocol.train_fps, pools, cache_of(options))
-    rows = None
+    labels, class_names, rows = loaded.labels, loaded.class_names, None
+    if classes is not None:
+        labels, class_names = _select_classes(loaded, list(classes), str(options.get("name", fmt)))
+        rows = np.flatnonzero(labels >= 0)
     if source_split == "train" and val_fraction > 0:
-        train_rows, val_rows = stratified_split(loaded.labels, val_fraction, seed)
-        rows = val_rows if split == "val" else train_rows
+        selected = np.arange(len(labels)) if rows is None else rows
+        train_rows, val_rows = stratified_split(labels[selected], val_fraction, seed)
+        rows = selected[val_rows if split == "val" else train_rows]
     up_axis = str(options.get("up_axis", "y"))
     transforms = build_transforms(options.get("augment") if split == "train" else options.get("eval_transforms"),
                                   up_axis)
-    return PointCloudDataset(loaded.pools, loaded.labels, loaded.class_names, split, protocol, rows=rows,
+    return PointCloudDataset(loaded.pools, labels, class_names, split, protocol, rows=rows,
                              transforms=transforms, seed=seed, epoch_pools=epoch_pools,
                              normalize=bool(options.get("normalize", fmt in _NORMALIZE_BY_DEFAULT)),
                              name=str(options.get("name", fmt)), skipped=loaded.skipped)
