@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -112,28 +113,23 @@ def check_text_encoder_name(name: str) -> None:
     raise ConfigError(f"unknown model.head.text_encoder {name!r}; expected {TEXT_ENCODER_SYNTAX}")
 
 
-def _transformers_model(location: str) -> tuple[nn.Module, object]:
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+def _transformers_model(name: str, folder, tokenizer_from: str) -> tuple[nn.Module, object]:
+    """The model of a transformers ``folder`` through the same checks as an ``hf:`` source
+    (config and weights files checked, no TorchScript, pickles only as plain tensors), and the
+    tokenizer of ``tokenizer_from`` (its files are data: vocabularies and JSON)."""
+    from transformers import AutoTokenizer
 
-    previous, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # an unused pooler's "unexpected keys" report is noise here
-    hf_logging.disable_progress_bar()
-    try:
-        try:
-            model = AutoModel.from_pretrained(location, add_pooling_layer=False)
-        except TypeError:  # a model class without a pooler argument
-            model = AutoModel.from_pretrained(location)
-        return model, AutoTokenizer.from_pretrained(location)
-    finally:
-        hf_logging.set_verbosity(previous)
-        if bars:
-            hf_logging.enable_progress_bar()
+    from .backbones.hf_load import _check_folder, _load_folder
+
+    files = _check_folder(Path(folder), name)
+    return _load_folder(Path(folder), name, files), AutoTokenizer.from_pretrained(tokenizer_from)
 
 
 def _mean_pooling(name: str, hub_id: str, weights: str | None, package: str | None = None) -> MeanPoolingEncoder:
     """In the weights order of any2point.weights: local copy, offline package, hub cache."""
-    local = local_weights(weights, name, config_key="model.head.text_weights")
+    from .backbones.hf_load import hub_config_folder
+
+    local = local_weights(weights, name, config_key="model.head.text_weights", folder=True)
     if local is not None:
         location, tag = str(local), f"file:{local.name}"
     elif package and (folder := package_dir(package, "model")) is not None:
@@ -141,7 +137,8 @@ def _mean_pooling(name: str, hub_id: str, weights: str | None, package: str | No
     else:
         location, tag = hub_id, "hub"
     try:
-        model, tokenizer = _transformers_model(location)
+        folder = location if tag != "hub" else hub_config_folder(name, hub_id, with_weights=True)[0]
+        model, tokenizer = _transformers_model(name, folder, location)
     except (OSError, ValueError) as exc:
         if tag != "hub":
             raise ConfigError(f"text encoder {name}: {location} is not a transformers folder with a tokenizer "

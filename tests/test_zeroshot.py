@@ -4,6 +4,7 @@ ModelNet40 HDF5 layout: training reads only seen-class clouds, metrics.json gets
 keys, ``any2point-eval`` reports them for another copy of the data with a test split."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -284,7 +285,9 @@ def test_a_text_encoder_giving_other_embeddings_is_refused(zero_shot_run, tmp_pa
     tensors = load_file(str(run / "checkpoint.safetensors"))
     tensors["head.train_text"] = F.normalize(tensors["head.train_text"].roll(1, dims=0), dim=-1)
     save_file(tensors, str(tmp_path / "checkpoint.safetensors"))
-    (tmp_path / "checkpoint.json").write_text((run / "checkpoint.json").read_text())
+    info = json.loads((run / "checkpoint.json").read_text())  # a consistent pair, trained with another encoder
+    info["tensors_sha256"] = hashlib.sha256((tmp_path / "checkpoint.safetensors").read_bytes()).hexdigest()
+    (tmp_path / "checkpoint.json").write_text(json.dumps(info))
     with pytest.raises(CheckpointMismatchError, match="gives other embeddings of the training classes"):
         load_checkpoint(tmp_path)
 
