@@ -30,7 +30,7 @@ from .engine import PRECISIONS
 from .errors import ConfigError
 from .model import ModelConfig
 from .peft import PeftConfig, load_peft_methods
-from .run_data import EVAL_SPLITS
+from .run.splits import EVAL_SPLITS
 from .tokenizer import NORMALIZE_MODES, check_cloud_size
 
 __all__ = ["job_dirname", "SourceConfig", "DataConfig", "TrainConfig", "TrainerConfig", "TrainAppConfig", "EvalOptions",

@@ -28,7 +28,7 @@ from .errors import CheckpointError, exit_on_user_error, user_errors_exit
 from .engine import make_loader, predict
 from .metrics import ClassificationResult, classification_metrics
 from .plots import plot_confusion_matrix
-from .run_data import load_eval_split
+from .run.splits import load_eval_split
 from .tokenizer import TokenizerConfig, check_cloud_size
 
 __all__ = ["evaluate_dataset", "write_split_results", "run_eval", "main", "METRICS_JSON"]

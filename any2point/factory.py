@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from .backbones.base import FrozenSource
 from .model import Any2PointModel, ModelConfig
 from .peft import PeftConfig, peft_config
-from .registry import create_source
+from .backbones.registry import create_source
 
 __all__ = ["create_model", "create_model_from_config", "model_config", "model_preset_names"]
 

@@ -9,7 +9,7 @@ import torch
 
 import any2point
 from any2point.peft import lora_layers
-from any2point.weights import package_dir
+from any2point.backbones.weights import package_dir
 
 COMMON = {"tokenizer", "cls_token", "cls_position", "norm", "head"}
 EXPECTED_TRAINABLE = {

@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .data import PointCloudDataset, build_dataset
-from .data.fewshot import FewShotConfig, build_episode, fewshot_of
-from .data.options import as_dict
-from .errors import DataError
+from ..data import PointCloudDataset, build_dataset
+from ..data.fewshot import FewShotConfig, build_episode, fewshot_of
+from ..data.options import as_dict
+from ..errors import DataError
 
 __all__ = ["RunSplits", "load_splits", "load_eval_split", "EVAL_SPLITS"]
 
