@@ -24,6 +24,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from . import checks
+from .backbones.registry import source_preset
 from .data import check_data_options
 from .distributed import ACCELERATORS, BACKENDS, STRATEGIES
 from .engine import PRECISIONS
@@ -199,6 +200,8 @@ def register_configs() -> None:
     cs.store(name="eval_schema", node=EvalAppConfig)
     load_peft_methods()  # third-party methods become options of the peft group
     OmegaConf.register_new_resolver("a2p_dirname", job_dirname, replace=True)
+    # conf/train.yaml's defaults list: model: ${a2p_preset:${source}} (the source option's preset)
+    OmegaConf.register_new_resolver("a2p_preset", source_preset, replace=True)
 
 
 register_configs()

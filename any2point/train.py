@@ -24,11 +24,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -40,6 +38,7 @@ from .engine import autocast, make_loader, train_one_epoch
 from .errors import CheckpointError, ConfigError, TrainingDivergedError, exit_on_user_error, user_errors_exit
 from .evaluate import METRICS_JSON, evaluate_dataset, write_split_results
 from .factory import create_model_from_config
+from .hydra_app import check_source_preset, run_hydra_app
 from .run.history import EpochHistory
 from .metrics import ClassificationResult
 from .optim import build_optimizer, build_scheduler
@@ -48,7 +47,6 @@ from .run.resume import (LEGACY_TRAINING_STATE, TRAINING_STATE, TrainingState, r
                            refuse_legacy_state, restore_training_state, save_training_state)
 from .run.splits import RunSplits, load_splits
 from .run.lock import run_directory_lock
-from .source_overrides import route_source_overrides
 
 __all__ = ["run_training", "main"]
 
@@ -309,19 +307,21 @@ def run_training(cfg: DictConfig, run_dir: str | Path, peft_config: str | None =
         distributed.cleanup()
 
 
-@hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="train", version_base="1.3")
 def _app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    runtime_info = HydraConfig.get().runtime
+    hydra_cfg = HydraConfig.get()
+    runtime_info = hydra_cfg.runtime
     with user_errors_exit("any2point-train"):  # inside: Hydra would print a traceback
+        name = OmegaConf.select(cfg, "source.name")  # None while unset: check_required names it
+        if name is not None:
+            check_source_preset(name, runtime_info.choices.get("model"), list(hydra_cfg.overrides.task))
         return run_training(cfg, runtime_info.output_dir, runtime_info.choices.get("peft")).get("oa")
 
 
 @exit_on_user_error("any2point-train")
 def main() -> None:
-    sys.argv[1:] = route_source_overrides(sys.argv[1:])  # source.name=timm:... runs on model/base.yaml
-    _app()
+    run_hydra_app(_app, CONFIG_MODULE, "train")  # source.name=timm:... chooses model=base (any2point.hydra_app)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,15 @@ from __future__ import annotations
 import difflib
 import importlib.metadata
 import logging
+import re
+from importlib import resources
 from dataclasses import dataclass, field
 from typing import Callable
 
 from any2point.errors import UnknownSourceError
 
 __all__ = ["SourceSpec", "SourceFamily", "register_source", "register_family", "list_sources", "list_families",
-           "get_source_spec", "create_source", "split_prefix"]
+           "get_source_spec", "create_source", "split_prefix", "source_preset", "BASE_PRESET"]
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +157,24 @@ def split_prefix(name: str) -> tuple[str, str] | None:
     """``("timm", "vit_small_patch14_dinov2")`` for a prefixed name, None for a named source."""
     prefix, sep, rest = name.partition(":")
     return (prefix, rest) if sep else None
+
+
+BASE_PRESET = "base"  # conf/model/base.yaml: the model settings of a source without a preset of its own
+# a preset is a file of one folder: a name that could leave it (``/``, ``..``) or names a library model never has one
+_PRESET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def source_preset(name: str) -> str:
+    """The model preset a source name runs on: ``conf/model/<name>.yaml`` when the source has
+    one (a named source's ScanObjectNN settings of the release), else :data:`BASE_PRESET`.
+
+    The one rule for every path: :func:`any2point.create_model`, and the training app, whose
+    defaults list selects ``model: ${a2p_preset:${source}}`` and whose ``source.name=...``
+    overrides choose ``model=`` by it (:mod:`any2point.hydra_app`). A library name
+    (``timm:``, ``hf:org/name``, ``open_clip:...``) or any name with ``/`` has no preset."""
+    if split_prefix(name) is not None or not _PRESET_NAME.fullmatch(name) or name == BASE_PRESET:
+        return BASE_PRESET
+    return name if resources.files("any2point.conf").joinpath("model", f"{name}.yaml").is_file() else BASE_PRESET
 
 
 def _family(name: str) -> tuple[SourceFamily, str]:
