@@ -9,9 +9,10 @@ Two kinds of names:
   ``open_clip:<arch>:<tag>[:visual]``): any fitting model of that library, its facts read
   from the model when it is built. A family registers its prefix with ``register_family``.
 
-The family files of this package (:data:`BUILTIN_FAMILIES`) register when the registry is first used; third-party packages register
-through the entry-point group ``any2point.sources`` (an entry point names a module or a
-callable; loading it must call ``register_source``).
+The family files of this package (:data:`BUILTIN_FAMILIES`) register when the registry is
+first used; third-party packages register through the entry-point group ``any2point.sources``
+(an entry point names a module or a callable; loading it must call ``register_source``).
+Which model preset a name runs on is decided here too (:func:`source_preset`).
 """
 from __future__ import annotations
 
