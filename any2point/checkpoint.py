@@ -75,7 +75,7 @@ class SourceInfo:
     pretrained: bool
     options: dict[str, Any]
     weights_tag: str
-    # SHA-256 identity of the weights file(s) the source loaded (any2point.weights); None for
+    # SHA-256 identity of the weights file(s) the source loaded (any2point.backbones.weights); None for
     # random weights, a source that records none, or a checkpoint older than the field
     weights_sha256: str | None
 

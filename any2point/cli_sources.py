@@ -12,7 +12,7 @@ import json
 import sys
 
 from .errors import exit_on_user_error
-from .registry import get_source_spec, list_families, list_sources
+from .backbones.registry import get_source_spec, list_families, list_sources
 
 __all__ = ["main", "source_rows", "family_rows"]
 

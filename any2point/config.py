@@ -24,13 +24,14 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from . import checks
+from .backbones.registry import source_preset
 from .data import check_data_options
 from .distributed import ACCELERATORS, BACKENDS, STRATEGIES
 from .engine import PRECISIONS
 from .errors import ConfigError
 from .model import ModelConfig
 from .peft import PeftConfig, load_peft_methods
-from .run_data import EVAL_SPLITS
+from .run.splits import EVAL_SPLITS
 from .tokenizer import NORMALIZE_MODES, check_cloud_size
 
 __all__ = ["job_dirname", "SourceConfig", "DataConfig", "TrainConfig", "TrainerConfig", "TrainAppConfig", "EvalOptions",
@@ -202,6 +203,8 @@ def register_configs() -> None:
     cs.store(name="eval_schema", node=EvalAppConfig)
     load_peft_methods()  # third-party methods become options of the peft group
     OmegaConf.register_new_resolver("a2p_dirname", job_dirname, replace=True)
+    # conf/train.yaml's defaults list: model: ${a2p_preset:${source}} (the source option's preset)
+    OmegaConf.register_new_resolver("a2p_preset", source_preset, replace=True)
 
 
 register_configs()

@@ -22,11 +22,9 @@ The helpers :func:`evaluate_dataset` and :func:`write_split_results` are shared 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, runtime
@@ -37,9 +35,10 @@ from .data.classes import ClassSelection, class_selection_of
 from .data.options import as_dict
 from .errors import CheckpointError, ConfigError, exit_on_user_error, user_errors_exit
 from .engine import make_loader, predict
+from .hydra_app import run_hydra_app
 from .metrics import ClassificationResult, classification_metrics
 from .plots import plot_confusion_matrix
-from .run_data import load_eval_split
+from .run.splits import load_eval_split
 from .tokenizer import TokenizerConfig, check_cloud_size
 from .zeroshot import ZeroShotData, ZeroShotResult, evaluate_zero_shot, zero_shot_data
 
@@ -202,7 +201,6 @@ def _checkpoint_data_config(data, checkpoint) -> DictConfig:
     return OmegaConf.create(data)
 
 
-@hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="eval", version_base="1.3")
 def _app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -220,8 +218,7 @@ def route_data_overrides(argv: list[str]) -> list[str]:
 
 @exit_on_user_error("any2point-eval")
 def main() -> None:
-    sys.argv[1:] = route_data_overrides(sys.argv[1:])
-    _app()
+    run_hydra_app(_app, CONFIG_MODULE, "eval", prepare=route_data_overrides)  # sys.argv read, never edited
 
 
 if __name__ == "__main__":

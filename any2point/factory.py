@@ -1,9 +1,10 @@
 """``create_model``: a source name (or a built source) -> an Any2Point classifier.
 
-Model settings come from the packaged YAML ``conf/model/<source>.yaml`` (the source's
+Model settings come from the packaged YAML ``conf/model/<preset>.yaml`` (the source's
 ScanObjectNN preset of the release, or documented defaults) merged over
-``conf/model/base.yaml``; keyword overrides win. The Hydra training app composes the same
-files, so a model built here and one built by ``any2point-train`` agree.
+``conf/model/base.yaml``; keyword overrides win. Which preset a source name gets is decided by
+one rule, :func:`any2point.backbones.registry.source_preset`, which the Hydra training app
+follows too, so a model built here and one built by ``any2point-train`` agree.
 """
 from __future__ import annotations
 
@@ -16,19 +17,15 @@ from omegaconf import DictConfig, OmegaConf
 from .backbones.base import FrozenSource
 from .model import Any2PointModel, ModelConfig
 from .peft import PeftConfig, peft_config
-from .registry import create_source
+from .backbones.registry import BASE_PRESET, create_source, source_preset
 
 __all__ = ["create_model", "create_model_from_config", "model_config", "model_preset_names"]
 
 _SECTIONS = tuple(f.name for f in dataclasses.fields(ModelConfig))  # tokenizer, projection, ..., init
 
 
-def _load_model_yaml(name: str) -> DictConfig | None:
-    if ":" in name or "/" in name:  # a library model by name (timm:, hf:, open_clip:) has no preset
-        return None
-    path = resources.files("any2point.conf").joinpath("model", f"{name}.yaml")
-    if not path.is_file():
-        return None
+def _load_model_yaml(preset: str) -> DictConfig:
+    path = resources.files("any2point.conf").joinpath("model", f"{preset}.yaml")
     cfg = OmegaConf.create(path.read_text())
     cfg.pop("defaults", None)
     return cfg
@@ -36,15 +33,15 @@ def _load_model_yaml(name: str) -> DictConfig | None:
 
 def model_preset_names() -> list[str]:
     folder = resources.files("any2point.conf").joinpath("model")
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml") and p.name != "base.yaml")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml") and p.name != f"{BASE_PRESET}.yaml")
 
 
 def model_config(source_name: str, overrides: Mapping[str, Any] | DictConfig | None = None) -> ModelConfig:
     """The model settings for ``source_name``: base <- the source's preset <- ``overrides``."""
-    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), _load_model_yaml("base"))
-    preset = _load_model_yaml(source_name)
-    if preset is not None:
-        merged = OmegaConf.merge(merged, preset)
+    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), _load_model_yaml(BASE_PRESET))
+    preset = source_preset(source_name)
+    if preset != BASE_PRESET:
+        merged = OmegaConf.merge(merged, _load_model_yaml(preset))
     if overrides:
         unknown = set(overrides) - set(_SECTIONS)
         if unknown:

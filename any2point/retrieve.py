@@ -196,7 +196,7 @@ def _cache_dir(args) -> Path | None:
         return None
     if args.cache_dir:
         return Path(os.path.expanduser(args.cache_dir))
-    from .weights import cache_dir
+    from .backbones.weights import cache_dir
 
     try:
         return cache_dir() / "retrieval"

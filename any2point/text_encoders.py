@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError, WeightsUnavailableError
-from .weights import local_weights, package_dir
+from .backbones.weights import local_weights, package_dir
 
 __all__ = ["TextEncoder", "load_text_encoder", "class_texts", "class_embeddings", "check_templates",
            "check_text_encoder_name", "TEXT_ENCODER_SYNTAX"]
@@ -126,7 +126,7 @@ def _transformers_model(name: str, folder, tokenizer_from: str) -> tuple[nn.Modu
 
 
 def _mean_pooling(name: str, hub_id: str, weights: str | None, package: str | None = None) -> MeanPoolingEncoder:
-    """In the weights order of any2point.weights: local copy, offline package, hub cache."""
+    """In the weights order of any2point.backbones.weights: local copy, offline package, hub cache."""
     from .backbones.hf_load import hub_config_folder
 
     local = local_weights(weights, name, config_key="model.head.text_weights", folder=True)

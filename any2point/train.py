@@ -7,13 +7,13 @@
 
 Everything a run writes goes to its Hydra run directory: ``.hydra/`` (the composed config),
 ``train.log``, ``history.csv`` and ``tensorboard/`` (per epoch), ``last.safetensors`` (resumable
-state, replaced atomically after every epoch; any2point.resume_state), ``best_val.safetensors/.json`` (best epoch on the
+state, replaced atomically after every epoch; any2point.run.resume), ``best_val.safetensors/.json`` (best epoch on the
 validation split), ``checkpoint.safetensors/.json`` (the final model, the one reported),
 ``per_class_<split>.csv/.json``, ``confusion_<split>.png`` and ``metrics.json``.
 
 Rerunning the same command on the same run directory (``hydra.run.dir=...``) continues from
 the last completed epoch; on CPU the result is bitwise that of an uninterrupted run. One
-process writes a run directory at a time (any2point.run_lock); settings that cannot work are
+process writes a run directory at a time (any2point.run.lock); settings that cannot work are
 refused before any data is read (any2point.config.check_train_settings). After every epoch the
 trained tensors are checked before anything is validated or saved: a loss or a tensor that is
 no longer finite stops the run with :class:`~any2point.errors.TrainingDivergedError`, and the
@@ -24,11 +24,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -40,15 +38,15 @@ from .engine import autocast, make_loader, train_one_epoch
 from .errors import CheckpointError, ConfigError, TrainingDivergedError, exit_on_user_error, user_errors_exit
 from .evaluate import METRICS_JSON, evaluate_dataset, write_split_results, write_zero_shot_results
 from .factory import create_model_from_config
-from .history import EpochHistory
+from .hydra_app import check_source_preset, run_hydra_app
+from .run.history import EpochHistory
 from .metrics import ClassificationResult
 from .optim import build_optimizer, build_scheduler
 from .params import parameter_report
-from .resume_state import (LEGACY_TRAINING_STATE, TRAINING_STATE, TrainingState, read_training_state,
+from .run.resume import (LEGACY_TRAINING_STATE, TRAINING_STATE, TrainingState, read_training_state,
                            refuse_legacy_state, restore_training_state, save_training_state)
-from .run_data import RunSplits, load_splits
-from .run_lock import run_directory_lock
-from .source_overrides import route_source_overrides
+from .run.splits import RunSplits, load_splits
+from .run.lock import run_directory_lock
 from .zeroshot import ZERO_SHOT_KEYS, evaluate_zero_shot
 
 __all__ = ["run_training", "main"]
@@ -329,19 +327,21 @@ def run_training(cfg: DictConfig, run_dir: str | Path, peft_config: str | None =
         distributed.cleanup()
 
 
-@hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="train", version_base="1.3")
 def _app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    runtime_info = HydraConfig.get().runtime
+    hydra_cfg = HydraConfig.get()
+    runtime_info = hydra_cfg.runtime
     with user_errors_exit("any2point-train"):  # inside: Hydra would print a traceback
+        name = OmegaConf.select(cfg, "source.name")  # None while unset: check_required names it
+        if name is not None:
+            check_source_preset(name, runtime_info.choices.get("model"), list(hydra_cfg.overrides.task))
         return run_training(cfg, runtime_info.output_dir, runtime_info.choices.get("peft")).get("oa")
 
 
 @exit_on_user_error("any2point-train")
 def main() -> None:
-    sys.argv[1:] = route_source_overrides(sys.argv[1:])  # source.name=timm:... runs on model/base.yaml
-    _app()
+    run_hydra_app(_app, CONFIG_MODULE, "train")  # source.name=timm:... chooses model=base (any2point.hydra_app)
 
 
 if __name__ == "__main__":

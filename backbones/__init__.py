@@ -1,3 +1,5 @@
-"""Source-model families, one file each; importing this package registers them all (the
-library prefixes timm:, hf:, open_clip:, in that order, and the named presets)."""
-from . import vit, hf, clip_visual, imagebind_audio, tiny, dinov2_small, e5_small  # noqa: F401  (registration side effects)
+"""The sources: one file per model family, the source registry (:mod:`.registry`: names ->
+factories, and the preset rule of a name) and where pretrained weights come from
+(:mod:`.weights`, with the checks of :mod:`.tensor_files` and the converted-weights cache of
+:mod:`.derived_cache`). The family files register when the registry first lists or builds a
+source (the library prefixes timm:, hf:, open_clip:, in that order, then the named sources)."""

@@ -107,7 +107,7 @@ class FrozenSource(nn.Module, abc.ABC):
     Attributes set by family files: ``name``, ``width``, ``depth``, ``heads``,
     ``position`` (a PositionTable), ``weights_tag`` (where the weights came from, e.g.
     ``openai`` or ``random``), ``weights_sha256`` (the SHA-256 identity of the weights
-    file(s) it loaded, see any2point.weights; None for random weights), ``stem`` (what the source applies to its input embeddings
+    file(s) it loaded, see any2point.backbones.weights; None for random weights), ``stem`` (what the source applies to its input embeddings
     before the first block, e.g. BERT's embedding LayerNorm; identity for most),
     ``blocks`` (ModuleList of SourceBlock) and ``final_norm``.
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from any2point.registry import register_source
-from any2point.weights import hf_hub_cached, package_dir
+from any2point.backbones.registry import register_source
+from any2point.backbones.weights import hf_hub_cached, package_dir
 
 from .base import FrozenSource, PositionTable, SourceBlock, SourceMismatchError, linear_targets, with_ffn
 from .hf_load import build_hf

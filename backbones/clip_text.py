@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from any2point.errors import Any2PointError, UnknownSourceError, WeightsUnavailableError
-from any2point.registry import register_source
-from any2point.tensor_files import first_line, read_state_dict, refuse_torchscript
-from any2point.weights import file_sha256, hf_hub_cached, hub_file, local_weights, unavailable
+from any2point.backbones.registry import register_source
+from any2point.backbones.tensor_files import first_line, read_state_dict, refuse_torchscript
+from any2point.backbones.weights import file_sha256, hf_hub_cached, hub_file, local_weights, unavailable
 
 from .base import FrozenSource, PositionTable, SourceBlock, SourceMismatchError, linear_targets, with_ffn
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from any2point.errors import UnknownSourceError
-from any2point.registry import register_family
+from any2point.backbones.registry import register_family
 
 from .base import FrozenSource, PositionTable, SourceMismatchError, linear_targets
 from .clip_text import ClipTextBlock, build_clip_text, load_tower_weights, open_clip_config, pretrained_location

@@ -24,7 +24,7 @@ as safetensors. How the graph stores the backbone:
 
 The result loads into timm strictly (every key, every shape: 22,056,192 parameters). The
 package file and the converted file both have pinned SHA-256 digests
-(:mod:`any2point.derived_cache`): a cached file is used only when its digest matches.
+(:mod:`any2point.backbones.derived_cache`): a cached file is used only when its digest matches.
 """
 from __future__ import annotations
 
@@ -33,10 +33,10 @@ from pathlib import Path
 
 import torch
 
-from any2point.derived_cache import pinned_file, require_digest
+from any2point.backbones.derived_cache import pinned_file, require_digest
 from any2point.errors import CheckpointError, WeightsUnavailableError
-from any2point.registry import register_source
-from any2point.weights import cache_dir, local_weights, package_dir
+from any2point.backbones.registry import register_source
+from any2point.backbones.weights import cache_dir, local_weights, package_dir
 
 from .base import PositionTable
 from .vit import TimmViTSource, build_timm_vit

@@ -22,7 +22,7 @@ every bias and every LayerNorm are exact float32.
 On first use the file is dequantised (in float32, exactly as the engine's ``deq_row``) into a
 transformers ``BertModel`` folder (``config.json`` + ``model.safetensors``) in any2point's
 cache; that folder loads through the ``hf`` BERT path like MiniLM. The package file and both
-converted files have pinned SHA-256 digests (:mod:`any2point.derived_cache`).
+converted files have pinned SHA-256 digests (:mod:`any2point.backbones.derived_cache`).
 
 The engine itself also rounds every matmul input to int8 per group of 32 (Q8_0) at run
 time; the converted model computes in float32 instead, so its sentence embeddings differ
@@ -37,10 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from any2point.derived_cache import pinned_file, require_digest
+from any2point.backbones.derived_cache import pinned_file, require_digest
 from any2point.errors import CheckpointError, WeightsUnavailableError
-from any2point.registry import register_source
-from any2point.weights import cache_dir, local_weights, package_dir
+from any2point.backbones.registry import register_source
+from any2point.backbones.weights import cache_dir, local_weights, package_dir
 
 from .base import PositionTable
 from .bert import BertSource, build_bert

@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 
 from any2point.errors import WeightsUnavailableError
-from any2point.registry import register_family
-from any2point.tensor_files import first_line
-from any2point.weights import local_weights
+from any2point.backbones.registry import register_family
+from any2point.backbones.tensor_files import first_line
+from any2point.backbones.weights import local_weights
 
 from .bert import BertSource
 from .hf_load import build_hf, checked_config, hub_config_folder

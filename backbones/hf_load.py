@@ -1,7 +1,7 @@
-"""Loading transformers models for the ``hf`` family, in the weights order of any2point.weights:
+"""Loading transformers models for the ``hf`` family, in the weights order of any2point.backbones.weights:
 random from a config, an explicit local folder, an offline package, then the hub (cache).
 
-A folder is read only after its files pass the checks of any2point.weights: ``config.json`` and
+A folder is read only after its files pass the checks of any2point.backbones.weights: ``config.json`` and
 the weights files are regular files of a bounded size; a hub cache copy hashes to its blob
 name; the weights are safetensors, or ``pytorch_model.bin`` read by transformers with
 ``torch.load(weights_only=True)`` (TorchScript refused first, a refused pickle is a one-line
@@ -19,8 +19,8 @@ from typing import Callable
 from torch import nn
 
 from any2point.errors import Any2PointError, WeightsUnavailableError
-from any2point.tensor_files import pickle_refused, refuse_torchscript
-from any2point.weights import (file_sha256, hub_file, local_weights, manifest_sha256, package_dir, regular_file,
+from any2point.backbones.tensor_files import pickle_refused, refuse_torchscript
+from any2point.backbones.weights import (file_sha256, hub_file, local_weights, manifest_sha256, package_dir, regular_file,
                                unavailable, verified_hub_blob)
 
 __all__ = ["from_pretrained", "build_hf", "hub_config_folder", "weight_files", "checked_config"]

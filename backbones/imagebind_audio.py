@@ -45,9 +45,9 @@ from torch import nn
 
 from any2point.atomic import atomic_write, atomic_write_text
 from any2point.errors import WeightsUnavailableError
-from any2point.registry import register_source
-from any2point.tensor_files import refuse_torchscript, torch_load
-from any2point.weights import cache_dir, file_sha256, hub_offline, local_weights, regular_file, unavailable
+from any2point.backbones.registry import register_source
+from any2point.backbones.tensor_files import refuse_torchscript, torch_load
+from any2point.backbones.weights import cache_dir, file_sha256, hub_offline, local_weights, regular_file, unavailable
 
 from .base import FrozenSource, PositionTable, SourceBlock, with_ffn
 

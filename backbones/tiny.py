@@ -7,7 +7,7 @@ CPU tests exercise the same code paths as the full-size sources.
 """
 from __future__ import annotations
 
-from any2point.registry import register_source
+from any2point.backbones.registry import register_source
 
 from .base import PositionTable
 from .bert import BertSource, build_bert

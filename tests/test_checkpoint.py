@@ -13,7 +13,7 @@ import any2point
 from any2point.atomic import atomic_write
 from any2point.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, trained_state_dict
 from any2point.errors import CheckpointMismatchError
-from any2point.registry import get_source_spec
+from any2point.backbones.registry import get_source_spec
 
 CLASSES = ["chair", "table", "lamp"]
 
@@ -243,7 +243,7 @@ import torch
 import any2point
 from any2point.checkpoint import save_checkpoint, trained_state_dict
 from any2point.errors import OutputWriteError
-from any2point.resume_state import save_training_state
+from any2point.run.resume import save_training_state
 
 out = Path(sys.argv[1])
 src = {"name": "tiny_1d", "pretrained": False, "weights": None, "options": {}}

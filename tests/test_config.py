@@ -17,7 +17,7 @@ from any2point.config import (CONFIG_MODULE, check_data_values, check_eval_setti
                               check_train_settings)
 from any2point.model import ModelConfig
 from any2point.peft import PeftConfig
-from any2point.registry import get_source_spec, list_sources
+from any2point.backbones.registry import get_source_spec, list_sources
 
 # the data schema types common keys and lets dataset-specific ones through (see any2point.config)
 pytestmark = [pytest.mark.filterwarnings("ignore:Class `DataConfig` subclasses `Dict`:UserWarning"),

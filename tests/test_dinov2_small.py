@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import any2point
 from any2point.backbones import dinov2_small as ds
-from any2point.derived_cache import sha256_file
+from any2point.backbones.derived_cache import sha256_file
 from any2point.errors import WeightsUnavailableError
 
 from .tiny_run import TINY, compose_config

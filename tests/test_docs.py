@@ -33,7 +33,7 @@ from omegaconf import OmegaConf, open_dict
 
 import any2point.config  # noqa: F401  (registers the schemas)
 from any2point.config import check_required, check_train_settings
-from any2point.source_overrides import route_source_overrides
+from any2point.hydra_app import source_preset_overrides
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Class `DataConfig` subclasses `Dict`:UserWarning")]
 
@@ -219,7 +219,7 @@ APP_COMMANDS = [c for c in COMMANDS if c.kind in ("train", "eval")]
 def test_train_and_eval_commands_compose(command):
     overrides = _split_hydra_args(command)
     if command.kind == "train":
-        overrides = route_source_overrides(overrides)
+        overrides = source_preset_overrides(overrides)
     _skip_without_launcher(overrides)
     for run in _expansions(overrides, command.where):
         _compose_checked(command.kind, run, command.where, command.error)

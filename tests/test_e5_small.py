@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import any2point
 from any2point.backbones import e5_small as e5
-from any2point.derived_cache import sha256_file
+from any2point.backbones.derived_cache import sha256_file
 from any2point.errors import CheckpointError
 
 from .tiny_run import TINY, compose_config

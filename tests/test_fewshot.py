@@ -10,7 +10,7 @@ from any2point.data.fewshot import FewShotConfig, draw_episode, fewshot_of
 from any2point.data.options import as_dict
 from any2point.errors import DataError
 from any2point.evaluate import run_eval
-from any2point.run_data import load_eval_split, load_splits
+from any2point.run.splits import load_eval_split, load_splits
 from any2point.train import run_training
 from .data_files import MODELNET40_SHARED, compose_data, need_shared
 from .tiny_run import TINY, compose_config, metrics

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from any2point.report import main as report_main
-from any2point.report_runs import MAX_SETTINGS, find_runs
+from any2point.report.runs import MAX_SETTINGS, find_runs
 
 
 def _metrics_run(root, name, config_text=None, metrics_text=None):
@@ -353,7 +353,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from any2point import runtime  # noqa: E402
 from any2point.errors import CheckpointError  # noqa: E402
-from any2point.resume_state import read_training_state, restore_training_state, save_training_state  # noqa: E402
+from any2point.run.resume import read_training_state, restore_training_state, save_training_state  # noqa: E402
 
 
 def _live(amsgrad=False):

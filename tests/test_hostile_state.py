@@ -26,8 +26,8 @@ from any2point.errors import (CheckpointError, ConfigError, DataError, RunDirect
                               exit_on_user_error)
 from any2point.evaluate import _checkpoint_data_config, run_eval
 from any2point.predict import main as predict_main
-from any2point.resume_state import TRAINING_STATE, read_training_state
-from any2point.run_lock import LOCK_FILE, run_directory_lock
+from any2point.run.resume import TRAINING_STATE, read_training_state
+from any2point.run.lock import LOCK_FILE, run_directory_lock
 from any2point.train import run_training
 from .tiny_run import TINY, compose_config, env
 
@@ -356,7 +356,7 @@ def test_a_second_trainer_on_a_locked_run_directory_exits_naming_the_holder(tmp_
 
 
 def test_the_lock_is_reentrant_in_a_process_and_released_after(tmp_path):
-    code = ("import sys; from any2point.run_lock import acquire; acquire(sys.argv[1]); "
+    code = ("import sys; from any2point.run.lock import acquire; acquire(sys.argv[1]); "
             "print('locked', flush=True); sys.stdin.read()")
     with run_directory_lock(tmp_path):
         with run_directory_lock(tmp_path):  # the Hydra callback, then run_training

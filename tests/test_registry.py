@@ -24,7 +24,7 @@ from torch import nn
 from transformers.models.bert.modeling_bert import BertEncoder
 
 import any2point
-from any2point import registry
+from any2point.backbones import registry
 from any2point.backbones import clip_text as clip_text_module
 from any2point.backbones.bert import BertBlock
 from any2point.backbones.base import PositionTable
@@ -195,7 +195,7 @@ def _write_distribution(root, name, entry_points):
 def test_third_party_source_registers_through_entry_point(tmp_path, monkeypatch, isolated_registry):
     (tmp_path / "a2p_demo_plugin.py").write_text(textwrap.dedent('''
         from transformers import BertConfig
-        from any2point.registry import register_source
+        from any2point.registry import register_source  # the path plug-ins used before the registry moved
         from any2point.backbones.base import PositionTable
         from any2point.backbones.bert import build_bert
 
@@ -227,7 +227,7 @@ def test_broken_plugin_is_reported_and_does_not_hide_builtins(tmp_path, monkeypa
     _write_distribution(tmp_path, "a2p_broken_plugin", "broken = a2p_module_that_does_not_exist\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
-    with caplog.at_level(logging.WARNING, logger="any2point.registry"):
+    with caplog.at_level(logging.WARNING, logger="any2point.backbones.registry"):
         names = any2point.list_sources()
     assert {"minilm", "tiny_1d", "dinov2"} <= set(names)
     assert "a2p_module_that_does_not_exist" in caplog.text

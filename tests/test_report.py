@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from any2point.report import collect_runs, main
-from any2point.report_compare import compare_groups
-from any2point.report_runs import find_runs, group_runs
+from any2point.report.compare import compare_groups
+from any2point.report.runs import find_runs, group_runs
 from .tiny_run import TINY, run_module, write_experiment
 
 

@@ -20,7 +20,9 @@ import any2point
 from any2point.backbones.base import PositionTable, SourceMismatchError
 from any2point.checkpoint import load_checkpoint
 from any2point.errors import UnknownSourceError, WeightsUnavailableError
-from any2point.source_overrides import route_source_overrides
+from any2point.backbones.registry import source_preset
+from any2point.errors import ConfigError
+from any2point.hydra_app import check_source_preset, source_preset_overrides
 from .test_registry import REFERENCES, _check_blocks, _check_ffn_hook, _check_position_table
 from .tiny_run import TINY, compose_config, metrics, run_module
 
@@ -278,19 +280,59 @@ def test_create_model_by_name_runs_on_the_base_settings():
         assert model(torch.randn(2, 64, 3)).shape == (2, 5)
 
 
-@pytest.mark.parametrize("name", [TIMM_TINY + ".augreg_in21k", "hf:/data/models/bert-base", "open_clip:ViT-B-32:openai"])
-def test_a_library_name_on_the_command_line_composes_on_model_base(name):
-    overrides = route_source_overrides([f"source.name={name}", "source.pretrained=false"])
+PRESET_NAMES = ["minilm", "dinov2", "tiny_2d", "clip_text", "hf:org/name", "hf:/data/models/bert-base",
+                TIMM_TINY + ".augreg_in21k", "open_clip:ViT-B-32:openai", "open_clip:ViT-B-32:openai:visual",
+                "org/name", "../model/minilm"]
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_a_source_name_gets_the_same_preset_from_create_model_and_from_the_app(name):
+    # the app's composition of a command naming the source by value, as any2point-train runs it
+    overrides = source_preset_overrides([f"source.name={name}", "source.pretrained=false"])
     cfg = compose_config("train", overrides)
     assert cfg.source.name == name and not cfg.source.pretrained
-    base = compose_config("train", ["source=tiny_1d", "model=base"])
-    assert OmegaConf.to_object(cfg.model) == OmegaConf.to_object(base.model) == any2point.model_config(name)
-    assert OmegaConf.to_object(cfg.model) != any2point.model_config("minilm")  # not the default source's preset
-    # a preset chosen on the command line wins; a named source is left alone
-    assert route_source_overrides([f"source.name={name}", "model=tiny_2d"]) == [f"source.name={name}", "model=tiny_2d"]
-    assert route_source_overrides(["source.name=minilm"]) == ["source.name=minilm"]
-    assert route_source_overrides(["-m", f"source.name={name},{TIMM_TINY}", "seed=1", "--cfg", "job"]) == [
-        "-m", f"source.name={name},{TIMM_TINY}", "model=base", "seed=1", "--cfg", "job"]
+    assert OmegaConf.to_object(cfg.model) == any2point.model_config(name)
+    preset = source_preset(name)
+    assert overrides[-1] == f"model={preset}"
+    if ":" in name or "/" in name:
+        assert preset == "base" and any2point.model_config(name) == any2point.model_config("no_such_preset")
+    else:  # a named source's own file, chosen by the source option too (the defaults list follows the rule)
+        assert preset == name
+        assert OmegaConf.to_object(compose_config("train", [f"source={name}"]).model) == any2point.model_config(name)
+        assert any2point.model_config(name) != any2point.model_config("no_such_preset")
+
+
+def test_create_model_builds_on_the_preset_of_the_name():
+    for name, options in (("tiny_2d", {}), (TIMM_TINY, TIMM_OPTIONS)):
+        model = any2point.create_model(name, num_classes=3, pretrained=False, source_options=options)
+        assert model.source.name == name and model.config == any2point.model_config(name)
+    assert any2point.model_config("tiny_2d") != any2point.model_config(TIMM_TINY)
+
+
+def test_any2point_show_composes_a_source_name_on_its_preset_as_the_training_app_does():
+    from any2point.show.inputs import compose_train_config
+
+    for name in ("hf:org/name", "dinov2_small"):
+        cfg = compose_train_config([f"source.name={name}"])
+        assert OmegaConf.to_object(cfg.model) == any2point.model_config(name)
+
+
+def test_a_preset_chosen_on_the_command_line_wins_and_a_mixed_sweep_is_refused():
+    name = "hf:org/name"
+    assert source_preset_overrides([f"source.name={name}", "model=tiny_2d"]) == [f"source.name={name}", "model=tiny_2d"]
+    assert source_preset_overrides(["seed=1"]) == ["seed=1"]
+    assert source_preset_overrides([f"source.name={name},{TIMM_TINY}", "seed=1"]) == [
+        f"source.name={name},{TIMM_TINY}", "seed=1", "model=base"]
+    with pytest.raises(ConfigError, match=r"source.name=minilm,hf:org/name: .*minilm -> model=minilm, "
+                                          r"hf:org/name -> model=base"):
+        source_preset_overrides([f"source.name=minilm,{name}"])
+
+
+def test_a_run_whose_config_names_another_sources_preset_is_refused():
+    check_source_preset("dinov2", "dinov2", [])
+    check_source_preset("timm:x", "minilm", ["model=minilm"])  # chosen on the command line
+    with pytest.raises(ConfigError, match="source.name=timm:x runs on model preset 'base'.*composed model=minilm"):
+        check_source_preset("timm:x", "minilm", ["experiment=mine"])
 
 
 def test_training_a_timm_model_by_name_end_to_end(tmp_path):

@@ -25,7 +25,7 @@ from any2point.engine import make_loader, predict, vote_scales
 from any2point.checkpoint import load_checkpoint
 from any2point.errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
 from any2point.evaluate import run_eval
-from any2point.resume_state import read_training_state
+from any2point.run.resume import read_training_state
 from any2point.optim import build_optimizer, build_scheduler, lr_at, parameter_groups
 from any2point.train import run_training
 from .tiny_run import TINY, compose_config, env, metrics

@@ -27,7 +27,7 @@ from any2point.evaluate import route_data_overrides, run_eval
 from any2point.heads import ContrastiveHead, list_heads
 from any2point.text_encoders import class_embeddings, class_texts, load_text_encoder
 from any2point.train import run_training
-from any2point.weights import package_dir
+from any2point.backbones.weights import package_dir
 from .data_files import MODELNET40_SHARED, need_shared, random_clouds, write_modelnet40_release
 from .tiny_run import compose_config, metrics
 

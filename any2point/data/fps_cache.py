@@ -35,7 +35,7 @@ _POINTS_PER_BATCH = 32_768
 
 
 def default_cache_dir() -> Path:
-    from ..weights import cache_dir
+    from ..backbones.weights import cache_dir
 
     return cache_dir() / "fps"
 

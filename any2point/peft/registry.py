@@ -76,7 +76,7 @@ def load_peft_methods() -> None:
     if _loaded_entry_points:
         return
     _loaded_entry_points = True
-    from any2point.registry import load_plugins
+    from any2point.backbones.registry import load_plugins
 
     load_plugins(ENTRY_POINT_GROUP, "peft method")
 

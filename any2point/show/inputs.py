@@ -32,16 +32,19 @@ def read_cloud(path: str | Path, num_points: int, seed: int = 0) -> np.ndarray:
 
 def compose_train_config(overrides: Sequence[str] = ()) -> DictConfig:
     """The training app's config (``conf/train.yaml``) with command-line style ``overrides``,
-    composed with Hydra's compose API: a misspelt key fails here with its name."""
+    composed with Hydra's compose API as ``any2point-train`` composes it (``source.name=...``
+    chooses its model preset: :func:`any2point.hydra_app.source_preset_overrides`): a misspelt
+    key fails here with its name."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     import any2point.config  # noqa: F401  (registers the structured schemas the train config names)
+    from any2point.hydra_app import source_preset_overrides
 
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module=any2point.config.CONFIG_MODULE, version_base="1.3"):
-            return compose("train", overrides=list(overrides))
+            return compose("train", overrides=source_preset_overrides(list(overrides)))
     finally:
         GlobalHydra.instance().clear()
 

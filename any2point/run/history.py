@@ -5,7 +5,7 @@ import csv
 import io
 from pathlib import Path
 
-from .atomic import atomic_write_text
+from ..atomic import atomic_write_text
 
 __all__ = ["EpochHistory", "HISTORY_CSV", "TENSORBOARD_DIR"]
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .data import PointCloudDataset, build_dataset
-from .data.classes import ClassSelection, class_selection_of
-from .data.fewshot import FewShotConfig, build_episode, fewshot_of
-from .data.options import as_dict
-from .errors import ConfigError, DataError
-from .zeroshot import ZeroShotData, zero_shot_data
+from ..data import PointCloudDataset, build_dataset
+from ..data.classes import ClassSelection, class_selection_of
+from ..data.fewshot import FewShotConfig, build_episode, fewshot_of
+from ..data.options import as_dict
+from ..errors import ConfigError, DataError
+from ..zeroshot import ZeroShotData, zero_shot_data
 
 __all__ = ["RunSplits", "load_splits", "load_eval_split", "EVAL_SPLITS"]
 

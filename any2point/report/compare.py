@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .report_runs import Group, varying_keys
-from .report_stats import Interval, mean_interval, paired_difference, welch_difference
+from .runs import Group, varying_keys
+from .stats import Interval, mean_interval, paired_difference, welch_difference
 
 __all__ = ["Comparison", "compare_groups", "group_summary", "NoBaseline", "METRICS"]
 

@@ -4,9 +4,9 @@ Every ``metrics.json`` below DIR is one run (a sweep, or a results tree such as
 ``results/<study>/<run>/``); each is a row of the runs table: run, source, data, peft (the
 config option, so ablations of one method are told apart), the split OA refers to, OA, mAcc,
 trainable parameters, time. Runs that differ only in ``seed`` and the few-shot fold form a
-group (the rule: :mod:`any2point.report_runs`); the groups table gives per group n, mean ±
+group (the rule: :mod:`any2point.report.runs`); the groups table gives per group n, mean ±
 sample std and the Student-t 95 % interval of OA and mAcc. ``--compare KEY`` adds each group's
-difference to its baseline group with its own interval (:mod:`any2point.report_compare`).
+difference to its baseline group with its own interval (:mod:`any2point.report.compare`).
 
 Printed as markdown and written to ``DIR/report.md``; CSV in ``DIR/report.csv`` (runs),
 ``DIR/report_groups.csv`` and, with ``--compare``, ``DIR/report_compare.csv``. A run whose
@@ -24,11 +24,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .atomic import atomic_write_text
-from .errors import exit_on_user_error
-from .report_compare import METRICS, Comparison, NoBaseline, compare_groups, group_summary
-from .report_runs import Group, Run, find_runs, group_runs
-from .report_stats import LEVEL, Interval
+from ..atomic import atomic_write_text
+from ..errors import exit_on_user_error
+from .compare import METRICS, Comparison, NoBaseline, compare_groups, group_summary
+from .runs import Group, Run, find_runs, group_runs
+from .stats import LEVEL, Interval
 
 __all__ = ["collect_runs", "markdown_table", "groups_table", "compare_table", "write_report", "main", "COLUMNS"]
 
@@ -258,6 +258,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n{len(rows)} runs; written {written}", file=sys.stderr)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -32,7 +32,7 @@ import stat
 from pathlib import Path
 from typing import Iterable
 
-from .errors import WeightsUnavailableError
+from any2point.errors import WeightsUnavailableError
 
 __all__ = ["cache_dir", "package_dir", "local_weights", "unavailable", "hub_offline", "hf_hub_cached",
            "regular_file", "file_sha256", "manifest_sha256", "hub_file", "verified_hub_blob", "MAX_WEIGHTS_BYTES"]

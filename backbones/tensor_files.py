@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .errors import WeightsUnavailableError
+from any2point.errors import WeightsUnavailableError
 
 __all__ = ["is_torchscript", "refuse_torchscript", "torch_load", "read_state_dict", "pickle_refused", "first_line",
            "USE_INSTEAD"]

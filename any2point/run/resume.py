@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
-from . import runtime
-from .atomic import atomic_write_safetensors
-from .errors import CheckpointError
-from .plain_data import PlainDataError, from_plain
+from .. import runtime
+from ..atomic import atomic_write_safetensors
+from ..errors import CheckpointError
+from ..plain_data import PlainDataError, from_plain
 
 __all__ = ["TRAINING_STATE", "LEGACY_TRAINING_STATE", "STATE_FORMAT", "TrainingState", "save_training_state",
            "read_training_state", "restore_training_state", "refuse_legacy_state"]

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import RunDirectoryLockedError
+from ..errors import RunDirectoryLockedError
 
 try:
     import fcntl
@@ -119,7 +119,7 @@ class LockRunDirectory(Callback):
         self._locked: list[Path] = []
 
     def _lock(self, directory: str, config: Any) -> None:
-        from .errors import user_errors_exit
+        from ..errors import user_errors_exit
 
         if not _is_rank_zero():
             return

@@ -16,8 +16,8 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from .atomic import atomic_write
-from .errors import CheckpointError, WeightsUnavailableError
+from any2point.atomic import atomic_write
+from any2point.errors import CheckpointError, WeightsUnavailableError
 
 __all__ = ["sha256_file", "require_digest", "pinned_file"]
 
