@@ -49,6 +49,7 @@ from .atomic import atomic_write_json, atomic_write_safetensors
 from .errors import (Any2PointError, CheckpointError, CheckpointMismatchError, CheckpointNotFoundError, ConfigError,
                      WeightsUnavailableError)
 from .factory import create_model
+from .registry import create_source
 from .model import Any2PointModel, ModelConfig
 from .peft import peft_config
 from .plain_data import PlainDataError, check_type, from_plain, refuse_interpolations
@@ -64,6 +65,7 @@ FORMAT = 1
 MAX_INFO_BYTES = 16 << 20  # a checkpoint.json is a few KB; a larger one is refused before it is read
 MAX_NUM_POINTS = 1 << 20  # points per cloud a checkpoint may ask for (the paper's runs: 1,024)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_MAX_NAME_CHARS = 512  # a source name or weights tag (hf:/a/long/folder/path included)
 
 
 @dataclass
@@ -221,6 +223,14 @@ def parse_checkpoint_info(text: str, where: str) -> dict:
         digest = info["source"].weights_sha256
         if digest is not None and not _SHA256.fullmatch(digest):
             raise PlainDataError(f"source.weights_sha256: expected 64 lowercase hex digits, got {digest!r:.80}")
+        recorded = info.get(DIGEST_FIELD)
+        if recorded is not None and not _SHA256.fullmatch(recorded):
+            raise PlainDataError(f"{DIGEST_FIELD}: expected 64 lowercase hex digits, got {recorded!r:.80}")
+        for key in ("name", "weights_tag"):
+            text = getattr(info["source"], key)
+            if not 0 < len(text) <= _MAX_NAME_CHARS or not text.isprintable():
+                raise PlainDataError(f"source.{key}: expected 1 to {_MAX_NAME_CHARS} printable characters, got "
+                                     f"{text!r:.80}")
         if "weights" in info["source"].options:
             raise PlainDataError("source.options.weights: a checkpoint never names weights to read (pass them "
                                  "explicitly: --weights / weights=)")
@@ -303,6 +313,69 @@ def _read_described_tensors(weights_path: Path, info: dict) -> dict[str, torch.T
         return load_safetensors(data)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{weights_path} could not be read ({exc}); {_REDO}") from None
+
+
+_CONSTRUCTION_SLACK = 256 << 20  # bytes the model may create beyond its checkpoint's tensors (buffers, tables)
+_MAX_CREATIONS = 20_000  # tensors created around the source: a 12-block model creates a few hundred
+_ITEM_BYTES = {"bool": 1, "uint8": 1, "int8": 1, "float16": 2, "bfloat16": 2, "int16": 2, "float32": 4, "int32": 4,
+               "float64": 8, "int64": 8, "complex64": 8, "complex128": 16}
+
+
+def _header_bytes(header: Mapping[str, tuple[str, list[int]]]) -> int:
+    total = 0
+    for dtype, shape in header.values():
+        count = 1
+        for d in shape:
+            count *= d
+        total += count * _ITEM_BYTES.get(dtype.replace("torch.", "").lower(), 8)
+    return total
+
+
+class _AllocationBudget(torch.overrides.TorchFunctionMode):
+    """Refuses, by the checkpoint description's name, tensor creations (``torch.empty``,
+    ``zeros``, ...) that together ask for more than ``limit`` bytes: sizes are summed from the
+    arguments before anything is allocated."""
+
+    _FACTORIES = {torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn, torch.randint,
+                  torch.randperm, torch.eye, torch.empty_strided}
+
+    def __init__(self, limit: int, where: Path):
+        super().__init__()
+        self.limit, self.where, self.used, self.calls = limit, where, 0, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._FACTORIES:
+            self.used += self._bytes(func, args, kwargs)
+            self.calls += 1
+            if self.used > self.limit or self.calls > _MAX_CREATIONS:
+                raise CheckpointError(
+                    f"{self.where} describes a model that would allocate more than {self.limit} bytes or "
+                    f"{_MAX_CREATIONS} tensors beside its source, far more than the checkpoint's tensors; its sizes (class_names, model.*) do not fit "
+                    f"the tensors it was saved with; {_REDO}")
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def _bytes(func, args, kwargs) -> int:
+        if func is torch.eye:
+            n = args[0] if args else kwargs.get("n", 0)
+            m = args[1] if len(args) > 1 and isinstance(args[1], int) else kwargs.get("m", n)
+            dims = [n, m]
+        elif func in (torch.randperm,):
+            dims = [args[0] if args else kwargs.get("n", 0)]
+        elif func is torch.randint:
+            size = kwargs.get("size", next((a for a in args if isinstance(a, (tuple, list, torch.Size))), ()))
+            dims = list(size)
+        else:
+            size = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)) else args
+            if func is torch.full:
+                size = args[0] if args else kwargs.get("size", ())
+            dims = [d for d in (size or kwargs.get("size", ())) if isinstance(d, int)]
+        count = 1
+        for d in dims:
+            count *= max(int(d), 0)
+        dtype = kwargs.get("dtype") or torch.get_default_dtype()
+        return count * (torch.empty((), dtype=dtype).element_size() if isinstance(dtype, torch.dtype) else 8)
 
 
 @dataclass
@@ -408,9 +481,12 @@ def load_checkpoint(path: str | Path, *, source: str | None = None, weights_tag:
         model_cfg = dataclasses.replace(model_cfg, **{section: dataclasses.replace(getattr(model_cfg, section),
                                                                                    **dict(values))})
     try:
-        model = create_model(saved.name, len(info["class_names"]),
-                             pretrained=saved.pretrained and saved.weights_tag != "random",  # random: all saved
-                             peft=info["peft"], source_options=options, model=model_cfg)
+        built = create_source(saved.name, pretrained=saved.pretrained and saved.weights_tag != "random",  # random: all saved
+                              **options)
+        # every tensor the model adds around the source is in the checkpoint: sizes asked for beyond that
+        # (a description with a huge head, rank or class count) are refused before they are allocated
+        with _AllocationBudget(_header_bytes(header) * 2 + _CONSTRUCTION_SLACK, weights_path.with_suffix(".json")):
+            model = create_model(built, len(info["class_names"]), peft=info["peft"], model=model_cfg)
     except Any2PointError:
         raise
     except (TypeError, ValueError) as exc:
@@ -424,6 +500,9 @@ def load_checkpoint(path: str | Path, *, source: str | None = None, weights_tag:
         raise CheckpointMismatchError(
             f"{weights_path} does not fit the model it describes: missing {missing[:8]}"
             f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+    if info["tensors"] != len(header):
+        raise CheckpointMismatchError(f"{weights_path.with_suffix('.json')} describes {info['tensors']} tensors but "
+                                      f"{weights_path.name} holds {len(header)}; use a pair written together")
     state = model.state_dict()
     wrong = [f"{k} {shape} (model: {list(state[k].shape)})" for k, (_, shape) in header.items()
              if list(state[k].shape) != shape]

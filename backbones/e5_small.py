@@ -301,6 +301,10 @@ def converted_folder() -> Path:
     """The transformers folder in any2point's cache, dequantised from the package on first
     use (and again for any file whose digest is not the pinned one)."""
     folder = cache_dir() / CACHE_FOLDER
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):  # writing through it would write elsewhere
+        raise WeightsUnavailableError(f"e5_small: {folder} is {'a link' if folder.is_symlink() else 'not a folder'} "
+                                      f"where any2point's own cache folder is expected; remove it (any2point "
+                                      f"derives the folder again)")
     pinned_file(folder / "config.json", CONFIG_SHA256, _write_config, source="e5_small")
     pinned_file(folder / "model.safetensors", MODEL_SHA256, _write_model, source="e5_small")
     return folder
