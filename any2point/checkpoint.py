@@ -31,6 +31,7 @@ older checkpoint's ``source.weights`` path is ignored, never followed.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -480,12 +481,15 @@ def load_checkpoint(path: str | Path, *, source: str | None = None, weights_tag:
             raise ValueError(f"unknown model section {section!r} in model_overrides")
         model_cfg = dataclasses.replace(model_cfg, **{section: dataclasses.replace(getattr(model_cfg, section),
                                                                                    **dict(values))})
+    random_source = saved.weights_tag == "random"  # its tensors are all saved
+    # every tensor the model adds around the source (and a random source itself) is in the checkpoint:
+    # sizes asked for beyond that (a description with a huge head, rank, class count or random source)
+    # are refused before they are allocated
+    budget = _AllocationBudget(_header_bytes(header) * 2 + _CONSTRUCTION_SLACK, weights_path.with_suffix(".json"))
     try:
-        built = create_source(saved.name, pretrained=saved.pretrained and saved.weights_tag != "random",  # random: all saved
-                              **options)
-        # every tensor the model adds around the source is in the checkpoint: sizes asked for beyond that
-        # (a description with a huge head, rank or class count) are refused before they are allocated
-        with _AllocationBudget(_header_bytes(header) * 2 + _CONSTRUCTION_SLACK, weights_path.with_suffix(".json")):
+        with budget if random_source else contextlib.nullcontext():
+            built = create_source(saved.name, pretrained=saved.pretrained and not random_source, **options)
+        with budget:
             model = create_model(built, len(info["class_names"]), peft=info["peft"], model=model_cfg)
     except Any2PointError:
         raise

@@ -25,7 +25,7 @@ from torch import nn
 
 from any2point.errors import Any2PointError, UnknownSourceError, WeightsUnavailableError
 from any2point.registry import register_source
-from any2point.tensor_files import first_line, read_state_dict, refuse_torchscript
+from any2point.tensor_files import check_weights_values, first_line, read_state_dict, refuse_torchscript
 from any2point.weights import file_sha256, hf_hub_cached, hub_file, local_weights, unavailable
 
 from .base import FrozenSource, PositionTable, SourceBlock, SourceMismatchError, linear_targets, with_ffn
@@ -163,6 +163,7 @@ def load_tower_weights(tower: nn.Module, path: Path, name: str, arch: str, prefi
            for k, v in state.items() if v.shape != own[k].shape]
     if bad:
         raise ValueError(f"{name}: {path} has tensors of the wrong shape: {', '.join(bad[:8])}")
+    check_weights_values(sorted(state.items()), path, name)
     tower.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
 
 

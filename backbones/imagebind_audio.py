@@ -46,7 +46,7 @@ from torch import nn
 from any2point.atomic import atomic_write, atomic_write_text
 from any2point.errors import WeightsUnavailableError
 from any2point.registry import register_source
-from any2point.tensor_files import refuse_torchscript, torch_load
+from any2point.tensor_files import check_weights_values, refuse_torchscript, torch_load
 from any2point.weights import cache_dir, file_sha256, hub_offline, local_weights, regular_file, unavailable
 
 from .base import FrozenSource, PositionTable, SourceBlock, with_ffn
@@ -167,6 +167,7 @@ class ImageBindAudioSource(FrozenSource):
         bad = [f"{k}: {tuple(v.shape)} (expected {shapes[k]})" for k, v in state.items() if tuple(v.shape) != shapes[k]]
         if bad:
             raise ValueError(f"imagebind_audio: {origin} has tensors of the wrong shape: {_shorten(bad, sep='; ')}")
+        check_weights_values(sorted(state.items()), origin, self.name)
         self.load_state_dict({own[k]: v.float() for k, v in state.items()}, strict=True)
 
 
