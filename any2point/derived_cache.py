@@ -38,9 +38,10 @@ def sha256_file(path: str | Path) -> str:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except OSError as exc:
         raise WeightsUnavailableError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise WeightsUnavailableError(f"{path} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise WeightsUnavailableError(f"{path} is not a regular file")
         digest = hashlib.sha256()
         while chunk := f.read(_CHUNK):
             digest.update(chunk)

@@ -120,20 +120,31 @@ def regular_file(path: str | os.PathLike, source: str, what: str = "weights file
     return p
 
 
-def read_regular_file(path: str | os.PathLike, source: str, what: str, limit: int) -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes. The size is checked on the open
-    descriptor (opened without blocking, so a FIFO or a file swapped for one is refused, not
-    waited on) before anything is allocated."""
-    p = Path(path)
+def _open_checked(p: Path, source: str, what: str):
+    """``p`` opened for reading without blocking, after checking what was opened (not its name):
+    a regular, non-empty file of at most :data:`MAX_WEIGHTS_BYTES`. Returns (file, stat)."""
     try:
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         raise WeightsUnavailableError(f"{source}: the {what} {p} does not exist") from None
     except OSError as exc:
         raise WeightsUnavailableError(f"{source}: cannot read the {what} {p}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    try:
+        st = os.fstat(fd)
         _check_regular(st, p, source, what)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb"), st
+
+
+def read_regular_file(path: str | os.PathLike, source: str, what: str, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes. The size is checked on the open
+    descriptor (opened without blocking, so a FIFO or a file swapped for one is refused, not
+    waited on) before anything is allocated."""
+    p = Path(path)
+    f, st = _open_checked(p, source, what)
+    with f:
         if st.st_size > limit:
             raise WeightsUnavailableError(f"{source}: {p} is {st.st_size} bytes, more than the {limit} a {what} "
                                           f"may have")
@@ -176,12 +187,8 @@ def file_sha256(path: str | os.PathLike, source: str) -> str:
     """SHA-256 (hex) of a weights file, read in 1 MiB chunks. The file is opened without
     blocking and checked again on the open descriptor, so a FIFO swapped in is refused too."""
     p = Path(path)
-    try:
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except OSError as exc:
-        raise WeightsUnavailableError(f"{source}: cannot read the weights file {p}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as f:
-        _check_regular(os.fstat(f.fileno()), p, source, "weights file")
+    f, _ = _open_checked(p, source, "weights file")
+    with f:
         digest = hashlib.sha256()
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
@@ -196,13 +203,8 @@ def manifest_sha256(digests: dict[str, str]) -> str:
 
 
 def _git_blob_sha1(path: Path, source: str) -> str:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except OSError as exc:
-        raise WeightsUnavailableError(f"{source}: cannot read the hub cache file {path}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        _check_regular(st, path, source, "hub cache file")  # checked on what was opened, not on the name
+    f, st = _open_checked(path, source, "hub cache file")  # checked on what was opened, not on the name
+    with f:
         digest = hashlib.sha1(f"blob {st.st_size}\0".encode())
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
