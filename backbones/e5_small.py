@@ -170,8 +170,9 @@ def read_e5_binary(path: str | Path) -> E5Binary:
                               f"{MAX_LAYERS} layers and a head count dividing the width")
     needed = _tensor_bytes(H, NL, FF, VOC, MAXP, TVS)
     if needed > len(data):  # before any table of the header's sizes is built
-        raise CheckpointError(f"e5_small: {path} has a header whose tensors need {needed} bytes, more than the file's "
-                              f"{len(data)} (hidden={H} layers={NL} ffn={FF} vocab={VOC} positions={MAXP})")
+        raise CheckpointError(f"e5_small: {path} is truncated or has a wrong header: the tensors of its header's sizes "
+                              f"(hidden={H} layers={NL} ffn={FF} vocab={VOC} positions={MAXP}) need {needed} bytes, "
+                              f"the file has {len(data)}")
     if not (np.isfinite(eps) and 0 < eps < 1):
         raise CheckpointError(f"e5_small: {path} has LayerNorm eps {eps}; expected a finite value in (0, 1)")
     n_pieces, bos, eos, pad, unk = c.read("5i")

