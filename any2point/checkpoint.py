@@ -339,6 +339,7 @@ class _AllocationBudget(torch.overrides.TorchFunctionMode):
 
     _FACTORIES = {torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn, torch.randint,
                   torch.randperm, torch.eye, torch.empty_strided}
+    _METHODS = {torch.Tensor.new_empty, torch.Tensor.new_zeros, torch.Tensor.new_ones, torch.Tensor.new_full}
 
     def __init__(self, limit: int, where: Path):
         super().__init__()
@@ -346,13 +347,19 @@ class _AllocationBudget(torch.overrides.TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in self._FACTORIES:
-            self.used += self._bytes(func, args, kwargs)
+        if func in self._FACTORIES or func in self._METHODS:
+            method = func in self._METHODS  # x.new_zeros(size, ...): the size follows the tensor
+            if method:
+                func_like, sized = (torch.full if func is torch.Tensor.new_full else torch.empty), args[1:]
+            else:
+                func_like, sized = func, args
+            self.used += self._bytes(func_like, sized, kwargs)
             self.calls += 1
             if self.used > self.limit or self.calls > _MAX_CREATIONS:
                 raise CheckpointError(
                     f"{self.where} describes a model that would allocate more than {self.limit} bytes or "
-                    f"{_MAX_CREATIONS} tensors beside its source, far more than the checkpoint's tensors; its sizes (class_names, model.*) do not fit "
+                    f"{_MAX_CREATIONS} tensors beside its source, far more than the checkpoint's tensors; its sizes "
+                    f"(class_names, model.*) do not fit "
                     f"the tensors it was saved with; {_REDO}")
         return func(*args, **kwargs)
 

@@ -35,7 +35,8 @@ from typing import Iterable
 from .errors import WeightsUnavailableError
 
 __all__ = ["cache_dir", "package_dir", "local_weights", "unavailable", "hub_offline", "hf_hub_cached",
-           "regular_file", "read_regular_file", "file_sha256", "manifest_sha256", "hub_file", "verified_hub_blob", "MAX_WEIGHTS_BYTES"]
+           "regular_file", "read_regular_file", "file_sha256", "manifest_sha256", "hub_file", "verified_hub_blob",
+           "MAX_WEIGHTS_BYTES"]
 
 MAX_WEIGHTS_BYTES = 64 << 30  # 64 GiB: more than any source's weights (ImageBind-Huge: 4.5 GB)
 _CHUNK = 1 << 20

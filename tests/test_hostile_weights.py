@@ -253,8 +253,8 @@ def test_a_crafted_onnx_graph_is_refused_in_one_line(tmp_path, case, words):
     else:  # two MatMul nodes both claiming block 0's key projection
         inits = [float_init("onnx::MatMul_1", np.zeros((2, 2))), float_init("onnx::MatMul_2", np.zeros((2, 2))),
                  float_init("backbone.encoder.layer.0.attention.attention.key.bias", np.zeros(2))]
-        nodes = [helper.make_node("MatMul", ["x", w], ["y"], name="/backbone/encoder/layer.0/attention/attention/key/MatMul")
-                 for w in ("onnx::MatMul_1", "onnx::MatMul_2")]
+        key = "/backbone/encoder/layer.0/attention/attention/key/MatMul"
+        nodes = [helper.make_node("MatMul", ["x", w], ["y"], name=key) for w in ("onnx::MatMul_1", "onnx::MatMul_2")]
         onnx_file(path, inits, nodes)
     outcome = bounded(lambda: ds.timm_state_from_onnx(path), seconds=10, extra_bytes=GIB)
     assert outcome.kind == "CheckpointError", outcome
@@ -542,3 +542,19 @@ def test_clip_text_weights_with_an_infinite_tensor_are_refused(tmp_path, monkeyp
     with pytest.raises(WeightsUnavailableError) as err:
         any2point.create_source("clip_text", weights=str(path))
     one_line(err, str(path), "non-finite values", "positional_embedding")
+
+
+@pytest.mark.parametrize("create", [
+    lambda: torch.zeros(1000, 1000), lambda: torch.zeros((1000, 1000)), lambda: torch.full((1000, 1000), 1.0),
+    lambda: torch.ones(1).new_zeros(1000, 1000), lambda: torch.ones(1).new_full((1000, 1000), 2.0),
+    lambda: torch.nn.Linear(1000, 1000), lambda: torch.randint(0, 5, (1000, 1000)), lambda: torch.eye(1000),
+    lambda: torch.randperm(1_000_000),
+], ids=["zeros", "zeros-tuple", "full", "new_zeros", "new_full", "linear", "randint", "eye", "randperm"])
+def test_the_allocation_budget_counts_every_way_of_creating_a_tensor(create):
+    from any2point.checkpoint import _AllocationBudget
+
+    with pytest.raises(CheckpointError, match="would allocate more than 1048576 bytes"):
+        with _AllocationBudget(1 << 20, Path("checkpoint.json")):
+            create()
+    with _AllocationBudget(8 << 20, Path("checkpoint.json")):
+        create()  # within the budget: built as usual
