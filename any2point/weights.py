@@ -149,7 +149,8 @@ def read_regular_file(path: str | os.PathLike, source: str, what: str, limit: in
         if st.st_size > limit:
             raise WeightsUnavailableError(f"{source}: {p} is {st.st_size} bytes, more than the {limit} a {what} "
                                           f"may have")
-        data = f.read(limit + 1)
+        # the size fstat gave, plus one byte to notice a file that grew (read(n) reserves n bytes at once)
+        data = f.read(st.st_size + 1)
     if len(data) != st.st_size:
         raise WeightsUnavailableError(f"{source}: {p} changed size while it was read ({st.st_size} bytes, then "
                                       f"{len(data)}); read it again when nothing writes it")
