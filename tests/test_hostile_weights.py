@@ -558,3 +558,48 @@ def test_the_allocation_budget_counts_every_way_of_creating_a_tensor(create):
             create()
     with _AllocationBudget(8 << 20, Path("checkpoint.json")):
         create()  # within the budget: built as usual
+
+
+# ----------------------------------------------------------------------------- shapes before reading
+
+BIG = (8192, 4096)  # 128 MiB of float32 declared where a small tensor is expected
+
+
+def test_a_huge_mis_shaped_clip_tensor_is_refused_from_the_header(tmp_path, monkeypatch):
+    from any2point.backbones import clip_text as clip_text_module
+
+    from .test_registry import _small_text_tower
+
+    monkeypatch.setattr(clip_text_module, "_text_tower", _small_text_tower)
+    state = {k: v.clone() for k, v in _small_text_tower().state_dict().items()}
+    state["positional_embedding"] = torch.zeros(BIG)
+    path = tmp_path / "text.safetensors"
+    save_file(state, str(path))
+    del state
+    outcome = bounded(lambda: any2point.create_source("clip_text", weights=str(path)), seconds=10, extra_bytes=GIB)
+    assert outcome.kind == "ValueError" and "positional_embedding (8192, 4096) (expected (77, 64))" in outcome.message
+    assert outcome.extra_bytes < 64 << 20, outcome  # the 128 MiB tensor was never read
+
+
+def test_a_huge_mis_shaped_imagebind_tensor_is_refused_from_the_header(tmp_path):
+    state = _audio_state()
+    key = ib.PRE + "cls_token"
+    state[key] = torch.zeros(BIG)
+    path = tmp_path / "audio.safetensors"
+    save_file(state, str(path))
+    del state
+    outcome = bounded(lambda: any2point.create_source("imagebind_audio", weights=str(path), depth=1), seconds=10,
+                      extra_bytes=GIB)
+    assert outcome.kind == "ValueError" and f"{key}: (8192, 4096) (expected (1, 1, 768))" in outcome.message, outcome
+    assert outcome.extra_bytes < 64 << 20, outcome
+
+
+def test_a_directory_where_the_imagebind_audio_cache_file_is_expected_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANY2POINT_CACHE", str(tmp_path / "cache"))
+    checkpoint = tmp_path / "imagebind_huge.pth"
+    torch.save({f"{ib.TRUNK}x": torch.zeros(1)}, checkpoint)
+    digest = weights.file_sha256(checkpoint, "t")
+    ib.derived_path(digest).mkdir(parents=True)
+    with pytest.raises(WeightsUnavailableError) as err:
+        any2point.create_source("imagebind_audio", weights=str(checkpoint), depth=1)
+    one_line(err, str(ib.derived_path(digest)), "is a directory where the cache file")
