@@ -603,3 +603,18 @@ def test_a_directory_where_the_imagebind_audio_cache_file_is_expected_is_refused
     with pytest.raises(WeightsUnavailableError) as err:
         any2point.create_source("imagebind_audio", weights=str(checkpoint), depth=1)
     one_line(err, str(ib.derived_path(digest)), "is a directory where the cache file")
+
+
+def test_timm_weights_with_a_nan_are_refused(tmp_path):
+    import timm
+
+    from .test_sources_by_name import TIMM_OPTIONS, TIMM_TINY
+
+    vit = timm.create_model(TIMM_TINY.split(":", 1)[1], pretrained=False, **TIMM_OPTIONS)
+    state = {k: v.clone() for k, v in vit.state_dict().items()}
+    state["blocks.1.mlp.fc2.weight"][3, 3] = float("nan")
+    path = tmp_path / "vit.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(WeightsUnavailableError) as err:
+        any2point.create_source(TIMM_TINY, weights=str(path), **TIMM_OPTIONS)
+    one_line(err, str(path), "non-finite values", "blocks.1.mlp.fc2.weight")
