@@ -46,6 +46,7 @@ from omegaconf import OmegaConf
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors
 
+from .alloc_budget import MAX_CREATIONS, AllocationBudget
 from .atomic import atomic_write_json, atomic_write_safetensors
 from .errors import (Any2PointError, CheckpointError, CheckpointMismatchError, CheckpointNotFoundError, ConfigError,
                      WeightsUnavailableError)
@@ -317,9 +318,6 @@ def _read_described_tensors(weights_path: Path, info: dict) -> dict[str, torch.T
 
 
 _CONSTRUCTION_SLACK = 256 << 20  # bytes the model may create beyond its checkpoint's tensors (buffers, tables)
-_MAX_CREATIONS = 20_000  # tensors created around the source: a 12-block model creates a few hundred
-_ITEM_BYTES = {"bool": 1, "uint8": 1, "int8": 1, "float16": 2, "bfloat16": 2, "int16": 2, "float32": 4, "int32": 4,
-               "float64": 8, "int64": 8, "complex64": 8, "complex128": 16}
 
 
 def _header_bytes(header: Mapping[str, tuple[str, list[int]]]) -> int:
@@ -332,58 +330,8 @@ def _header_bytes(header: Mapping[str, tuple[str, list[int]]]) -> int:
     return total
 
 
-class _AllocationBudget(torch.overrides.TorchFunctionMode):
-    """Refuses, by the checkpoint description's name, tensor creations (``torch.empty``,
-    ``zeros``, ...) that together ask for more than ``limit`` bytes: sizes are summed from the
-    arguments before anything is allocated."""
-
-    _FACTORIES = {torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn, torch.randint,
-                  torch.randperm, torch.eye, torch.empty_strided}
-    _METHODS = {torch.Tensor.new_empty, torch.Tensor.new_zeros, torch.Tensor.new_ones, torch.Tensor.new_full}
-
-    def __init__(self, limit: int, where: Path):
-        super().__init__()
-        self.limit, self.where, self.used, self.calls = limit, where, 0, 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in self._FACTORIES or func in self._METHODS:
-            method = func in self._METHODS  # x.new_zeros(size, ...): the size follows the tensor
-            if method:
-                func_like, sized = (torch.full if func is torch.Tensor.new_full else torch.empty), args[1:]
-            else:
-                func_like, sized = func, args
-            self.used += self._bytes(func_like, sized, kwargs)
-            self.calls += 1
-            if self.used > self.limit or self.calls > _MAX_CREATIONS:
-                raise CheckpointError(
-                    f"{self.where} describes a model that would allocate more than {self.limit} bytes or "
-                    f"{_MAX_CREATIONS} tensors beside its source, far more than the checkpoint's tensors; its sizes "
-                    f"(class_names, model.*) do not fit "
-                    f"the tensors it was saved with; {_REDO}")
-        return func(*args, **kwargs)
-
-    @staticmethod
-    def _bytes(func, args, kwargs) -> int:
-        if func is torch.eye:
-            n = args[0] if args else kwargs.get("n", 0)
-            m = args[1] if len(args) > 1 and isinstance(args[1], int) else kwargs.get("m", n)
-            dims = [n, m]
-        elif func in (torch.randperm,):
-            dims = [args[0] if args else kwargs.get("n", 0)]
-        elif func is torch.randint:
-            size = kwargs.get("size", next((a for a in args if isinstance(a, (tuple, list, torch.Size))), ()))
-            dims = list(size)
-        else:
-            size = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)) else args
-            if func is torch.full:
-                size = args[0] if args else kwargs.get("size", ())
-            dims = [d for d in (size or kwargs.get("size", ())) if isinstance(d, int)]
-        count = 1
-        for d in dims:
-            count *= max(int(d), 0)
-        dtype = kwargs.get("dtype") or torch.get_default_dtype()
-        return count * (torch.empty((), dtype=dtype).element_size() if isinstance(dtype, torch.dtype) else 8)
+_ITEM_BYTES = {"bool": 1, "uint8": 1, "int8": 1, "float16": 2, "bfloat16": 2, "int16": 2, "float32": 4, "int32": 4,
+               "float64": 8, "int64": 8, "complex64": 8, "complex128": 16}
 
 
 @dataclass
@@ -492,7 +440,11 @@ def load_checkpoint(path: str | Path, *, source: str | None = None, weights_tag:
     # every tensor the model adds around the source (and a random source itself) is in the checkpoint:
     # sizes asked for beyond that (a description with a huge head, rank, class count or random source)
     # are refused before they are allocated
-    budget = _AllocationBudget(_header_bytes(header) * 2 + _CONSTRUCTION_SLACK, weights_path.with_suffix(".json"))
+    where = weights_path.with_suffix(".json")
+    budget = AllocationBudget(_header_bytes(header) * 2 + _CONSTRUCTION_SLACK, lambda limit: CheckpointError(
+        f"{where} describes a model that would allocate more than {limit} bytes or {MAX_CREATIONS} tensors beside its "
+        f"source, far more than the checkpoint's tensors; its sizes (class_names, model.*) do not fit the tensors it "
+        f"was saved with; {_REDO}"))
     try:
         with budget if random_source else contextlib.nullcontext():
             built = create_source(saved.name, pretrained=saved.pretrained and not random_source, **options)

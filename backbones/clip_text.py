@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from any2point.alloc_budget import unbudgeted
 from any2point.errors import Any2PointError, UnknownSourceError, WeightsUnavailableError
 from any2point.registry import register_source
 from any2point.tensor_files import check_weights_values, first_line, read_state_dict, refuse_torchscript
@@ -116,7 +117,8 @@ def _text_tower(name: str = "clip_text", arch: str = MODEL, tag: str = TAG) -> n
     if "hf_model_name" in cfg["text_cfg"]:
         raise SourceMismatchError(f"{name}: the text tower of {arch} is the Hugging Face model "
                                   f"{cfg['text_cfg']['hf_model_name']!r}; use hf:<that model> instead")
-    return _build_text_tower(cfg["embed_dim"], cfg["text_cfg"], quick_gelu=quick_gelu)
+    with unbudgeted():  # sized by open_clip's config of the arch, not by a checkpoint's description
+        return _build_text_tower(cfg["embed_dim"], cfg["text_cfg"], quick_gelu=quick_gelu)
 
 
 def _text_prefix(keys, wanted: set[str]) -> str:
@@ -174,7 +176,8 @@ def load_tower_weights(tower: nn.Module, path: Path, name: str, arch: str, prefi
     if bad:
         raise ValueError(f"{name}: {path} has tensors of the wrong shape: {', '.join(bad[:8])}")
     check_weights_values(sorted(state.items()), path, name)
-    tower.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    with unbudgeted():  # the file's tensors, already read and checked
+        tower.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
 
 
 def _load_text_weights(text: nn.Module, path: Path, name: str, arch: str = MODEL) -> None:

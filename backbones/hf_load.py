@@ -18,6 +18,7 @@ from typing import Callable
 
 from torch import nn
 
+from any2point.alloc_budget import unbudgeted
 from any2point.errors import Any2PointError, WeightsUnavailableError
 from any2point.tensor_files import check_weights_values, first_line, pickle_refused, refuse_torchscript
 from any2point.weights import (file_sha256, hub_file, local_weights, manifest_sha256, package_dir, regular_file,
@@ -41,7 +42,8 @@ def from_pretrained(path_or_id: str, **kwargs) -> nn.Module:
     hf_logging.set_verbosity_error()  # the unused pooler's "unexpected keys" report is noise here
     hf_logging.disable_progress_bar()
     try:
-        return AutoModel.from_pretrained(path_or_id, add_pooling_layer=False, **kwargs)
+        with unbudgeted():  # sized by its checked config and weights files, not by a checkpoint's description
+            return AutoModel.from_pretrained(path_or_id, add_pooling_layer=False, **kwargs)
     finally:
         hf_logging.set_verbosity(previous)
         if bars:

@@ -551,13 +551,28 @@ def test_clip_text_weights_with_an_infinite_tensor_are_refused(tmp_path, monkeyp
     lambda: torch.randperm(1_000_000),
 ], ids=["zeros", "zeros-tuple", "full", "new_zeros", "new_full", "linear", "randint", "eye", "randperm"])
 def test_the_allocation_budget_counts_every_way_of_creating_a_tensor(create):
-    from any2point.checkpoint import _AllocationBudget
+    from any2point.alloc_budget import AllocationBudget, unbudgeted
+
+    def refuse(limit):
+        return CheckpointError(f"would allocate more than {limit} bytes")
 
     with pytest.raises(CheckpointError, match="would allocate more than 1048576 bytes"):
-        with _AllocationBudget(1 << 20, Path("checkpoint.json")):
+        with AllocationBudget(1 << 20, refuse):
             create()
-    with _AllocationBudget(8 << 20, Path("checkpoint.json")):
+    with AllocationBudget(8 << 20, refuse):
         create()  # within the budget: built as usual
+    with AllocationBudget(1 << 20, refuse), unbudgeted():
+        create()  # weights loaded on the way are sized by their own files, not counted
+
+
+def test_a_pretrained_source_loads_inside_a_budget_its_weights_exceed(tmp_path):
+    """A checkpoint's head may load pretrained weights (a text encoder); they are not counted."""
+    from any2point.alloc_budget import AllocationBudget
+
+    folder = hf_folder(tmp_path / "bert")
+    with AllocationBudget(1024, lambda limit: CheckpointError("over")):
+        source = any2point.create_source(f"hf:{folder}")
+    assert source.width == 32
 
 
 # ----------------------------------------------------------------------------- shapes before reading
