@@ -31,6 +31,7 @@ older checkpoint's ``source.weights`` path is ignored, never followed.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -45,11 +46,13 @@ from omegaconf import OmegaConf
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors
 
+from .alloc_budget import MAX_CREATIONS, AllocationBudget
 from .atomic import atomic_write_json, atomic_write_safetensors
 from .errors import (Any2PointError, CheckpointError, CheckpointMismatchError, CheckpointNotFoundError, ConfigError,
                      WeightsUnavailableError)
 from .factory import create_model
 from .heads import HeadConfig
+from .backbones.registry import create_source
 from .model import Any2PointModel, ModelConfig
 from .peft import peft_config
 from .plain_data import PlainDataError, check_type, refuse_interpolations
@@ -65,6 +68,7 @@ FORMAT = 1
 MAX_INFO_BYTES = 16 << 20  # a checkpoint.json is a few KB; a larger one is refused before it is read
 MAX_NUM_POINTS = 1 << 20  # points per cloud a checkpoint may ask for (the paper's runs: 1,024)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_MAX_NAME_CHARS = 512  # a source name or weights tag (hf:/a/long/folder/path included)
 
 
 @dataclass
@@ -238,6 +242,14 @@ def parse_checkpoint_info(text: str, where: str) -> dict:
         digest = info["source"].weights_sha256
         if digest is not None and not _SHA256.fullmatch(digest):
             raise PlainDataError(f"source.weights_sha256: expected 64 lowercase hex digits, got {digest!r:.80}")
+        recorded = info.get(DIGEST_FIELD)
+        if recorded is not None and not _SHA256.fullmatch(recorded):
+            raise PlainDataError(f"{DIGEST_FIELD}: expected 64 lowercase hex digits, got {recorded!r:.80}")
+        for key in ("name", "weights_tag"):
+            text = getattr(info["source"], key)
+            if not 0 < len(text) <= _MAX_NAME_CHARS or not text.isprintable():
+                raise PlainDataError(f"source.{key}: expected 1 to {_MAX_NAME_CHARS} printable characters, got "
+                                     f"{text!r:.80}")
         if "weights" in info["source"].options:
             raise PlainDataError("source.options.weights: a checkpoint never names weights to read (pass them "
                                  "explicitly: --weights / weights=)")
@@ -328,6 +340,23 @@ def _read_described_tensors(weights_path: Path, info: dict) -> dict[str, torch.T
         return load_safetensors(data)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{weights_path} could not be read ({exc}); {_REDO}") from None
+
+
+_CONSTRUCTION_SLACK = 256 << 20  # bytes the model may create beyond its checkpoint's tensors (buffers, tables)
+
+
+def _header_bytes(header: Mapping[str, tuple[str, list[int]]]) -> int:
+    total = 0
+    for dtype, shape in header.values():
+        count = 1
+        for d in shape:
+            count *= d
+        total += count * _ITEM_BYTES.get(dtype.replace("torch.", "").lower(), 8)
+    return total
+
+
+_ITEM_BYTES = {"bool": 1, "uint8": 1, "int8": 1, "float16": 2, "bfloat16": 2, "int16": 2, "float32": 4, "int32": 4,
+               "float64": 8, "int64": 8, "complex64": 8, "complex128": 16}
 
 
 @dataclass
@@ -441,10 +470,20 @@ def load_checkpoint(path: str | Path, *, source: str | None = None, weights_tag:
             raise ValueError(f"unknown model section {section!r} in model_overrides")
         model_cfg = dataclasses.replace(model_cfg, **{section: dataclasses.replace(getattr(model_cfg, section),
                                                                                    **dict(values))})
+    random_source = saved.weights_tag == "random"  # its tensors are all saved
+    # every tensor the model adds around the source (and a random source itself) is in the checkpoint:
+    # sizes asked for beyond that (a description with a huge head, rank, class count or random source)
+    # are refused before they are allocated
+    where = weights_path.with_suffix(".json")
+    budget = AllocationBudget(_header_bytes(header) * 2 + _CONSTRUCTION_SLACK, lambda limit: CheckpointError(
+        f"{where} describes a model that would allocate more than {limit} bytes or {MAX_CREATIONS} tensors beside its "
+        f"source, far more than the checkpoint's tensors; its sizes (class_names, model.*) do not fit the tensors it "
+        f"was saved with; {_REDO}"))
     try:
-        model = create_model(saved.name, len(info["class_names"]),
-                             pretrained=saved.pretrained and saved.weights_tag != "random",  # random: all saved
-                             peft=info["peft"], source_options=options, model=model_cfg)
+        with budget if random_source else contextlib.nullcontext():
+            built = create_source(saved.name, pretrained=saved.pretrained and not random_source, **options)
+        with budget:
+            model = create_model(built, len(info["class_names"]), peft=info["peft"], model=model_cfg)
     except Any2PointError:
         raise
     except (TypeError, ValueError) as exc:
@@ -458,6 +497,9 @@ def load_checkpoint(path: str | Path, *, source: str | None = None, weights_tag:
         raise CheckpointMismatchError(
             f"{weights_path} does not fit the model it describes: missing {missing[:8]}"
             f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+    if info["tensors"] != len(header):
+        raise CheckpointMismatchError(f"{weights_path.with_suffix('.json')} describes {info['tensors']} tensors but "
+                                      f"{weights_path.name} holds {len(header)}; use a pair written together")
     state = model.state_dict()
     wrong = [f"{k} {shape} (model: {list(state[k].shape)})" for k, (_, shape) in header.items()
              if list(state[k].shape) != shape]

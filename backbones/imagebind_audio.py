@@ -46,7 +46,7 @@ from torch import nn
 from any2point.atomic import atomic_write, atomic_write_text
 from any2point.errors import WeightsUnavailableError
 from any2point.backbones.registry import register_source
-from any2point.backbones.tensor_files import refuse_torchscript, torch_load
+from any2point.backbones.tensor_files import check_weights_values, refuse_torchscript, torch_load
 from any2point.backbones.weights import cache_dir, file_sha256, hub_offline, local_weights, regular_file, unavailable
 
 from .base import FrozenSource, PositionTable, SourceBlock, with_ffn
@@ -167,6 +167,7 @@ class ImageBindAudioSource(FrozenSource):
         bad = [f"{k}: {tuple(v.shape)} (expected {shapes[k]})" for k, v in state.items() if tuple(v.shape) != shapes[k]]
         if bad:
             raise ValueError(f"imagebind_audio: {origin} has tensors of the wrong shape: {_shorten(bad, sep='; ')}")
+        check_weights_values(sorted(state.items()), origin, self.name)
         self.load_state_dict({own[k]: v.float() for k, v in state.items()}, strict=True)
 
 
@@ -209,7 +210,7 @@ def _open_checkpoint(path: Path, name: str = "imagebind_audio") -> Iterator[Mapp
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise WeightsUnavailableError(f"{name}: {path} is not a readable safetensors file ({exc})") from None
         with handle as f:
-            yield _SafeMapping(f)
+            yield _SafeMapping(f, path)
         return
     state = torch_load(path, name)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -220,12 +221,20 @@ def _open_checkpoint(path: Path, name: str = "imagebind_audio") -> Iterator[Mapp
 
 
 class _SafeMapping(Mapping):
-    def __init__(self, handle):
-        self._h, self._keys = handle, dict.fromkeys(handle.keys())
+    """A safetensors file's tensors, read on access; a tensor of the audio layout whose header
+    gives another shape is refused before it is read into memory."""
+
+    def __init__(self, handle, path: Path):
+        self._h, self._keys, self._path = handle, dict.fromkeys(handle.keys()), path
+        self._layout = official_layout()
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self._keys:
             raise KeyError(key)
+        found = tuple(self._h.get_slice(key).get_shape())
+        if key in self._layout and found != self._layout[key]:
+            raise ValueError(f"imagebind_audio: {self._path} has tensors of the wrong shape: {key}: {found} "
+                             f"(expected {self._layout[key]})")
         return self._h.get_tensor(key)
 
     def __iter__(self):
@@ -283,6 +292,10 @@ def _verified(derived: Path, name: str) -> bool:
 def _cached_audio(checkpoint: Path, checkpoint_sha256: str, depth: int, name: str) -> Path:
     """The verified audio cache of ``checkpoint``, extracted when it is absent or does not verify."""
     derived = derived_path(checkpoint_sha256)
+    for path in (derived, derived.with_suffix(".sha256")):
+        if path.is_dir() and not path.is_symlink():
+            raise WeightsUnavailableError(f"{name}: {path} is a directory where the cache file {path.name} is "
+                                          f"expected; remove it (any2point derives the file again)")
     if not _verified(derived, name):
         from safetensors.torch import save_file
 

@@ -19,7 +19,7 @@ import torch
 from any2point.errors import WeightsUnavailableError
 
 __all__ = ["is_torchscript", "refuse_torchscript", "torch_load", "read_state_dict", "pickle_refused", "first_line",
-           "USE_INSTEAD"]
+           "check_weights_values", "USE_INSTEAD"]
 
 USE_INSTEAD = ("a state dict saved with safetensors (safetensors.torch.save_file(model.state_dict(), ...)); for "
                "OpenAI CLIP, open_clip's open_clip_model.safetensors from the Hugging Face hub "
@@ -110,3 +110,17 @@ def read_state_dict(path: str | os.PathLike, source: str) -> dict[str, torch.Ten
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def check_weights_values(tensors, where: str | os.PathLike, source: str) -> None:
+    """Refuse weights that would silently give garbage: a tensor of a non-floating dtype (an
+    integer tensor would be cast without a word) or holding NaN or infinity (every prediction
+    would be NaN). ``tensors``: (name, tensor) pairs, e.g. ``state.items()`` or
+    ``module.named_parameters()``."""
+    for name, value in tensors:
+        if not (value.is_floating_point()):
+            raise WeightsUnavailableError(f"{source}: {where} has tensor {name} of dtype {value.dtype}; expected "
+                                          f"floating-point weights")
+        if not bool(torch.isfinite(value).all()):
+            raise WeightsUnavailableError(f"{source}: {where} has non-finite values (NaN or infinity) in {name}; "
+                                          f"expected finite weights")

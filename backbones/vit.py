@@ -17,7 +17,7 @@ from torch import nn
 
 from any2point.errors import Any2PointError, ConfigError, UnknownSourceError
 from any2point.backbones.registry import register_family, register_source
-from any2point.backbones.tensor_files import read_state_dict
+from any2point.backbones.tensor_files import check_weights_values, read_state_dict
 from any2point.backbones.weights import file_sha256, hf_hub_cached, hub_file, local_weights, unavailable
 
 from .base import FrozenSource, PositionTable, SourceBlock, SourceMismatchError, linear_targets, with_ffn
@@ -159,6 +159,7 @@ def build_timm_vit(name: str, timm_name: str, *, pretrained: bool, weights: str 
         tag = timm_name.split(".", 1)[1] if "." in timm_name else "timm"
     state = read_state_dict(path, name)
     vit = timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay={"state_dict": state}, **timm_kwargs)
+    check_weights_values(vit.named_parameters(), path, name)  # NaN or infinity would make every prediction NaN
     source = TimmViTSource(name, vit, tag)
     source.weights_sha256 = digest
     return source

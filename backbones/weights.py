@@ -35,7 +35,8 @@ from typing import Iterable
 from any2point.errors import WeightsUnavailableError
 
 __all__ = ["cache_dir", "package_dir", "local_weights", "unavailable", "hub_offline", "hf_hub_cached",
-           "regular_file", "file_sha256", "manifest_sha256", "hub_file", "verified_hub_blob", "MAX_WEIGHTS_BYTES"]
+           "regular_file", "read_regular_file", "file_sha256", "manifest_sha256", "hub_file", "verified_hub_blob",
+           "MAX_WEIGHTS_BYTES"]
 
 MAX_WEIGHTS_BYTES = 64 << 30  # 64 GiB: more than any source's weights (ImageBind-Huge: 4.5 GB)
 _CHUNK = 1 << 20
@@ -48,7 +49,14 @@ def cache_dir() -> Path:
     root = os.environ.get("ANY2POINT_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "any2point")
     path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file (or a link to one) where the folder should be, no permission, ...
+        raise WeightsUnavailableError(f"any2point's cache folder {path} cannot be used: "
+                                      f"{exc.strerror or exc}; set ANY2POINT_CACHE to a folder you can write") from None
+    if not path.is_dir():
+        raise WeightsUnavailableError(f"any2point's cache folder {path} is not a folder; set ANY2POINT_CACHE to a "
+                                      f"folder you can write")
     return path
 
 
@@ -113,6 +121,42 @@ def regular_file(path: str | os.PathLike, source: str, what: str = "weights file
     return p
 
 
+def _open_checked(p: Path, source: str, what: str):
+    """``p`` opened for reading without blocking, after checking what was opened (not its name):
+    a regular, non-empty file of at most :data:`MAX_WEIGHTS_BYTES`. Returns (file, stat)."""
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise WeightsUnavailableError(f"{source}: the {what} {p} does not exist") from None
+    except OSError as exc:
+        raise WeightsUnavailableError(f"{source}: cannot read the {what} {p}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        _check_regular(st, p, source, what)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb"), st
+
+
+def read_regular_file(path: str | os.PathLike, source: str, what: str, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes. The size is checked on the open
+    descriptor (opened without blocking, so a FIFO or a file swapped for one is refused, not
+    waited on) before anything is allocated."""
+    p = Path(path)
+    f, st = _open_checked(p, source, what)
+    with f:
+        if st.st_size > limit:
+            raise WeightsUnavailableError(f"{source}: {p} is {st.st_size} bytes, more than the {limit} a {what} "
+                                          f"may have")
+        # the size fstat gave, plus one byte to notice a file that grew (read(n) reserves n bytes at once)
+        data = f.read(st.st_size + 1)
+    if len(data) != st.st_size:
+        raise WeightsUnavailableError(f"{source}: {p} changed size while it was read ({st.st_size} bytes, then "
+                                      f"{len(data)}); read it again when nothing writes it")
+    return data
+
+
 def local_weights(path: str | os.PathLike | None, source: str, config_key: str = "source.weights",
                   folder: bool = False) -> Path | None:
     """The explicit local copy from config, checked before anything reads it: a regular file
@@ -145,12 +189,8 @@ def file_sha256(path: str | os.PathLike, source: str) -> str:
     """SHA-256 (hex) of a weights file, read in 1 MiB chunks. The file is opened without
     blocking and checked again on the open descriptor, so a FIFO swapped in is refused too."""
     p = Path(path)
-    try:
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except OSError as exc:
-        raise WeightsUnavailableError(f"{source}: cannot read the weights file {p}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as f:
-        _check_regular(os.fstat(f.fileno()), p, source, "weights file")
+    f, _ = _open_checked(p, source, "weights file")
+    with f:
         digest = hashlib.sha256()
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
@@ -164,9 +204,10 @@ def manifest_sha256(digests: dict[str, str]) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def _git_blob_sha1(path: Path) -> str:
-    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
-    with open(path, "rb") as f:
+def _git_blob_sha1(path: Path, source: str) -> str:
+    f, st = _open_checked(path, source, "hub cache file")  # checked on what was opened, not on the name
+    with f:
+        digest = hashlib.sha1(f"blob {st.st_size}\0".encode())
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -186,7 +227,7 @@ def verified_hub_blob(path: str | os.PathLike, source: str) -> str:
             return actual
         found = f"hashes to SHA-256 {actual}"
     elif _SHA1.fullmatch(name):
-        actual = _git_blob_sha1(blob)
+        actual = _git_blob_sha1(blob, source)
         if actual == name:
             return file_sha256(blob, source)
         found = f"hashes to git blob SHA-1 {actual}"
