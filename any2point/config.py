@@ -222,10 +222,8 @@ def check_required(cfg: DictConfig) -> None:
 
 
 def check_data_values(data: DictConfig) -> None:
-    """The ``data`` section: the keys every dataset config has, then the format's own options
-    (:func:`any2point.data.check_data_options`); nothing is read."""
-    checks.integer("data.num_points", data.get("num_points"), 1)
-    checks.fraction("data.val_fraction", data.get("val_fraction", 0.0))
+    """The ``data`` section, converted to its format's options (:func:`any2point.data.check_data_options`:
+    the keys every format shares, then the format's own); nothing is read."""
     check_data_options(data)
 
 
