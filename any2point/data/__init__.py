@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import DataError
 from .base import LoadedSplit, PointCloudDataset
 from .fps_cache import cached_epoch_pools
 from . import folder, modelnet40, modelnet40_resampled, scanobjectnn, shapes  # noqa: F401  (register the formats)
