@@ -66,7 +66,7 @@ class DataConfig(Dict[str, Any]):
     num_points: int = MISSING
     val_fraction: float = MISSING
     class_names: list[str] | None = MISSING
-    normalize: bool = MISSING
+    normalize: bool | None = MISSING  # null: the format's default (data/base.yaml)
     up_axis: str = MISSING
     protocol: dict[str, Any] = MISSING
     augment: list[dict[str, Any]] | None = MISSING

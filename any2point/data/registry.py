@@ -91,14 +91,16 @@ def get_data_format(name: Any) -> DataFormat:
 
 def data_options(cfg: Any) -> DataOptions:
     """The ``data`` section (a DictConfig, a mapping or options already converted) as the options
-    of its format (``data.format``, else ``data.name``). Keys the format does not define are left
-    out (another format's keys, ``data.classes``: read by the run's splits); a bad value of a key
+    of its format (``data.format``, else ``data.name``); ``normalize: null`` is the format's default.
+    Keys the format does not define are left out (another format's keys, ``data.classes``: read by the run's splits); a bad value of a key
     it defines is a ConfigError naming it."""
     if isinstance(cfg, DataOptions):
         return cfg
     values = as_dict(cfg)
     fmt = get_data_format(values.get("format") or values.get("name"))
     own = {f.name for f in dataclasses.fields(fmt.options) if f.init}
+    if values.get("normalize") is None:  # null (data/base.yaml): the format's own default
+        own.discard("normalize")
     try:
         options = fmt.options(**{k: v for k, v in values.items() if k in own and k != "format"}, format=fmt.name)
     except TypeError as exc:  # a required setting of the format is missing
