@@ -116,3 +116,15 @@ def test_a_required_setting_of_a_format_is_named(monkeypatch):
     with pytest.raises(ConfigError, match=r"^data\.size is not set"):
         data_options({"format": "needs_size"})
     assert data_options({"format": "needs_size", "size": 3, "variant": "ignored"}).size == 3
+
+
+def test_a_setting_without_default_is_named_when_missing(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @dataclass(kw_only=True)
+    class Sized(DataOptions):
+        size: int
+
+    register_data_format("sized", Sized)(lambda options, split, size: LoadedSplit(None, None, []))
+    with pytest.raises(ConfigError, match=r"^data\.size is not set; data\.format='sized' needs it"):
+        data_options({"format": "sized"})

@@ -101,10 +101,11 @@ def data_options(cfg: Any) -> DataOptions:
     own = {f.name for f in dataclasses.fields(fmt.options) if f.init}
     if values.get("normalize") is None:  # null (data/base.yaml): the format's own default
         own.discard("normalize")
-    try:
-        options = fmt.options(**{k: v for k, v in values.items() if k in own and k != "format"}, format=fmt.name)
-    except TypeError as exc:  # a required setting of the format is missing
-        raise ConfigError(f"data.format={fmt.name!r}: {exc}".replace("__init__() ", "")) from None
+    required = [f.name for f in dataclasses.fields(fmt.options) if f.init and f.name not in values
+                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if required:
+        raise ConfigError(f"data.{required[0]} is not set; data.format={fmt.name!r} needs it (+data.{required[0]}=...)")
+    options = fmt.options(**{k: v for k, v in values.items() if k in own and k != "format"}, format=fmt.name)
     if options.protocol.fps_pools > 1 and not fmt.stored_clouds:
         stored = sorted(n for n, f in _REGISTRY.items() if f.stored_clouds)
         raise ConfigError(f"data.protocol.fps_pools > 1 needs stored clouds; data.format {fmt.name!r} has none "
