@@ -29,17 +29,14 @@ UP_AXES = ("x", "y", "z")  # data.up_axis: the axis rotations turn about by defa
 
 
 def as_dict(cfg: Any) -> dict:
-    """A plain, resolved dict of a DictConfig or mapping."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
+    """A plain, resolved dict of a DictConfig or mapping (its DictConfig / ListConfig values too)."""
+    from omegaconf import Container, DictConfig, OmegaConf
 
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # omegaconf is a dependency; plain dicts work without it
-        pass
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     if not isinstance(cfg, Mapping):
         raise TypeError(f"the data config must be a mapping or DictConfig, got {type(cfg).__name__}")
-    return dict(cfg)
+    return {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, Container) else v for k, v in cfg.items()}
 
 
 def flag(key: str, value: Any) -> bool:
