@@ -128,3 +128,11 @@ def test_a_setting_without_default_is_named_when_missing(monkeypatch):
     register_data_format("sized", Sized)(lambda options, split, size: LoadedSplit(None, None, []))
     with pytest.raises(ConfigError, match=r"^data\.size is not set; data\.format='sized' needs it"):
         data_options({"format": "sized"})
+
+
+def test_base_yaml_alone_asks_for_the_format():
+    from any2point.config import check_required
+    from .tiny_run import compose_config
+
+    with pytest.raises(ConfigError, match=r"^missing required config values: data\.format \("):
+        check_required(compose_config("train", ["source=tiny_1d", "data=base"]))
