@@ -69,6 +69,7 @@ def test_the_data_section_converts_once_to_typed_options(data_config):
 @pytest.mark.parametrize("overrides, message", [
     (["data=scanobjectnn_obj_bg", "data.variant=obj_all"],
      "data.variant='obj_all' is not one of: obj_bg, obj_only, pb_t50_rs"),
+    (["data=base", "data.format=scanobjectnn"], "data.variant is not set; data.format='scanobjectnn' needs it"),
     (["data=folder", "data.on_error=ignore"], "data.on_error='ignore' is not one of: raise, skip"),
     (["data=folder", "data.mesh_points=0"], "data.mesh_points=0 must be an integer >= 1"),
     (["data=folder", "data.presample_points=0"], "data.presample_points=0 must be null"),

@@ -9,7 +9,7 @@ Keys ``data`` (n, 2048, 3) and ``label`` (n,). ``data.root`` is the ``h5_files``
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,7 +39,7 @@ VARIANTS = {
 
 @dataclass
 class ScanObjectNNOptions(H5Options):
-    variant: str = ""  # obj_bg | obj_only | pb_t50_rs
+    variant: str = field(kw_only=True)  # obj_bg | obj_only | pb_t50_rs: required
 
     def __post_init__(self) -> None:
         super().__post_init__()
