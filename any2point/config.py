@@ -66,7 +66,7 @@ class DataConfig(Dict[str, Any]):
     num_points: int = MISSING
     val_fraction: float = MISSING
     class_names: list[str] | None = MISSING
-    normalize: bool = MISSING
+    normalize: bool | None = MISSING  # null: the format's default (data/base.yaml)
     up_axis: str = MISSING
     protocol: dict[str, Any] = MISSING
     augment: list[dict[str, Any]] | None = MISSING
@@ -222,10 +222,8 @@ def check_required(cfg: DictConfig) -> None:
 
 
 def check_data_values(data: DictConfig) -> None:
-    """The ``data`` section: the keys every dataset config has, then the format's own options
-    (:func:`any2point.data.check_data_options`); nothing is read."""
-    checks.integer("data.num_points", data.get("num_points"), 1)
-    checks.fraction("data.val_fraction", data.get("val_fraction", 0.0))
+    """The ``data`` section, converted to its format's options (:func:`any2point.data.check_data_options`:
+    the keys every format shares, then the format's own); nothing is read."""
     check_data_options(data)
 
 

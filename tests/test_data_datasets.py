@@ -204,7 +204,7 @@ def test_every_data_config_composes_with_the_primary_train_config():
 
     shipped = sorted(p.name[:-5] for p in (importlib.resources.files("any2point.conf") / "data").iterdir()
                      if p.name.endswith(".yaml"))
-    assert shipped == DATA_CONFIGS
+    assert shipped == sorted(["base", *DATA_CONFIGS])  # base.yaml: what every data file starts from
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="any2point.conf", version_base=None):
         for name in DATA_CONFIGS:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from any2point.data import build_dataset
-from any2point.data.shapes import SHAPES, generate_shapes, load_shapes
+from any2point.data.shapes import SHAPES, ShapesOptions, generate_shapes, load_shapes
 from .data_files import compose_data
 
 
@@ -43,16 +43,16 @@ def test_every_class_present_in_the_unit_sphere():
 
 def test_generation_is_deterministic_per_seed_and_splits_differ():
     cfg = {"name": "shapes", "samples_per_class": {"train": 5, "test": 5}, "seeds": {"train": 3, "test": 4}}
-    a, b = load_shapes(cfg, "train", 256), load_shapes(cfg, "train", 256)
+    a, b = load_shapes(ShapesOptions(**cfg), "train", 256), load_shapes(ShapesOptions(**cfg), "train", 256)
     np.testing.assert_array_equal(a.pools, b.pools)
-    assert not np.allclose(a.pools, load_shapes(cfg, "test", 256).pools)
-    other = load_shapes({**cfg, "seeds": {"train": 5}}, "train", 256)
+    assert not np.allclose(a.pools, load_shapes(ShapesOptions(**cfg), "test", 256).pools)
+    other = load_shapes(ShapesOptions(**{**cfg, "seeds": {"train": 5}}), "train", 256)
     assert not np.allclose(a.pools, other.pools)
-    subset = load_shapes({**cfg, "class_names": ["torus", "cube"]}, "train", 256)
+    subset = load_shapes(ShapesOptions(**{**cfg, "class_names": ["torus", "cube"]}), "train", 256)
     assert subset.class_names == ["torus", "cube"]
     np.testing.assert_array_equal(subset.pools[:5], a.pools[list(SHAPES).index("torus") * 5:][:5])
     with pytest.raises(ValueError, match="not procedural shapes"):
-        load_shapes({**cfg, "class_names": ["teapot"]}, "train", 256)
+        load_shapes(ShapesOptions(**{**cfg, "class_names": ["teapot"]}), "train", 256)
 
 
 def test_shapes_are_not_separable_by_simple_global_statistics():
@@ -60,7 +60,7 @@ def test_shapes_are_not_separable_by_simple_global_statistics():
     does far better than chance, so the classes are real, but far from 100 %: the
     near-duplicate classes and the random pose, anisotropy and noise leave work for a model."""
     cfg = {"name": "shapes", "samples_per_class": {"train": 60, "test": 30}}
-    train, test = load_shapes(cfg, "train", 512), load_shapes(cfg, "test", 512)
+    train, test = load_shapes(ShapesOptions(**cfg), "train", 512), load_shapes(ShapesOptions(**cfg), "test", 512)
     chance = 1.0 / len(train.class_names)
     boxes = _nearest_centroid_accuracy(np.sort(np.ptp(train.pools, axis=1), 1), train.labels,
                                        np.sort(np.ptp(test.pools, axis=1), 1), test.labels)

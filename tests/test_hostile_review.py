@@ -76,7 +76,7 @@ import numpy as np  # noqa: E402
 from any2point.data.file_pools import pool_files  # noqa: E402
 from any2point.data.fps_cache import (FPS_VERSION, ArrayCache, cached_epoch_pools, cached_fps_indices,  # noqa: E402
                                       fps_indices, fps_starts)
-from any2point.data.options import cache_of  # noqa: E402
+from any2point.data.options import DataOptions, cache_of  # noqa: E402
 
 
 def _clouds(count=3, size=40):
@@ -145,7 +145,7 @@ def test_poisoned_point_pool_entries_are_recomputed(tmp_path, caplog, poison):
 def test_an_unusable_cache_folder_turns_caching_off(monkeypatch, caplog):
     monkeypatch.setenv("ANY2POINT_CACHE", "/proc/nope")
     with caplog.at_level(logging.WARNING):
-        cache = cache_of({"cache": True})
+        cache = cache_of(DataOptions(cache=True))
     assert not cache.enabled
     assert "/proc/nope" in caplog.text and "without caching" in caplog.text
 

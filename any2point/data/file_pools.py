@@ -13,9 +13,10 @@ from typing import Callable
 
 import numpy as np
 
+from .. import checks
 from ..errors import DataError
 from .fps_cache import FPS_VERSION, ArrayCache, file_digest, fps_indices, points_problem
-from .options import on_error_of
+from .options import ON_ERROR
 from .sampling import pad_or_trim
 
 __all__ = ["pool_files"]
@@ -47,7 +48,7 @@ def pool_files(files: list[Path], read_cloud: Callable[[Path], np.ndarray], *, p
 
     ``read_cloud(path) -> (n, 3)`` raises DataError for a bad file: with ``on_error='skip'``
     the file is logged and appended to ``skipped`` as (path, reason) instead."""
-    on_error = on_error_of({"on_error": on_error})
+    checks.one_of("data.on_error", on_error, ON_ERROR)
     presample = max(presample, pool_size)
     pools: list[np.ndarray] = []
     kept: list[int] = []

@@ -11,6 +11,7 @@ Bad files stop the run unless ``data.on_error: skip``; the others are only liste
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -20,14 +21,17 @@ import stat
 
 import numpy as np
 
+from .. import checks
+
 from ..errors import DataError
 from .base import LoadedSplit
 from .file_pools import pool_files
 from .file_to_cloud import DEFAULT_MESH_POINTS, file_cloud
 from .formats import DEFAULT_MAX_POINTS_PER_FILE, SUPPORTED_EXTENSIONS
-from .options import cache_of, class_names_of, existing_root, on_error_of
+from .options import ON_ERROR, DataOptions, cache_of, existing_root, optional_limit
+from .registry import register_data_format
 
-__all__ = ["load_folder"]
+__all__ = ["load_folder", "FolderOptions"]
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +63,28 @@ def _class_folders(root: Path, note) -> list[str]:
     return folders
 
 
-def load_folder(cfg: dict, source_split: str, pool_size: int) -> LoadedSplit:
+@dataclass
+class FolderOptions(DataOptions):
+    normalize: bool = True  # a user's files come in any position and scale
+    on_error: str = "raise"  # raise | skip a bad file
+    mesh_points: int = DEFAULT_MESH_POINTS  # meshes: area-weighted surface samples before FPS
+    presample_points: int | None = None  # null: FPS straight to the pool size
+    max_points_per_file: int | None = None  # null: the default limit
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        checks.one_of("data.on_error", self.on_error, ON_ERROR)
+        checks.integer("data.mesh_points", self.mesh_points, 1)
+        checks.optional_integer("data.presample_points", self.presample_points, 1, "FPS straight to the pool size")
+        optional_limit("data.max_points_per_file", self.max_points_per_file)
+
+
+@register_data_format("folder", FolderOptions)
+def load_folder(cfg: FolderOptions, source_split: str, pool_size: int) -> LoadedSplit:
+    """Your own labelled files: root/<class>/{train,test}/<files> of any supported type."""
     root = existing_root(cfg, _LAYOUT + f" (root/<class>/{source_split}/<file>; supported: "
                          f"{', '.join(SUPPORTED_EXTENSIONS)})", "your own data: no download")
-    on_error = on_error_of(cfg)
+    on_error = cfg.on_error
     skipped: list[tuple[str, str]] = []
 
     def note(path: Path, reason: str) -> None:  # listed, never an error
@@ -70,7 +92,7 @@ def load_folder(cfg: dict, source_split: str, pool_size: int) -> LoadedSplit:
         skipped.append((str(path), reason))
 
     folders = _class_folders(root, note)
-    class_names = class_names_of(cfg) or folders
+    class_names = cfg.class_names or folders
     if not class_names:
         raise DataError(f"no class folders: expected {_LAYOUT}", str(root))
     index = {name: i for i, name in enumerate(class_names)}
@@ -101,9 +123,9 @@ def load_folder(cfg: dict, source_split: str, pool_size: int) -> LoadedSplit:
                 continue
             files.append(path)
             labels.append(index[folder])
-    mesh_points = int(cfg.get("mesh_points", DEFAULT_MESH_POINTS))
-    max_points = int(cfg.get("max_points_per_file") or DEFAULT_MAX_POINTS_PER_FILE)
-    presample = int(cfg.get("presample_points") or pool_size)
+    mesh_points = cfg.mesh_points
+    max_points = cfg.max_points_per_file or DEFAULT_MAX_POINTS_PER_FILE
+    presample = cfg.presample_points or pool_size
     reader = partial(file_cloud, mesh_points=mesh_points, seed=0, max_points=max_points)
     pools, kept = pool_files(files, reader, pool_size=pool_size,
                              presample=presample, cache=cache_of(cfg), recipe=f"folder-trimesh{mesh_points}-seed0",

@@ -8,6 +8,7 @@ sample index. Shapes are checked against ``data.max_points_per_file`` (per cloud
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +16,32 @@ import numpy as np
 from ..errors import DataError
 from .formats.records import DEFAULT_MAX_POINTS_PER_FILE, check_declared, check_dtype
 from .fps_cache import ArrayCache, cached_fps_indices, file_digest
+from .options import DataOptions, optional_limit
 
-__all__ = ["read_labelled_h5", "pool_points", "check_labels", "limits_of", "DEFAULT_MAX_POINTS_PER_COLLECTION"]
+__all__ = ["H5Options", "read_labelled_h5", "pool_points", "check_labels", "limits_of", "DEFAULT_MAX_POINTS_PER_COLLECTION"]
 
 # Fallback of data.max_points_per_collection (the YAMLs state it): the largest official file,
 # ScanObjectNN PB-T50-RS training, holds 11,416 x 2,048 = 23.4 M points.
 DEFAULT_MAX_POINTS_PER_COLLECTION = 50_000_000
 
 
-def limits_of(cfg: dict) -> dict[str, int]:
-    """The size limits of the data config, as keyword arguments of ``read_labelled_h5``."""
-    return {"max_points": int(cfg.get("max_points_per_file") or DEFAULT_MAX_POINTS_PER_FILE),
-            "max_total": int(cfg.get("max_points_per_collection") or DEFAULT_MAX_POINTS_PER_COLLECTION)}
+@dataclass
+class H5Options(DataOptions):
+    """The keys of a format of labelled HDF5 collections (null: the default limit)."""
+
+    max_points_per_file: int | None = None  # points of one cloud, checked before reading
+    max_points_per_collection: int | None = None  # clouds x points of one file, checked before reading
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        optional_limit("data.max_points_per_file", self.max_points_per_file)
+        optional_limit("data.max_points_per_collection", self.max_points_per_collection)
+
+
+def limits_of(options: H5Options) -> dict[str, int]:
+    """The size limits of the data options, as keyword arguments of ``read_labelled_h5``."""
+    return {"max_points": options.max_points_per_file or DEFAULT_MAX_POINTS_PER_FILE,
+            "max_total": options.max_points_per_collection or DEFAULT_MAX_POINTS_PER_COLLECTION}
 
 
 def read_labelled_h5(path: Path, data_key: str = "data", label_key: str = "label",

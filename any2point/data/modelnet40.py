@@ -16,8 +16,9 @@ import numpy as np
 
 from ..errors import DataError
 from .base import LoadedSplit
-from .h5sets import check_labels, limits_of, pool_points, read_labelled_h5
-from .options import cache_of, class_names_of, existing_root
+from .h5sets import H5Options, check_labels, limits_of, pool_points, read_labelled_h5
+from .options import cache_of, existing_root
+from .registry import register_data_format
 
 __all__ = ["load_modelnet40", "DOWNLOAD"]
 
@@ -57,10 +58,12 @@ def read_class_names(root: Path, names_file: str = "shape_names.txt") -> list[st
     return names
 
 
-def load_modelnet40(cfg: dict, source_split: str, pool_size: int) -> LoadedSplit:
+@register_data_format("modelnet40_h5", H5Options, stored_clouds=True)
+def load_modelnet40(cfg: H5Options, source_split: str, pool_size: int) -> LoadedSplit:
+    """ModelNet40, HDF5 release (ply_data_{train,test}N.h5)."""
     root = existing_root(cfg, f"shape_names.txt, {source_split}_files.txt and ply_data_{source_split}*.h5",
                          DOWNLOAD)
-    class_names = class_names_of(cfg) or read_class_names(root)
+    class_names = cfg.class_names or read_class_names(root)
     cache = cache_of(cfg)
     pools, labels = [], []
     for path in split_files(root, source_split):

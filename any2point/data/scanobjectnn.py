@@ -9,14 +9,19 @@ Keys ``data`` (n, 2048, 3) and ``label`` (n,). ``data.root`` is the ``h5_files``
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
+
+from .. import checks
 
 from ..errors import DataError
 from .base import LoadedSplit
-from .h5sets import check_labels, limits_of, pool_points, read_labelled_h5
-from .options import cache_of, class_names_of, existing_root
+from .h5sets import H5Options, check_labels, limits_of, pool_points, read_labelled_h5
+from .options import cache_of, existing_root
+from .registry import register_data_format
 
-__all__ = ["load_scanobjectnn", "CLASS_NAMES", "VARIANTS", "DOWNLOAD"]
+__all__ = ["load_scanobjectnn", "ScanObjectNNOptions", "CLASS_NAMES", "VARIANTS", "DOWNLOAD"]
 
 DOWNLOAD = "https://hkust-vgd.github.io/scanobjectnn/ (h5_files.zip, on request from the authors)"
 
@@ -32,10 +37,19 @@ VARIANTS = {
 }
 
 
-def load_scanobjectnn(cfg: dict, source_split: str, pool_size: int) -> LoadedSplit:
-    variant = str(cfg.get("variant", "")).lower()
-    if variant not in VARIANTS:
-        raise ValueError(f"data.variant must be one of {sorted(VARIANTS)} for ScanObjectNN, got {variant!r}")
+@dataclass
+class ScanObjectNNOptions(H5Options):
+    variant: str = field(kw_only=True)  # obj_bg | obj_only | pb_t50_rs: required
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        checks.one_of("data.variant", self.variant, VARIANTS)
+
+
+@register_data_format("scanobjectnn", ScanObjectNNOptions, stored_clouds=True)
+def load_scanobjectnn(cfg: ScanObjectNNOptions, source_split: str, pool_size: int) -> LoadedSplit:
+    """ScanObjectNN, official h5_files layout (OBJ_BG, OBJ_ONLY, PB-T50-RS)."""
+    variant = cfg.variant
     folder, stem = VARIANTS[variant]
     relative = f"{folder}/{'training' if source_split == 'train' else 'test'}_{stem}.h5"
     root = existing_root(cfg, f"the h5_files folder with {relative}", DOWNLOAD)
@@ -45,7 +59,7 @@ def load_scanobjectnn(cfg: dict, source_split: str, pool_size: int) -> LoadedSpl
     if not path.is_file():
         raise DataError(f"missing ScanObjectNN {variant} file: expected {relative} inside data.root={root}. "
                         f"Download: {DOWNLOAD}", str(path))
-    class_names = class_names_of(cfg, CLASS_NAMES)
+    class_names = cfg.class_names or CLASS_NAMES
     points, labels = read_labelled_h5(path, **limits_of(cfg))
     check_labels(labels, class_names, path)
     pools = pool_points(points, pool_size, cache_of(cfg), path, tag=f"scanobjectnn-{variant}")

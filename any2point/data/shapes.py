@@ -9,14 +9,19 @@ operations: thousands of clouds per second.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
+from .. import checks
+from ..errors import ConfigError
 from .base import LoadedSplit
+from .options import DataOptions
+from .registry import register_data_format
 from .sampling import normalize_unit_sphere
 
-__all__ = ["SHAPES", "generate_shapes", "load_shapes"]
+__all__ = ["SHAPES", "generate_shapes", "load_shapes", "ShapesOptions"]
 
 Sampler = Callable[[np.random.Generator, int, int], np.ndarray]
 
@@ -224,17 +229,48 @@ def generate_shapes(name: str, count: int, num_points: int, rng: np.random.Gener
     return normalize_unit_sphere(pts)
 
 
-def load_shapes(cfg: dict, source_split: str, pool_size: int) -> LoadedSplit:
-    names = [str(n) for n in (cfg.get("class_names") or SHAPES)]
-    unknown = [n for n in names if n not in SHAPES]
-    if unknown:
-        raise ValueError(f"data.class_names {unknown} are not procedural shapes; known: {list(SHAPES)}")
-    per_class = int((cfg.get("samples_per_class") or {}).get(source_split, 64 if source_split == "train" else 16))
-    seed = int((cfg.get("seeds") or {}).get(source_split, 0 if source_split == "train" else 1))
+def _per_split(key: str, given, defaults: dict[str, int], least: int) -> dict[str, int]:
+    """``{train: .., test: ..}`` over the defaults (a split left out keeps its default)."""
+    if given is None:
+        return dict(defaults)
+    if not isinstance(given, dict) or set(given) - set(defaults):
+        raise ConfigError(f"data.{key} must be a mapping of train and/or test to integers, got {given!r:.80}")
+    for split, value in given.items():
+        checks.integer(f"data.{key}.{split}", value, least)
+    return {**defaults, **given}
+
+
+_SAMPLES_PER_CLASS = {"train": 64, "test": 16}
+_SEEDS = {"train": 0, "test": 1}
+
+
+@dataclass
+class ShapesOptions(DataOptions):
+    normalize: bool = True
+    samples_per_class: dict[str, int] = field(default_factory=lambda: dict(_SAMPLES_PER_CLASS))
+    seeds: dict[str, int] = field(default_factory=lambda: dict(_SEEDS))  # the content of each split
+    anisotropy: float = 1.25  # per-axis scale in [1/anisotropy, anisotropy]
+    noise: float = 0.02  # Gaussian noise std drawn per cloud from U[0, noise]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = [n for n in self.class_names or () if n not in SHAPES]
+        if unknown:
+            raise ConfigError(f"data.class_names {unknown} are not procedural shapes; known: {list(SHAPES)}")
+        self.samples_per_class = _per_split("samples_per_class", self.samples_per_class, _SAMPLES_PER_CLASS, 0)
+        self.seeds = _per_split("seeds", self.seeds, _SEEDS, 0)
+        checks.number("data.anisotropy", self.anisotropy, above=0)
+        checks.number("data.noise", self.noise, at_least=0)
+
+
+@register_data_format("shapes", ShapesOptions)
+def load_shapes(cfg: ShapesOptions, source_split: str, pool_size: int) -> LoadedSplit:
+    """Procedural shapes generated from a seed (no files): 13 classes."""
+    names = cfg.class_names or list(SHAPES)
+    per_class, seed = cfg.samples_per_class[source_split], cfg.seeds[source_split]
     clouds, labels = [], []
     for label, name in enumerate(names):
         rng = np.random.default_rng([seed, list(SHAPES).index(name)])
-        clouds.append(generate_shapes(name, per_class, pool_size, rng, float(cfg.get("anisotropy", 1.25)),
-                                      float(cfg.get("noise", 0.02))))
+        clouds.append(generate_shapes(name, per_class, pool_size, rng, float(cfg.anisotropy), float(cfg.noise)))
         labels.append(np.full(per_class, label, dtype=np.int64))
     return LoadedSplit(np.concatenate(clouds), np.concatenate(labels), names)
