@@ -35,7 +35,7 @@ from any2point.projections import ViewPositions
 from .bottleneck import BottleneckAdapter
 from .cells import CellAssignment, batch_segments, cells_per_cloud, view_cells, voxel_cells
 from .mini_attention import ViewMiniAttention
-from .pooling import POOL_MODES, pool_rows
+from .pooling import POOL_MODES, max_rows, pool_rows
 
 __all__ = ["AdapterConfig", "GuidedAdapters", "BlockAdapter"]
 
@@ -255,9 +255,8 @@ class GuidedAdapters(nn.Module):
             y = self.mini_attention.project(mixed.view(-1, M, mixed.shape[-1]).transpose(0, 1),
                                             add=tokens.unsqueeze(0))  # (M, B * G, D)
             # view-major rows of the token-views: (m, token) -> m * rows + its cell's row in view m
-            index = cells.cell_index.view(-1, M).t().reshape(-1, 1).expand(-1, D)
-            pooled = pooled + torch.zeros_like(pooled).view(M * rows, D).scatter_reduce(
-                0, index, y.reshape(-1, D), "amax", include_self=False).view(M, rows, D)
+            index = cells.cell_index.view(-1, M).t().reshape(-1)
+            pooled = pooled + max_rows(y.reshape(-1, D), index, M * rows).view(M, rows, D)
         return pooled
 
     def aggregate(self, index: int, x: torch.Tensor, cells: CellAssignment | None) -> torch.Tensor:
