@@ -10,12 +10,18 @@ Inside block l (h = x + Attn(LN x), f = FFN(LN h)):
      BatchNorm1d + GELU over the voxels -> X3d;
   4. w_j = (cos(F_j, X3d) + 1) / 2 normalised over views; X = X + c * sum_j w_j F_j.
 
-Plain PyTorch throughout, the same on CPU and GPU. Only occupied cells get a row: a 2D grid
-has more cells than a cloud has tokens (DINOv2: 400 per view, 128 tokens), and the dense grid
-was most of the adapters' memory and time; the per-view BatchNorm adds the empty cells to its
-statistics by count (``view_batch_norm``). The statistics (pooling sums, the BatchNorm batch
-statistics, the view weights) are computed in float32 even under bf16 autocast; only the
-mini attention's matmuls follow autocast.
+Plain PyTorch throughout, the same on CPU and GPU, and no (views x tokens x D) copy of the
+tokens: only occupied cells get a row (a 2D grid has more cells than a cloud has tokens:
+DINOv2, 400 per view for 128 tokens), and the per-view BatchNorm adds the empty cells to its
+statistics by count (``view_batch_norm``); the mini attention runs over the token pairs that
+share a cell, with a segment softmax, and stays at its own width; Y is never built for the
+mean pooling (the out-projection is linear: mean(Y) = mean(X) + Out(mean(attention)), both
+means one ``embedding_bag``); the view sum is one weighted ``embedding_bag``. The dot
+products of the view weights are the one place that gathers each token-view's cell row.
+docs/profile.md explains the formulation; tests/test_aggregation_reformulation.py checks it
+against the dense formula. The statistics (the attention's softmax, pooling sums, the
+BatchNorm batch statistics, the view weights) are computed in float32 even under bf16
+autocast; only the qkv matmul follows autocast.
 
 Ablation switches: ``view_cells=False`` keeps the adapter and the 3D reference only
 (X = X + c * X3d); ``reference='uniform'`` weights the views equally; ``guided=False`` is
@@ -180,7 +186,7 @@ class GuidedAdapters(nn.Module):
 
     @torch.compiler.disable
     def assign(self, where: ViewPositions, centres: torch.Tensor) -> CellAssignment | None:
-        """Cells, attention mask and voxels of this forward pass, shared by all blocks. Eager under
+        """Cells, same-cell pairs and voxels of this forward pass, shared by all blocks. Eager under
         torch.compile: the voxel count depends on the data (the blocks see it as a dynamic size)."""
         cfg = self.config
         if not cfg.guided:
