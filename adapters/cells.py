@@ -29,8 +29,8 @@ class CellAssignment:
     Per-cell features live in one (M, rows_per_view, D) tensor: view m's occupied cells (of all
     clouds, in grid order) are its first rows, padded with zero rows up to the most occupied
     view (``rows_per_view``), so that every view's statistics are one batched reduction.
-    Pooling token-views into those rows and reading them back are ``embedding_bag`` calls and
-    row gathers: no (views, tokens, D) copy of the tokens is made.
+    Pooling token-views into those rows and summing them back per token are ``embedding_bag``
+    calls: the tokens are never copied once per view.
 
     view_cells: (M, B, G) cell of every token in every view, in [0, cells_per_cloud).
     cell_rows: (M * B * G,) the row of each token-view among the occupied cells of the batch,
@@ -106,7 +106,8 @@ class CellAssignment:
                    sizes.view(M, rows).float(), query, key, keys_per_query, **voxels)
 
 
-def _same_cell_pairs(cell_rows: torch.Tensor, views: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _same_cell_pairs(cell_rows: torch.Tensor, views: int,
+                     tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All (query, key) pairs of token-views in the same occupied cell, as token-major rows
     (token * views + view), sorted by query, and the keys of each query (its cell's size);
     ``cell_rows`` numbers the token-views view-major."""

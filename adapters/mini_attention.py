@@ -42,8 +42,8 @@ class ViewMiniAttention(nn.Module):
 
     def mix(self, x: torch.Tensor, cells) -> torch.Tensor:
         """The attention of every token-view over its cell, before the out-projection: x (B, G, D)
-        -> (B * G * M, heads * head_dim) (token-major rows), in float32 (or float64) whatever autocast is active
-        (only the qkv matmul follows it)."""
+        -> (B * G * M, heads * head_dim), token-major rows; in float32 (or float64) whatever
+        autocast is active (only the qkv matmul follows it)."""
         (B, G, D), M, H, E = x.shape, self.views, self.heads, self.head_dim
         T = B * G
         xn = F.layer_norm(x.reshape(T, D), (D,))
@@ -59,7 +59,9 @@ class ViewMiniAttention(nn.Module):
             P = query.numel()
             k, v = kv.index_select(0, key).split(H * E, dim=1)  # (P, HE) each
             products = ((q * self.scale).index_select(0, query) * k).view(P, H, E)
-            scores = sum(products.unbind(-1))  # (P, H): E strided adds beat a reduction over E
+            scores = products[..., 0]  # (P, H): E - 1 strided adds beat a reduction over E
+            for i in range(1, E):
+                scores = scores + products[..., i]
             # softmax over each query's keys, as sum_j exp(s_ij) v_j / sum_j exp(s_ij): one segment
             # sum over the pairs (sorted by query), then one division per query; the scores are
             # shifted by the query's largest (any constant per query gives the same softmax and
@@ -86,8 +88,8 @@ class ViewMiniAttention(nn.Module):
         return torch.baddbmm(add.to(mixed.dtype).expand(M, N, -1), mixed, weight)
 
     def forward(self, x: torch.Tensor, cells) -> torch.Tensor:
-        """Y = x + attention per view, view-major (M, B * G, D): what the aggregation pools, made
-        here for inspection and tests (the aggregation itself never builds it)."""
+        """Y = x + attention per view, view-major (M, B * G, D): what the aggregation pools (it builds
+        Y itself only for ``pool='mean_max'``; the mean needs none), for inspection and tests."""
         B, G, D = x.shape
         mixed = self.mix(x, cells).view(B * G, self.views, -1).transpose(0, 1)
         return self.project(mixed, add=x.reshape(1, B * G, D))
