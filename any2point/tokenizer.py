@@ -108,19 +108,15 @@ class TokenizerStage(nn.Module):
     def group(self, xyz: torch.Tensor, num_centres: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The stage's geometry: FPS centres (indices (B, G) and points (B, G, 3)) and the indices
         of each centre's k nearest points (B, G, k). Distances in float32 even under autocast
-        (a bf16 matmul would pick other neighbours); FPS and kNN run without autograd (the
-        centres' gather keeps the points' gradient)."""
+        (a bf16 matmul would pick other neighbours)."""
         if not 0 < self.k <= xyz.shape[1]:
             raise ValueError(f"model.tokenizer.k={self.k} neighbours, but this stage groups {xyz.shape[1]} points: "
                              f"k must be between 1 and the points grouped")
         with torch.autocast(device_type=xyz.device.type, enabled=False):
             xyz = _wide(xyz)
-            with torch.no_grad():  # indices only: nothing of FPS or kNN enters autograd
-                centre_idx = furthest_point_sample(xyz, num_centres)
+            centre_idx = furthest_point_sample(xyz, num_centres)
             centres = gather_points(xyz, centre_idx)
-            with torch.no_grad():
-                group_idx = knn(centres, xyz, self.k)
-            return centre_idx, centres, group_idx
+            return centre_idx, centres, knn(centres, xyz, self.k)
 
     def grouped_features(self, feats: torch.Tensor, centre_idx: torch.Tensor, group_idx: torch.Tensor,
                          offsets: torch.Tensor) -> torch.Tensor:
