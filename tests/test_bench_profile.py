@@ -12,7 +12,7 @@ import torch
 from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
 
-from any2point.bench.profile import ACCUMULATE, Labels, attribute, module_group
+from any2point.bench.profile import ACCUMULATE, Labels, attribute, label_model, module_group
 
 
 def test_backward_time_goes_to_the_label_whose_forward_made_the_node():
@@ -53,6 +53,44 @@ def test_labelled_methods_are_restored():
     assert "forward" in model.__dict__
     labels.remove()
     assert "forward" not in model.__dict__
+
+
+def test_a_block_run_in_parts_is_labelled_as_the_block():
+    class PostNorm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear, self.norm = torch.nn.Linear(4, 4), torch.nn.LayerNorm(4)
+
+        def residual(self, x):
+            return x + self.linear(x)
+
+        def output_norm(self, r):
+            return self.norm(r)
+
+        def forward(self, x):
+            return self.output_norm(self.residual(x))
+
+    class Model(torch.nn.Module):  # the parts label_model reads, with one post-LN block
+        def __init__(self):
+            super().__init__()
+            self.tokenizer, self.head, self.learned_position, self.adapters = (torch.nn.Identity(),
+                                                                               torch.nn.Identity(), None, None)
+            self.views = torch.nn.Module()
+            self.views.positions = self.views.encode = lambda *a: None
+            self.source = torch.nn.Module()
+            self.source.stem, self.source.blocks = torch.nn.Identity(), torch.nn.ModuleList([PostNorm()])
+
+        def features(self, x):
+            return x
+
+    model = Model()
+    block = model.source.blocks[0]
+    labels = label_model(model)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        block.output_norm(block.residual(torch.randn(3, 4)))  # as a seam before the norm runs it
+    labels.remove()
+    names = [e.name for e in prof.events()]
+    assert names.count("block.0") == 2 and "residual" not in block.__dict__
 
 
 def test_module_rows_group_blocks_and_aggregation_parts():

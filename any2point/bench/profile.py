@@ -90,8 +90,8 @@ class Labels:
 
 
 def label_model(model) -> Labels:
-    """Labels on the parts of an ``Any2PointModel``; block ``i`` is ``block.i``, its adapter
-    ``adapter`` inside it, the aggregation after it ``aggregation.i``."""
+    """Labels on the parts of an ``Any2PointModel``; block ``i`` is ``block.i`` (also when it is
+    run in parts), its adapter ``adapter`` inside it, the aggregation after it ``aggregation.i``."""
     labels = Labels()
     labels.module(model.tokenizer, "tokenizer")
     labels.method(model.views, "positions", "projection")
@@ -106,6 +106,13 @@ def label_model(model) -> Labels:
     labels.module(model.source.stem, "stem")
     for i, block in enumerate(model.source.blocks):
         labels.module(block, f"block.{i}")
+        # a post-LN block may be run in two parts, the aggregation between them (adapter.seam)
+        for part in ("residual", "output_norm"):
+            attr = getattr(block, part, None)
+            if isinstance(attr, torch.nn.Module):
+                labels.module(attr, f"block.{i}")
+            elif callable(attr):
+                labels.method(block, part, f"block.{i}")
     labels.method(model, "features", "head")
     labels.module(model.head, "head")
     return labels
