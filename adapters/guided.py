@@ -10,12 +10,18 @@ Inside block l (h = x + Attn(LN x), f = FFN(LN h)):
      BatchNorm1d + GELU over the voxels -> X3d;
   4. w_j = (cos(F_j, X3d) + 1) / 2 normalised over views; X = X + c * sum_j w_j F_j.
 
-Plain PyTorch throughout, the same on CPU and GPU. Only occupied cells get a row: a 2D grid
-has more cells than a cloud has tokens (DINOv2: 400 per view, 128 tokens), and the dense grid
-was most of the adapters' memory and time; the per-view BatchNorm adds the empty cells to its
-statistics by count (``view_batch_norm``). The statistics (pooling sums, the BatchNorm batch
-statistics, the view weights) are computed in float32 even under bf16 autocast; only the
-mini attention's matmuls follow autocast.
+Plain PyTorch throughout, the same on CPU and GPU, and no (views x tokens x D) copy of the
+tokens: only occupied cells get a row (a 2D grid has more cells than a cloud has tokens:
+DINOv2, 400 per view for 128 tokens), and the per-view BatchNorm adds the empty cells to its
+statistics by count (``view_batch_norm``); the mini attention runs over the token pairs that
+share a cell, with a segment softmax, and stays at its own width; Y is never built for the
+mean pooling (the out-projection is linear: mean(Y) = mean(X) + Out(mean(attention)), both
+means one ``embedding_bag``); the view sum is one weighted ``embedding_bag``. The dot
+products of the view weights are the one place that gathers each token-view's cell row.
+docs/profile.md explains the formulation; tests/test_aggregation_reformulation.py checks it
+against the dense formula. The statistics (the attention's softmax, pooling sums, the
+BatchNorm batch statistics, the view weights) are computed in float32 even under bf16
+autocast; only the qkv matmul follows autocast.
 
 Ablation switches: ``view_cells=False`` keeps the adapter and the 3D reference only
 (X = X + c * X3d); ``reference='uniform'`` weights the views equally; ``guided=False`` is
@@ -36,6 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.profiler import record_function
 
 from any2point import checks
 from any2point.errors import ConfigError
@@ -44,7 +51,7 @@ from any2point.projections import ViewPositions
 from .bottleneck import BottleneckAdapter
 from .cells import CellAssignment, batch_segments, cells_per_cloud, view_cells, voxel_cells
 from .mini_attention import ViewMiniAttention
-from .pooling import POOL_MODES, pool_rows
+from .pooling import POOL_MODES, max_rows, pool_rows
 
 __all__ = ["AdapterConfig", "GuidedAdapters", "BlockAdapter", "SEAMS", "REFERENCES"]
 
@@ -99,58 +106,80 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def view_weights(cell_features: torch.Tensor, views: torch.Tensor, reference: torch.Tensor,
-                 cell_rows: torch.Tensor) -> torch.Tensor:
-    """w_j = (cos(F_j, X3d) + 1) / 2 normalised over the views, (M, T), for the per-view features
-    ``views`` (M, T, D) gathered from ``cell_features`` (rows, D) by ``cell_rows`` (M * T,).
+def token_view_rows(cell_features: torch.Tensor, cells: CellAssignment) -> torch.Tensor:
+    """Each token-view's cell features, (B * G, M, D) token-major, from the per-cell rows
+    (M, rows_per_view, D): the one copy of (views x tokens x D) the aggregation makes (for the
+    dot products of the view weights)."""
+    D = cell_features.shape[-1]
+    return cell_features.reshape(-1, D).index_select(0, cells.cell_index).view(-1, cells.views, D)
 
-    torch's cosine_similarity, written out: its own kernel normalises both (M, T, D) operands
-    and its backward makes several more passes over them (3x slower for MiniLM). F_j's norms
-    are taken per occupied cell (there are at most as many as token-views), then gathered."""
-    M, T, _ = views.shape
-    eps = 1e-8  # cosine_similarity's: each norm is clamped on its own
-    norms = torch.linalg.vector_norm(cell_features, dim=-1).clamp_min(eps).index_select(0, cell_rows).view(M, T)
-    cosine = (views * reference).sum(-1) / (norms * torch.linalg.vector_norm(reference, dim=-1).clamp_min(eps))
+
+def view_weights(cell_features: torch.Tensor, reference: torch.Tensor, cells: CellAssignment) -> torch.Tensor:
+    """w_j = (cos(F_j, X3d) + 1) / 2 normalised over the views, (B * G, M), from the per-cell
+    features (M, rows_per_view, D) and the 3D reference (B * G, D).
+
+    torch's cosine_similarity, written out: F_j's norms are taken per cell (fewer than the
+    token-views), then read per token-view; each norm is clamped on its own at 1e-8, as
+    cosine_similarity does."""
+    eps = 1e-8
+    dots = (token_view_rows(cell_features, cells) * reference.unsqueeze(1)).sum(-1)  # (B * G, M)
+    norms = torch.linalg.vector_norm(cell_features, dim=-1).clamp_min(eps).reshape(-1)
+    norms = norms.index_select(0, cells.cell_index).view_as(dots)
+    cosine = dots / (norms * torch.linalg.vector_norm(reference, dim=-1).clamp_min(eps).unsqueeze(1))
     weights = (cosine + 1) / 2
-    return weights / weights.sum(0, keepdim=True).clamp_min(1e-6)
+    return weights / weights.sum(1, keepdim=True).clamp_min(1e-6)
 
 
-def weighted_sum(cell_features: torch.Tensor, cell_rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """sum_j w_j F_j -> (T, D), from the cells (rows, D), the row of each token-view (M * T,)
-    and the weights (M, T): one gather-and-sum (embedding_bag), forward and backward, where
-    (w_j * F_j).sum(0) would make three passes over (M, T, D) and einsum T tiny products."""
-    M, T = weights.shape
-    return F.embedding_bag(cell_rows.view(M, T).t(), cell_features, per_sample_weights=weights.t(), mode="sum")
+def weighted_sum(cell_features: torch.Tensor, weights: torch.Tensor, cells: CellAssignment) -> torch.Tensor:
+    """sum_j w_j F_j -> (B * G, D), from the per-cell features (M, rows_per_view, D) and the
+    weights (B * G, M): one gather-and-sum (embedding_bag), forward and backward, where
+    gathering F_j first would copy (views x tokens x D)."""
+    D = cell_features.shape[-1]
+    return F.embedding_bag(cells.cell_index.view(-1, cells.views), cell_features.reshape(-1, D),
+                           per_sample_weights=weights, mode="sum")
 
 
-def view_batch_norm(rows: torch.Tensor, occupied_per_view: tuple[int, ...], norms: nn.ModuleList,
-                    rows_per_view: int) -> torch.Tensor:
-    """Training-mode BatchNorm1d per view over ``rows_per_view`` rows of which only the occupied
-    ones are given (``rows`` (R, D), view-major, ``occupied_per_view`` of each view); the
-    others are zero rows. Equal to ``norms[m]`` applied to view m's dense grid and restricted
-    to the given rows, gradients and running statistics included (tests/test_model.py); in
-    eval mode it normalises with the running statistics, as BatchNorm1d.
-
-    View by view with broadcast statistics, so that autograd keeps one (R, D) tensor, as
-    BatchNorm1d itself does (gathering per-row statistics would keep more)."""
-    N, out = rows_per_view, []
-    for x, norm in zip(rows.split(list(occupied_per_view)), norms):
-        if norm.training or norm.running_mean is None:
-            mean = x.sum(0) / N
-            centred = x - mean
-            # biased variance over all N rows: each empty one adds (0 - mean)^2
-            var = ((centred * centred).sum(0) + (N - x.shape[0]) * mean * mean) / N
-            if norm.training and norm.track_running_stats:
-                with torch.no_grad():
+def view_batch_norm(rows: torch.Tensor, norms: nn.ModuleList, rows_per_view: int) -> torch.Tensor:
+    """Training-mode BatchNorm1d per view over ``rows_per_view`` rows, of which the given ones are
+    ``rows`` (M, N_given, D) (view m's are ``rows[m]``, padding as zero rows) and the others
+    are zero rows. Equal to ``norms[m]`` applied to view m's dense grid and restricted to the
+    given rows, gradients and running statistics included (tests/test_model.py); in eval mode
+    it normalises with the running statistics, as BatchNorm1d. All views at once."""
+    M, given, D = rows.shape
+    N = rows_per_view
+    norms = list(norms)
+    if norms[0].training or norms[0].running_mean is None:
+        mean = rows.sum(1) / N  # (M, D)
+        centred = rows - mean.unsqueeze(1)
+        # biased variance over all N rows: each row outside ``rows`` adds (0 - mean)^2
+        var = ((centred * centred).sum(1) + (N - given) * mean * mean) / N
+        if norms[0].training and norms[0].track_running_stats:
+            with torch.no_grad():
+                unbiased = var * N / max(N - 1, 1)
+                for m, norm in enumerate(norms):
                     norm.num_batches_tracked += 1
                     factor = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked)
-                    norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), factor)
-                    norm.running_var.lerp_((var * N / max(N - 1, 1)).to(norm.running_var.dtype), factor)
-        else:
-            mean, var = norm.running_mean.to(x.dtype), norm.running_var.to(x.dtype)
-            centred = x - mean
-        out.append(centred * (torch.rsqrt(var + norm.eps) * norm.weight) + norm.bias)
-    return torch.cat(out)
+                    norm.running_mean.lerp_(mean[m].to(norm.running_mean.dtype), factor)
+                    norm.running_var.lerp_(unbiased[m].to(norm.running_var.dtype), factor)
+    else:
+        mean = torch.stack([n.running_mean for n in norms]).to(rows.dtype)
+        var = torch.stack([n.running_var for n in norms]).to(rows.dtype)
+        centred = rows - mean.unsqueeze(1)
+    weight = torch.stack([n.weight for n in norms]).to(rows.dtype)
+    bias = torch.stack([n.bias for n in norms]).to(rows.dtype)
+    scale = torch.rsqrt(var + norms[0].eps) * weight  # (M, D)
+    return torch.addcmul(bias.unsqueeze(1), centred, scale.unsqueeze(1))
+
+
+def voxel_reference(tokens: torch.Tensor, norm: nn.BatchNorm1d, cells: CellAssignment) -> torch.Tensor:
+    """X3d: the tokens (B * G, D) pooled per occupied voxel (mean + max), BatchNorm1d over the
+    voxels and GELU, read back per token -> (B * G, D). When every voxel holds one token (small
+    voxels), its mean and max are the token itself and the voxels are the tokens in another
+    order, which a BatchNorm does not see: GELU(BN(2x)) straight away."""
+    if cells.num_voxels == tokens.shape[0]:
+        return F.gelu(norm(2 * tokens))
+    pooled = pool_rows(tokens, cells.voxel_segments, cells.num_voxels, "mean_max")
+    return F.gelu(norm(pooled)).index_select(0, cells.voxel_segments)
 
 
 class BlockAdapter(nn.Module):
@@ -185,7 +214,7 @@ class GuidedAdapters(nn.Module):
 
     @torch.compiler.disable
     def assign(self, where: ViewPositions, centres: torch.Tensor) -> CellAssignment | None:
-        """Cells, attention mask and voxels of this forward pass, shared by all blocks. Eager under
+        """Cells, same-cell pairs and voxels of this forward pass, shared by all blocks. Eager under
         torch.compile: the voxel count depends on the data (the blocks see it as a dynamic size)."""
         cfg = self.config
         if not cfg.guided:
@@ -213,47 +242,69 @@ class GuidedAdapters(nn.Module):
         float32 (or wider) whatever autocast is active: the per-view features F_j (M, B*G, D),
         their weights w_j (M, B*G), summing to 1 over the views, and the 3D reference X3d
         (B*G, D). Without view cells, F_j and w_j are None; without a 3D reference, w_j and
-        X3d are None (the views weigh the same)."""
-        _, views, weights, reference = self._ensemble_parts(index, x, cells)
-        return views, weights, reference
+        X3d are None (the views weigh the same). (For inspection: the aggregation itself never
+        builds the (M, B*G, D) F_j.)"""
+        cell_features, weights, reference = self._ensemble_parts(index, x, cells)
+        views = None if cell_features is None else token_view_rows(cell_features, cells).transpose(0, 1)
+        return views, None if weights is None else weights.t(), reference
 
     def _ensemble_parts(self, index: int, x: torch.Tensor, cells: CellAssignment):
-        """``ensemble``'s three parts, preceded by the features of the occupied cells (R, D) that
-        F_j gathers from."""
+        """The per-cell features (M, rows_per_view, D), the view weights (B*G, M) and the 3D
+        reference (B*G, D), each None where the configuration has none."""
         block = self.blocks[index]
         x = x.contiguous()  # the point tokens are a slice of the block's output: one copy, not one per use
         B, G, D = x.shape
-        reference = cell_features = views = weights = None
+        reference = cell_features = weights = None
         if cells.voxel_segments is not None:
-            with float32_statistics(x):
-                tokens = at_least_float32(x.reshape(B * G, D))
-                pooled = pool_rows(tokens, cells.voxel_segments, cells.num_voxels, "mean_max")
-                reference = F.gelu(block.reference_norm(pooled)).index_select(0, cells.voxel_segments)  # (B*G, D)
-        if cells.cell_rows is None:
-            return cell_features, views, weights, reference
-        y = self.mini_attention(x, cells.same_cell)  # (M, B*G, D)
-        M = self.views
-        with float32_statistics(x):
-            pooled = pool_rows(at_least_float32(y).reshape(M * B * G, D), cells.cell_rows, cells.num_cells,
-                               self.config.pool)  # (R occupied cells, D)
-            normed = view_batch_norm(pooled, cells.occupied_per_view, block.view_norm, cells.grid_rows_per_view)
-            cell_features = F.gelu(normed)
-            views = cell_features.index_select(0, cells.cell_rows).view(M, B * G, D)  # F_j
-            if reference is not None:
-                weights = view_weights(cell_features, views, reference, cells.cell_rows)
-        return cell_features, views, weights, reference
+            with record_function("aggregation:reference"), float32_statistics(x):
+                reference = voxel_reference(at_least_float32(x.reshape(B * G, D)), block.reference_norm, cells)
+        if cells.cell_index is None:
+            return cell_features, weights, reference
+        with record_function("aggregation:mini_attention"):
+            mixed = self.mini_attention.mix(x, cells)  # (B * G * M, HE), float32
+        with record_function("aggregation:cell_pooling"), float32_statistics(x):
+            pooled = self._pool_cells(at_least_float32(x).reshape(B * G, D), mixed, cells)
+        with record_function("aggregation:cell_norm"), float32_statistics(x):
+            cell_features = F.gelu(view_batch_norm(pooled, block.view_norm, cells.grid_rows_per_view))
+        if reference is not None:
+            with record_function("aggregation:view_weights"), float32_statistics(x):
+                weights = view_weights(cell_features, reference, cells)
+        return cell_features, weights, reference
+
+    def _pool_cells(self, tokens: torch.Tensor, mixed: torch.Tensor, cells: CellAssignment) -> torch.Tensor:
+        """Y = x + Out_j(mixed) pooled per occupied cell (mean, or mean + max): (M, rows_per_view,
+        D), zero on padding rows. The mean needs no Y: the out-projection is linear, so the mean
+        of Y is the mean of x plus the projected mean of ``mixed``. Both means are one
+        ``embedding_bag`` over the cells' members, and only the cells' rows go through the
+        projection. The max needs every token-view's Y (built only for ``pool='mean_max'``)."""
+        M, rows, D = self.views, cells.rows_per_view, tokens.shape[-1]
+        mixed = mixed.to(tokens.dtype)
+        members = cells.bag_members
+        tokens_of = torch.div(members, M, rounding_mode="floor")
+        mean_x = F.embedding_bag(tokens_of, tokens, cells.bag_offsets, mode="mean")  # (M * rows, D)
+        mean_mixed = F.embedding_bag(members, mixed, cells.bag_offsets, mode="mean")  # (M * rows, HE)
+        present = (cells.row_sizes > 0).to(tokens.dtype)
+        pooled = self.mini_attention.project(mean_mixed.view(M, rows, -1), present, mean_x.view(M, rows, D))
+        if self.config.pool == "mean_max":
+            y = self.mini_attention.project(mixed.view(-1, M, mixed.shape[-1]).transpose(0, 1),
+                                            add=tokens.unsqueeze(0))  # (M, B * G, D)
+            # view-major rows of the token-views: (m, token) -> m * rows + its cell's row in view m
+            index = cells.cell_index.view(-1, M).t().reshape(-1)
+            pooled = pooled + max_rows(y.reshape(-1, D), index, M * rows).view(M, rows, D)
+        return pooled
 
     def aggregate(self, index: int, x: torch.Tensor, cells: CellAssignment | None) -> torch.Tensor:
         """Guided aggregation on the point tokens x (B, G, D) after block ``index``:
         x + c * sum_j w_j F_j (x + c * X3d without view cells)."""
         if cells is None:
             return x
-        cell_features, views, weights, reference = self._ensemble_parts(index, x, cells)
-        with float32_statistics(x):
-            if views is None:
+        cell_features, weights, reference = self._ensemble_parts(index, x, cells)
+        with record_function("aggregation:view_sum"), float32_statistics(x):
+            if cell_features is None:
                 guided = reference
-            elif weights is None:
-                guided = views.mean(0)
             else:
-                guided = weighted_sum(cell_features, cells.cell_rows, weights)
+                if weights is None:  # the views weigh the same
+                    weights = cell_features.new_full((cells.cell_index.numel() // self.views, self.views),
+                                                     1.0 / self.views)
+                guided = weighted_sum(cell_features, weights, cells)
         return x + self.config.coef * guided.view_as(x).to(x.dtype)

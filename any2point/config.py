@@ -122,6 +122,7 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the training forward (the saved/evaluated model stays eager)
     activation_checkpointing: bool = False  # recompute tokenizer stages, blocks+adapters in backward: less memory
     reuse_host_memory: bool = True  # glibc: recycle freed activation memory (any2point.runtime)
+    host_memory_budget_mb: int | None = None  # with reuse_host_memory: resident MB kept; null: half the machine
 
     def __post_init__(self) -> None:
         checks.one_of("trainer.accelerator", self.accelerator, ACCELERATORS)

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from . import runtime
 from .distributed import DistContext, gather_objects
 from .errors import ConfigError, TrainingDivergedError
 
@@ -104,6 +105,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             raise TrainingDivergedError(f"the optimizer step overflowed at epoch {epoch + 1}, step {step + 1} "
                                         f"({exc}): lower train.lr") from None
         scheduler.step()
+        runtime.respect_host_memory_budget()
         n = labels.shape[0]
         loss_sum += loss.item() * n
         correct += (logits.argmax(dim=1) == labels).sum().item()
@@ -143,9 +145,15 @@ def vote_scales(num_samples: int, votes: int, scale: tuple[float, float], seed: 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, ctx: DistContext, *, precision: str = "32", votes: int = 1,
             vote_scale: tuple[float, float] = (0.85, 1.15), seed: int = 0, progress: bool = False,
-            desc: str = "eval") -> Predictions:
+            desc: str = "eval", forward_batch: int | None = None) -> Predictions:
     """Class probabilities for every sample of the loader's dataset, gathered from all ranks and
-    put in dataset order, each sample exactly once (the sampler's padding is dropped)."""
+    put in dataset order, each sample exactly once (the sampler's padding is dropped).
+
+    ``forward_batch``: run the model on at most that many clouds at a time (None: the loader's
+    batch). Training passes its own batch size, so that an evaluation needs no larger buffers
+    than a training step: on the CPU, with the heap keeping freed memory, a larger evaluation
+    batch adds its own buffers to the resident set for the rest of the run. In evaluation mode
+    a cloud's prediction does not depend on the others in its batch."""
     if votes < 1:
         raise ConfigError(f"eval.votes must be at least 1, got {votes}")
     model.eval()
@@ -162,7 +170,8 @@ def predict(model: nn.Module, loader: DataLoader, ctx: DistContext, *, precision
         for v in range(votes):
             view = points if scales is None or v == 0 else points * scales[v, idx].to(points)[:, None, :]
             with autocast(ctx.device, precision):
-                p = model(view).float().softmax(dim=1)
+                p = torch.cat([model(part).float().softmax(dim=1)
+                               for part in view.split(forward_batch or view.shape[0])])
             total = p if total is None else total + p
         probs.append((total / votes).cpu())
         targets.append(labels)

@@ -51,11 +51,12 @@ METRICS_JSON = "metrics.json"
 
 def evaluate_dataset(model, dataset, ctx: distributed.DistContext, *, batch_size: int, precision: str = "32",
                      num_workers: int = 0, votes: int = 1, vote_scale=(0.85, 1.15), seed: int = 0,
-                     progress: bool = False) -> ClassificationResult:
-    """OA / mAcc / per-class / confusion of ``model`` on the whole ``dataset`` (all ranks' shares)."""
+                     progress: bool = False, forward_batch: int | None = None) -> ClassificationResult:
+    """OA / mAcc / per-class / confusion of ``model`` on the whole ``dataset`` (all ranks' shares);
+    ``forward_batch``: clouds per model call (``engine.predict``)."""
     loader = make_loader(dataset, batch_size, ctx, train=False, seed=seed, num_workers=num_workers)
     out = predict(model, loader, ctx, precision=precision, votes=votes, vote_scale=tuple(vote_scale), seed=seed,
-                  progress=progress, desc=f"{dataset.split}")
+                  progress=progress, desc=f"{dataset.split}", forward_batch=forward_batch)
     return classification_metrics(out.preds, out.targets, len(dataset.class_names))
 
 
@@ -176,6 +177,7 @@ def run_eval(cfg: DictConfig, run_dir: str | Path) -> dict:
             "num_points": data_cfg.num_points,
             "normalize": loaded.model.config.tokenizer.normalize,
             "seconds": time.perf_counter() - start,
+            "peak_rss_mb": runtime.peak_resident_mb(),
         }
         if ctx.is_main:
             atomic_write_json(run_dir / METRICS_JSON, metrics)

@@ -38,12 +38,14 @@ def pointnet2_ops_available() -> bool:
 
 
 @torch.compiler.disable
+@torch.no_grad()
 def furthest_point_sample(xyz: torch.Tensor, n: int, start: int | torch.Tensor = 0,
                           use_extension: bool = True) -> torch.Tensor:
     """Indices (B, n) of ``n`` points picked greedily, each the farthest from those picked.
 
     ``start`` is the first index: an int shared by the batch or a LongTensor (B,). Runs eagerly
-    under torch.compile (tracing would unroll its n steps; it computes indices, no gradients).
+    under torch.compile (tracing would unroll its n steps) and outside autograd (it computes
+    indices: nothing of it is kept for backward, whatever the points require).
     """
     if xyz.dim() != 3 or xyz.shape[-1] != 3:
         raise ValueError(f"furthest_point_sample expects xyz of shape (B, N, 3), got {tuple(xyz.shape)}")
@@ -107,8 +109,10 @@ def _fps_torch(xyz: torch.Tensor, n: int, start: int | torch.Tensor) -> torch.Te
     return idx
 
 
+@torch.no_grad()
 def knn(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices (B, M, k) into ``ref`` of each query's k nearest points, nearest first."""
+    """Indices (B, M, k) into ``ref`` of each query's k nearest points, nearest first; outside
+    autograd (indices only: its distance matrix is never kept for backward)."""
     if query.dim() != 3 or ref.dim() != 3 or query.shape[0] != ref.shape[0]:
         raise ValueError(f"knn expects query (B, M, 3) and ref (B, N, 3), got {tuple(query.shape)} and {tuple(ref.shape)}")
     if not 0 < k <= ref.shape[1]:

@@ -1,5 +1,5 @@
 """Process-wide settings of a run: seeds, threads, deterministic algorithms, the host
-allocator, RNG snapshots."""
+allocator and its resident budget, RNG snapshots."""
 from __future__ import annotations
 
 import ctypes
@@ -7,17 +7,22 @@ import logging
 import os
 import platform
 import random
+import resource
 
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "configure", "reuse_host_memory", "host_memory_reused", "rng_state", "set_rng_state"]
+__all__ = ["seed_everything", "configure", "reuse_host_memory", "host_memory_reused", "rng_state", "set_rng_state",
+           "resident_mb", "peak_resident_mb", "release_host_memory", "set_host_memory_budget",
+           "host_memory_budget_mb", "respect_host_memory_budget"]
 
 log = logging.getLogger(__name__)
 
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _host_memory_reused = False
+_budget_mb: float | None = None
+_budget_warned = False
 
 
 def reuse_host_memory() -> bool:
@@ -30,7 +35,12 @@ def reuse_host_memory() -> bool:
     heap recycle them. (A finite trim threshold, even 1 GiB, was crossed every few MiniLM
     steps: about 295,000 page faults, a second of system time, each time the freed top was
     handed back and faulted in again.) Peak resident memory is unchanged (the same blocks are
-    reused); it is just not handed back between steps. Returns whether the setting was applied."""
+    reused); it is just not handed back between steps. Returns whether the setting was applied.
+
+    What is kept is bounded by the resident budget (:func:`set_host_memory_budget`, checked
+    after every training step by :func:`respect_host_memory_budget`): the heap keeps blocks of
+    every size it ever served, and a step whose sizes differ (an evaluation at a larger batch)
+    adds its own on top, so without a bound the resident set only grows."""
     global _host_memory_reused
     if _host_memory_reused:
         return True
@@ -52,6 +62,75 @@ def host_memory_reused() -> bool:
     return _host_memory_reused
 
 
+def resident_mb() -> float:
+    """The process's resident set now, in MB (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
+    except OSError:
+        return 0.0
+
+
+def peak_resident_mb() -> float:
+    """The process's peak resident set (``ru_maxrss``) in MB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if platform.system() == "Darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def release_host_memory() -> bool:
+    """Hand the heap's free memory back to the kernel (glibc ``malloc_trim``): the resident set
+    drops to what live objects use; the next step faults in what it needs again. Returns
+    whether anything was released."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def _physical_mb() -> float | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 20
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def set_host_memory_budget(mb: float | None) -> float | None:
+    """The resident set the process keeps between training steps while :func:`reuse_host_memory`
+    is on: ``mb`` MB, or None for half of the machine's physical memory shared by the processes
+    of this machine (torchrun's LOCAL_WORLD_SIZE). Returns the budget."""
+    global _budget_mb, _budget_warned
+    if mb is not None and mb <= 0:
+        raise ValueError(f"trainer.host_memory_budget_mb must be positive (or null: half the machine), got {mb}")
+    physical = _physical_mb()
+    local = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)
+    _budget_mb = float(mb) if mb is not None else (physical / 2 / local if physical else None)
+    _budget_warned = False
+    return _budget_mb
+
+
+def host_memory_budget_mb() -> float | None:
+    return _budget_mb
+
+
+def respect_host_memory_budget() -> bool:
+    """After a training step: when freed memory is kept (:func:`reuse_host_memory`) and the
+    resident set exceeds the budget, release the free part. Cheap when under budget (one read
+    of /proc/self/statm). Returns whether it released memory."""
+    global _budget_warned
+    if not _host_memory_reused or _budget_mb is None or resident_mb() <= _budget_mb:
+        return False
+    release_host_memory()
+    after = resident_mb()
+    if after > _budget_mb and not _budget_warned:
+        _budget_warned = True
+        log.warning("%.0f MB resident after returning free memory, over the host memory budget of %.0f MB "
+                    "(trainer.host_memory_budget_mb): the step's own data exceed it; every step now returns its "
+                    "freed memory and faults it in again", after, _budget_mb)
+    return True
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -66,6 +145,7 @@ def configure(trainer, device: torch.device) -> None:
         torch.set_num_threads(int(trainer.threads))
     if trainer.get("reuse_host_memory", True):
         reuse_host_memory()
+        set_host_memory_budget(trainer.get("host_memory_budget_mb", None))
     if trainer.deterministic:
         if device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -183,8 +183,10 @@ class _Run:
     def _evaluate(self, dataset) -> ClassificationResult:
         c = self.cfg
         distributed.sync_buffers(self.model, self.ctx)  # every rank evaluates rank 0's model, the one saved
+        # the model sees at most a training batch at a time: no buffers larger than a step's
         return evaluate_dataset(self.model, dataset, self.ctx, batch_size=c.train.eval_batch_size,
-                                precision=c.trainer.precision, num_workers=c.trainer.num_workers, seed=c.seed)
+                                precision=c.trainer.precision, num_workers=c.trainer.num_workers, seed=c.seed,
+                                forward_batch=min(c.train.batch_size, c.train.eval_batch_size))
 
     def _save(self, stem: str, extra: dict) -> None:
         if self.splits.zero_shot is not None:
@@ -283,6 +285,7 @@ class _Run:
         kept = ("split", "oa", "macc") + (ZERO_SHOT_KEYS if zero_shot is not None else ())
         self._save(CHECKPOINT, {"epoch": self.epoch, "metrics": {k: metrics[k] for k in kept}})
         metrics["seconds"] = self.elapsed()
+        metrics["peak_rss_mb"] = runtime.peak_resident_mb()  # this process's peak resident set (ru_maxrss)
         if self.ctx.is_main:
             for name, r in results.items():
                 write_split_results(self.run_dir, name, r, self.class_names)

@@ -88,6 +88,7 @@ def test_userloop_quick_runs_the_plain_loop_with_and_without_the_heap_setting():
     for row in r["rows"]:
         assert row["step_ms"] >= row["step_min_ms"] > 0 and row["step_tflop"] > 0 and 0 < row["mfu"] < 1
         assert row["reuse_host_memory_called"] is False  # a plain script: the apps' mallopt never ran
+        assert row["peak_rss_mb"] > row["tensor_peak_mb"] > 0  # the process holds the model and data too
 
 
 @pytest.mark.slow

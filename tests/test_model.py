@@ -45,9 +45,9 @@ def test_forward_shapes_and_dtype(source):
     assert out.shape == (3, 5) and out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
-def _cell_mask(cells: torch.Tensor) -> torch.Tensor:
-    """cells (M, B, G) local cell ids -> the mini attention's same-cell mask."""
-    return CellAssignment.of_view_cells(cells, int(cells.max()) + 1).same_cell
+def _cell_mask(cells: torch.Tensor) -> CellAssignment:
+    """cells (M, B, G) local cell ids -> what the mini attention reads (its same-cell pairs)."""
+    return CellAssignment.of_view_cells(cells, int(cells.max()) + 1)
 
 
 def test_masked_mini_attention_stays_within_cloud_and_cell():

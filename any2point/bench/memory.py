@@ -91,7 +91,7 @@ def _measure(config: dict) -> dict:
     trainable = (sum(p.numel() for p in model.tokenizer.parameters()) if config["part"] == "tokenizer"
                  else any2point.parameter_report(model)["trainable"])
     return {"part": config["part"], "peft": config["peft"], "checkpointing": config["checkpointing"],
-            "step_mb": step_mb, "process_peak_mb": rss_peak, "process_growth_mb": rss_growth,
+            "step_mb": step_mb, "process_peak_mb": rss_peak, "peak_rss_mb": rss_peak, "process_growth_mb": rss_growth,
             "trainable_params": trainable}
 
 

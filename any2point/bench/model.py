@@ -143,10 +143,10 @@ def _parts(model, points: torch.Tensor, device: torch.device, repeats: int) -> d
             model.adapters.aggregate(0, point_tokens, cells).backward(grad[:, 1:])
 
         parts.append(("guided_aggregation", aggregation, True))
-        if cells.same_cell is not None:
-            def mini_attention():
+        if cells.pair_query is not None:
+            def mini_attention():  # what the aggregation runs of it: the attention over each cell's pairs
                 point_tokens.grad = None
-                y = model.adapters.mini_attention(point_tokens, cells.same_cell)
+                y = model.adapters.mini_attention.mix(point_tokens, cells)
                 y.backward(torch.ones_like(y))
 
             parts.append(("mini_attention", mini_attention, True))

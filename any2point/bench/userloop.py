@@ -49,9 +49,10 @@ def plain_loop(config: dict) -> dict:
     import torch.nn.functional as F
 
     import any2point
-    from any2point.runtime import host_memory_reused
+    from any2point.runtime import host_memory_reused, peak_resident_mb
 
     from .model import count_flops, unit_clouds
+    from .tensor_memory import TensorMemory
 
     torch.set_num_threads(config["threads"])
     torch.manual_seed(config["seed"])
@@ -72,7 +73,11 @@ def plain_loop(config: dict) -> dict:
         optimizer.step()
         if i:  # the first step warms up
             times.append((time.perf_counter() - start) * 1e3)
+    with TensorMemory() as counted:  # after the timed steps: the counter slows the step it watches
+        forward_backward()
+        optimizer.step()
     return {"step_ms": statistics.median(times), "step_min_ms": min(times), "step_tflop": flops / 1e12,
+            "tensor_peak_mb": counted.peak_bytes / 2 ** 20, "peak_rss_mb": peak_resident_mb(),
             "reuse_host_memory_called": host_memory_reused()}
 
 
@@ -115,10 +120,13 @@ def report(r: dict) -> str:
     lines = [f"plain loop: create_model({s['source']!r}) ({'pretrained' if s['pretrained'] else 'random'} weights), "
              f"AdamW, batch {s['batch']} x {s['points']} points, float32, {env['threads']} threads "
              f"(load {env['load_average']}); matmul peak {r['matmul_peak_tflops'] * 1e3:.0f} GFLOP/s",
-             f"{'allocator':<24}{'step ms':>10}{'MFU':>8}"]
+             f"{'allocator':<24}{'step ms':>10}{'MFU':>8}{'tensor peak MB':>16}{'peak resident MB':>18}"]
     for row in r["rows"]:
         name = "heap setting" if row["allocator"] != "glibc defaults" else row["allocator"]
-        lines.append(f"{name:<24}{row['step_ms']:>10.0f}{100 * row['mfu']:>7.1f}%")
+        lines.append(f"{name:<24}{row['step_ms']:>10.0f}{100 * row['mfu']:>7.1f}%{row['tensor_peak_mb']:>16.0f}"
+                     f"{row['peak_rss_mb']:>18.0f}")
     lines += [f"the heap setting makes the step {r['heap_setting_speedup']:.2f}x as fast",
+              "(tensor peak: the tensors one step allocates; peak resident: the process's ru_maxrss, model and "
+              "data included, and what the allocator keeps)",
               f"heap setting: GLIBC_TUNABLES={HEAP_SETTING}"]
     return "\n".join(lines)
