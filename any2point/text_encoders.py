@@ -16,6 +16,7 @@ Each loaded encoder is kept for the process, and each text's embedding once comp
 """
 from __future__ import annotations
 
+import abc
 import logging
 import threading
 from pathlib import Path
@@ -38,7 +39,7 @@ _BATCH = 64
 _MAX_TOKENS = 512
 
 
-class TextEncoder:
+class TextEncoder(abc.ABC):
     """A frozen text encoder: ``encode(texts) -> (n, width)`` unit vectors (float32, CPU)."""
 
     def __init__(self, name: str, width: int, weights_tag: str):
@@ -49,8 +50,9 @@ class TextEncoder:
     def __deepcopy__(self, memo) -> "TextEncoder":
         return self  # frozen and shared: a copied model keeps the same encoder
 
+    @abc.abstractmethod
     def _encode_batch(self, texts: list[str]) -> torch.Tensor:
-        raise NotImplementedError
+        """(len(texts), width) embeddings of new texts, before normalisation (each family's pooling)."""
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
