@@ -309,3 +309,38 @@ def test_text_from_run_files_cannot_split_cells_or_start_headings(tmp_path, caps
         assert rows and len({len(cells.findall(row)) for row in rows}) == 1, rows  # one column count per table
     assert "| a\\|b # folder | x\\|y # injected heading | shapes \\| fake \\| row \\| | any2point |" in markdown
     assert "| plain | back\\\\slash | shapes |" in markdown
+
+
+# Classification runs must give the report they gave before the zero-shot keys were tabulated:
+# tests/report_golden/ holds the files written by the report code of that time (commit 697d1a2)
+# on the study below and on the committed results/fewshot_5w10s, the report's folder written
+# as {ROOT}.
+GOLDEN = os.path.join(os.path.dirname(__file__), "report_golden")
+REPORT_FILES = ("report.md", "report.csv", "report_groups.csv", "report_compare.csv")
+
+
+def _classification_study(root):
+    """Paired seeds x folds, an unpaired (Welch) arm and a single run."""
+    for seed in (0, 1):
+        for fold in (0, 1):
+            _run(root, f"any/{seed}_{fold}", "any2point", seed, 80.0 + seed + 0.25 * fold, 70.5 - fold, fold=fold)
+            _run(root, f"tok/{seed}_{fold}", "tokenizer_only", seed, 76.0 - seed + 0.5 * fold, 66.0 + seed, fold=fold)
+    for i, v in enumerate((71.0, 74.5, 73.0)):
+        _run(root, f"lin/{i}", "linear", 10 + i, v, v - 3.0, fold=0)
+    _run(root, "lora", "lora", 0, 79.125, 69.875, fold=0)
+
+
+@pytest.mark.parametrize("study", ["study", "fewshot_5w10s"])
+def test_a_classification_study_gives_the_same_report_byte_for_byte(tmp_path, capsys, study):
+    import shutil
+
+    root = tmp_path / study
+    if study == "study":
+        _classification_study(root)
+    else:
+        shutil.copytree(os.path.join(os.path.dirname(GOLDEN), os.pardir, "results", "fewshot_5w10s"), root)
+    assert main([str(root), "--compare", "peft"]) == 0
+    for name in REPORT_FILES:
+        with open(os.path.join(GOLDEN, study, name), encoding="utf-8", newline="") as f:
+            expected = f.read().replace("{ROOT}", str(root))
+        assert (root / name).read_bytes() == expected.encode("utf-8"), name
