@@ -15,7 +15,9 @@ import yaml
 
 from any2point.report import collect_runs, main
 from any2point.report.compare import compare_groups
+from any2point.report.metrics import METRICS
 from any2point.report.runs import find_runs, group_runs
+from any2point.zeroshot import ZERO_SHOT_KEYS
 from .tiny_run import TINY, run_module, write_experiment
 
 
@@ -309,3 +311,127 @@ def test_text_from_run_files_cannot_split_cells_or_start_headings(tmp_path, caps
         assert rows and len({len(cells.findall(row)) for row in rows}) == 1, rows  # one column count per table
     assert "| a\\|b # folder | x\\|y # injected heading | shapes \\| fake \\| row \\| | any2point |" in markdown
     assert "| plain | back\\\\slash | shapes |" in markdown
+
+
+# Classification runs must give the report they gave before the zero-shot keys were tabulated:
+# tests/report_golden/ holds the files written by the report code of that time (commit 697d1a2)
+# on the study below and on the committed results/fewshot_5w10s, the report's folder written
+# as {ROOT}.
+GOLDEN = os.path.join(os.path.dirname(__file__), "report_golden")
+REPORT_FILES = ("report.md", "report.csv", "report_groups.csv", "report_compare.csv")
+
+
+def _classification_study(root):
+    """Paired seeds x folds, an unpaired (Welch) arm and a single run."""
+    for seed in (0, 1):
+        for fold in (0, 1):
+            _run(root, f"any/{seed}_{fold}", "any2point", seed, 80.0 + seed + 0.25 * fold, 70.5 - fold, fold=fold)
+            _run(root, f"tok/{seed}_{fold}", "tokenizer_only", seed, 76.0 - seed + 0.5 * fold, 66.0 + seed, fold=fold)
+    for i, v in enumerate((71.0, 74.5, 73.0)):
+        _run(root, f"lin/{i}", "linear", 10 + i, v, v - 3.0, fold=0)
+    _run(root, "lora", "lora", 0, 79.125, 69.875, fold=0)
+
+
+@pytest.mark.parametrize("study", ["study", "fewshot_5w10s"])
+def test_a_classification_study_gives_the_same_report_byte_for_byte(tmp_path, capsys, study):
+    import shutil
+
+    root = tmp_path / study
+    if study == "study":
+        _classification_study(root)
+    else:
+        shutil.copytree(os.path.join(os.path.dirname(GOLDEN), os.pardir, "results", "fewshot_5w10s"), root)
+    assert main([str(root), "--compare", "peft"]) == 0
+    for name in REPORT_FILES:
+        with open(os.path.join(GOLDEN, study, name), encoding="utf-8", newline="") as f:
+            expected = f.read().replace("{ROOT}", str(root))
+        assert (root / name).read_bytes() == expected.encode("utf-8"), name
+
+
+def _zero_shot_run(root, name, peft, seed, zsl, seen, unseen, oa=70.0, macc=65.0):
+    hm = 2 * seen * unseen / (seen + unseen)
+    _run(root, name, peft, seed, oa, macc, zsl_top1=zsl, zsl_macc=zsl - 1.0, gzsl_seen=seen, gzsl_unseen=unseen,
+         gzsl_hm=hm)
+    return hm
+
+
+ZERO_SHOT_HEADS = ["ZSL top-1", "GZSL seen", "GZSL unseen", "GZSL HM"]
+
+
+def test_a_zero_shot_study_tabulates_and_compares_the_zero_shot_keys(tmp_path, capsys):
+    zs = {"any2point": {"zsl_top1": [52.0, 55.5, 50.25], "gzsl_seen": [61.0, 63.5, 60.0],
+                        "gzsl_unseen": [30.0, 34.0, 31.5]},
+          "tokenizer_only": {"zsl_top1": [40.0, 42.5, 41.0], "gzsl_seen": [64.0, 62.0, 63.0],
+                             "gzsl_unseen": [20.0, 24.5, 21.0]}}
+    for peft, values in zs.items():
+        values["gzsl_hm"] = [_zero_shot_run(tmp_path, f"{peft}/{seed}", peft, seed, values["zsl_top1"][seed],
+                                            values["gzsl_seen"][seed], values["gzsl_unseen"][seed],
+                                            oa=80.0 + seed, macc=75.0 + seed) for seed in range(3)]
+    # a classification run in the same folder: its zero-shot cells are empty, its OA counts as before
+    _run(tmp_path, "linear/0", "linear", 0, 60.0, 55.0)
+    keys = ["zsl_top1", "gzsl_seen", "gzsl_unseen", "gzsl_hm"]
+    assert list(ZERO_SHOT_KEYS) == keys and set(keys) <= set(METRICS)  # the keys zero-shot runs write
+    assert main([str(tmp_path), "--compare", "peft", "--baseline", "tokenizer_only"]) == 0
+    out = capsys.readouterr().out
+    md = (tmp_path / "report.md").read_text()
+    assert out in md
+
+    # runs table: the zero-shot columns after mAcc, in percent with two decimals
+    assert ("| run | source | data | peft | split (OA on) | OA | mAcc | ZSL top-1 | GZSL seen | GZSL unseen | GZSL HM "
+            "| trainable params | time |") in md
+    hm = zs["any2point"]["gzsl_hm"][1]
+    assert (f"| any2point/1 | minilm | modelnet40 | any2point | val | 81.00 | 76.00 | 55.50 | 63.50 | 34.00 "
+            f"| {hm:.2f} | 1.0 k | 10s |") in md
+    assert "| linear/0 | minilm | modelnet40 | linear | val | 60.00 | 55.00 |  |  |  |  | 1.0 k | 10s |" in md
+    assert (tmp_path / "report.csv").read_text().splitlines()[0] == (
+        "run,source,data,peft,split,oa,macc,zsl_top1,gzsl_seen,gzsl_unseen,gzsl_hm,trainable_params,seconds")
+
+    # groups: n, mean ± std and the Student-t interval of each key, computed by hand
+    heads = [f"{name} {part}" for name in ["OA", "mAcc", *ZERO_SHOT_HEADS] for part in ("mean ± std", "95 % CI")]
+    assert "| group | n | seeds (/fold) | split | " + " | ".join(heads) + " |" in md
+    for peft, values in zs.items():
+        cells = []
+        for key in ["oa", "macc", *keys]:
+            vals = values[key] if key in values else [(80.0 if key == "oa" else 75.0) + s for s in range(3)]
+            mean, s, low, high = _ci(vals)
+            cells += [f"{mean:.2f} ± {s:.2f}", f"[{low:.2f}, {high:.2f}]"]
+        assert f"| peft={peft} | 3 | 0,1,2 | val | " + " | ".join(cells) + " |" in md
+    assert ("| peft=linear | 1 | 0 | val | 60.00 (n=1) | no CI (n=1) | 55.00 (n=1) | no CI (n=1) "
+            "|  |  |  |  |  |  |  |  |") in md
+    groups = list(csv.DictReader(io.StringIO((tmp_path / "report_groups.csv").read_text())))
+    first = groups[0]
+    assert first["group"] == "peft=any2point"
+    for key in keys:
+        mean, s, low, high = _ci(zs["any2point"][key])
+        assert float(first[f"{key}_mean"]) == pytest.approx(mean, abs=1e-9)
+        assert float(first[f"{key}_std"]) == pytest.approx(s, abs=1e-9)
+        assert float(first[f"{key}_ci_low"]) == pytest.approx(low, abs=1e-9)
+        assert float(first[f"{key}_ci_high"]) == pytest.approx(high, abs=1e-9) and first[f"{key}_df"] == "2.0"
+    assert all(groups[1][f"{key}_{field}"] == "" for key in keys
+               for field in ("mean", "std", "ci_low", "ci_high", "df"))
+
+    # --compare: paired by seed for every key; against a group without the keys, empty cells
+    cells = []
+    for key in keys:
+        mean, s, low, high = _ci([a - b for a, b in zip(zs["any2point"][key], zs["tokenizer_only"][key])])
+        cells += [f"{mean:+.2f}", f"[{low:+.2f}, {high:+.2f}]"]
+        row = next(r for r in csv.DictReader(io.StringIO((tmp_path / "report_compare.csv").read_text()))
+                   if r["group"] == "peft=any2point")
+        assert float(row[f"{key}_diff"]) == pytest.approx(mean, abs=1e-9)
+        assert float(row[f"{key}_ci_low"]) == pytest.approx(low, abs=1e-9)
+        assert float(row[f"{key}_ci_high"]) == pytest.approx(high, abs=1e-9) and row["method"] == "paired"
+    assert " | ΔZSL top-1 | ΔZSL top-1 95 % CI | ΔGZSL seen | " in md
+    assert ("| peft=any2point | peft=tokenizer_only | paired, 3 pairs | +0.00 | [+0.00, +0.00] | +0.00 "
+            "| [+0.00, +0.00] | " + " | ".join(cells) + " |") in md
+    assert "| peft=linear | peft=tokenizer_only | Welch, n=1 vs 3 | " in md and md.rstrip().endswith(
+        "no CI (a group has n=1) |  |  |  |  |  |  |  |  |")
+
+
+@pytest.mark.parametrize("field, value", [("gzsl_hm", 150.0), ("zsl_top1", "52"), ("gzsl_seen", True)])
+def test_a_zero_shot_key_that_is_not_a_percentage_is_a_bad_row(tmp_path, capsys, field, value):
+    _zero_shot_run(tmp_path, "good", "any2point", 0, 52.0, 61.0, 30.0)
+    bad = _run(tmp_path, "bad", "any2point", 1, 80.0, 70.0,
+               **{"zsl_top1": 50.0, "gzsl_seen": 60.0, "gzsl_unseen": 30.0, "gzsl_hm": 40.0, field: value})
+    assert main([str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped {bad / 'metrics.json'}: {field} is {value!r}, expected a percentage" in err

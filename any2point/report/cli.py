@@ -7,6 +7,9 @@ trainable parameters, time. Runs that differ only in ``seed`` and the few-shot f
 group (the rule: :mod:`any2point.report.runs`); the groups table gives per group n, mean ±
 sample std and the Student-t 95 % interval of OA and mAcc. ``--compare KEY`` adds each group's
 difference to its baseline group with its own interval (:mod:`any2point.report.compare`).
+When a reported run carries the zero-shot metrics (``zsl_top1``, ``gzsl_seen``, ``gzsl_unseen``,
+``gzsl_hm``), each table gets their columns too (:mod:`any2point.report.metrics`); a run or group
+without them leaves those cells empty.
 
 Printed as markdown and written to ``DIR/report.md``; CSV in ``DIR/report.csv`` (runs),
 ``DIR/report_groups.csv`` and, with ``--compare``, ``DIR/report_compare.csv``. A run whose
@@ -26,7 +29,8 @@ from typing import Sequence
 
 from ..atomic import atomic_write_text
 from ..errors import exit_on_user_error
-from .compare import METRICS, Comparison, NoBaseline, compare_groups, group_summary
+from .compare import Comparison, NoBaseline, compare_groups, group_metrics, group_summary
+from .metrics import METRICS, REQUIRED, reported_metrics
 from .runs import Group, Run, find_runs, group_runs
 from .stats import LEVEL, Interval
 
@@ -34,8 +38,7 @@ __all__ = ["collect_runs", "markdown_table", "groups_table", "compare_table", "w
 
 COLUMNS = ["run", "source", "data", "peft", "split", "oa", "macc", "trainable_params", "seconds"]
 _HEADERS = {"run": "run", "source": "source", "data": "data", "peft": "peft", "split": "split (OA on)",
-            "oa": "OA", "macc": "mAcc", "trainable_params": "trainable params", "seconds": "time"}
-_NAMES = {"oa": "OA", "macc": "mAcc"}
+            "trainable_params": "trainable params", "seconds": "time", **METRICS}
 _CI = f"{round(LEVEL * 100)} % CI"
 
 
@@ -49,8 +52,14 @@ def _md(value) -> str:
     return _LINE_BREAKS.sub(" ", str(value)).replace("\\", "\\\\").replace("|", "\\|")
 
 
-def _row(run: Run) -> dict:
-    row = {"run": run.name, **{k: run.metrics.get(k) for k in COLUMNS[1:]}}
+def _run_columns(metrics: Sequence[str]) -> list[str]:
+    """COLUMNS with the reported metrics beyond OA and mAcc after mAcc."""
+    at = COLUMNS.index(REQUIRED[-1]) + 1
+    return COLUMNS[:at] + [m for m in metrics if m not in REQUIRED] + COLUMNS[at:]
+
+
+def _row(run: Run, metrics: Sequence[str] = REQUIRED) -> dict:
+    row = {"run": run.name, **{k: run.metrics.get(k) for k in _run_columns(metrics)[1:]}}
     row["peft"] = run.metrics.get("peft_config") or row["peft"]  # the config option: ablations differ there
     return row
 
@@ -62,7 +71,9 @@ def collect_runs(root: str | Path, ignore: Sequence[str] = ()) -> tuple[list[dic
 
 
 def _rows(runs: Sequence[Run]) -> list[dict]:
-    return sorted((_row(r) for r in runs), key=lambda r: (str(r["data"]), str(r["source"]), str(r["peft"]), r["run"]))
+    metrics = reported_metrics(r.metrics for r in runs)
+    return sorted((_row(r, metrics) for r in runs),
+                  key=lambda r: (str(r["data"]), str(r["source"]), str(r["peft"]), r["run"]))
 
 
 def _params(n) -> str:
@@ -83,7 +94,7 @@ def _duration(seconds) -> str:
 def _cell(key: str, value) -> str:
     if value is None:
         return ""
-    if key in ("oa", "macc"):
+    if key in METRICS:
         return f"{value:.2f}"
     if key == "trainable_params":
         return _params(value)
@@ -92,10 +103,17 @@ def _cell(key: str, value) -> str:
     return _md(value)
 
 
+def _table_columns(rows: list[dict]) -> list[str]:
+    """The runs table's columns: those of the rows (COLUMNS, plus the zero-shot metrics they carry)."""
+    return list(rows[0]) if rows else list(COLUMNS)
+
+
 def markdown_table(rows: list[dict]) -> str:
-    head = "| " + " | ".join(_HEADERS[c] for c in COLUMNS) + " |"
-    rule = "|" + "|".join("---:" if c in ("oa", "macc", "trainable_params", "seconds") else "---" for c in COLUMNS) + "|"
-    body = ["| " + " | ".join(_cell(c, r[c]) for c in COLUMNS) + " |" for r in rows]
+    columns = _table_columns(rows)
+    head = "| " + " | ".join(_HEADERS[c] for c in columns) + " |"
+    rule = "|" + "|".join("---:" if c in METRICS or c in ("trainable_params", "seconds") else "---"
+                          for c in columns) + "|"
+    body = ["| " + " | ".join(_cell(c, r[c]) for c in columns) + " |" for r in rows]
     return "\n".join([head, rule, *body]) + "\n"
 
 
@@ -103,11 +121,19 @@ def _number(value: float | None, signed: bool = False) -> str:
     return "" if value is None else (f"{value:+.2f}" if signed else f"{value:.2f}")
 
 
-def _mean_std(i: Interval) -> str:
+def _diff(i: Interval | None) -> str:
+    return "" if i is None else _number(i.mean, True)
+
+
+def _mean_std(i: Interval | None) -> str:
+    if i is None:  # a metric not every run of the group carries
+        return ""
     return f"{i.mean:.2f} ± {i.std:.2f}" if i.std is not None else f"{i.mean:.2f} (n=1)"
 
 
-def _ci(i: Interval, signed: bool = False) -> str:
+def _ci(i: Interval | None, signed: bool = False) -> str:
+    if i is None:
+        return ""
     if not i.has_ci:
         return f"no CI (n={i.n})" if i.method != "welch" else "no CI (a group has n=1)"
     return f"[{_number(i.low, signed)}, {_number(i.high, signed)}]"
@@ -127,13 +153,14 @@ def _rule(columns: Sequence[str], right: Sequence[str]) -> str:
 
 
 def groups_table(groups: Sequence[Group]) -> str:
-    heads = ["group", "n", "seeds (/fold)", "split"] + [h for m in METRICS for h in
-                                                      (f"{_NAMES[m]} mean ± std", f"{_NAMES[m]} {_CI}")]
+    metrics = group_metrics(groups)
+    heads = ["group", "n", "seeds (/fold)", "split"] + [h for m in metrics for h in
+                                                      (f"{METRICS[m]} mean ± std", f"{METRICS[m]} {_CI}")]
     lines = ["| " + " | ".join(heads) + " |", _rule(heads, heads[1:2] + heads[4:])]
     for g in groups:
-        s = group_summary(g)
+        s = group_summary(g, metrics)
         cells = [_md(g.label), str(len(g.runs)), _md(_seeds(g)), _md(g.split)]
-        cells += [c for m in METRICS for c in (_mean_std(s[m]), _ci(s[m]))]
+        cells += [c for m in metrics for c in (_mean_std(s[m]), _ci(s[m]))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -145,12 +172,16 @@ def _method(c: Comparison) -> str:
     return f"Welch, n={len(c.group.runs)} vs {len(c.baseline.runs)}" + (f", df {i.df:.1f}" if i.df else "")
 
 
-def compare_table(comparisons: Sequence[Comparison]) -> str:
-    heads = ["group", "baseline", "pairing"] + [h for m in METRICS for h in (f"Δ{_NAMES[m]}", f"Δ{_NAMES[m]} {_CI}")]
+def compare_table(comparisons: Sequence[Comparison], metrics: Sequence[str] | None = None) -> str:
+    """``metrics``: the compared metric keys (default: those of the comparisons, else OA and mAcc)."""
+    if metrics is None:
+        metrics = list(comparisons[0].diffs) if comparisons else REQUIRED
+    heads = ["group", "baseline", "pairing"] + [h for m in metrics for h in
+                                                (f"Δ{METRICS[m]}", f"Δ{METRICS[m]} {_CI}")]
     lines = ["| " + " | ".join(heads) + " |", _rule(heads, heads[3:])]
     for c in comparisons:
         cells = [_md(c.group.label), _md(c.baseline.label), _method(c)]
-        cells += [x for m in METRICS for x in (_number(c.diffs[m].mean, True), _ci(c.diffs[m], True))]
+        cells += [x for m in metrics for x in (_diff(c.diffs[m]), _ci(c.diffs[m], True))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -163,18 +194,23 @@ def _csv(rows: list[dict], columns: Sequence[str]) -> str:
     return out.getvalue()
 
 
-def _interval_fields(metric: str, centre: str, i: Interval) -> dict:
-    """CSV fields of an interval; what does not exist (std or CI at n=1) is left empty, not NaN."""
+def _interval_fields(metric: str, centre: str, i: Interval | None) -> dict:
+    """CSV fields of an interval; what does not exist (std or CI at n=1, a metric the runs do
+    not carry) is left empty, not NaN."""
+    if i is None:
+        return dict.fromkeys((f"{metric}_{centre}", f"{metric}_std", f"{metric}_ci_low", f"{metric}_ci_high",
+                              f"{metric}_df"))
     return {f"{metric}_{centre}": i.mean, f"{metric}_std": i.std, f"{metric}_ci_low": i.low,
             f"{metric}_ci_high": i.high, f"{metric}_df": i.df}
 
 
 def _group_rows(groups: Sequence[Group]) -> list[dict]:
+    metrics = group_metrics(groups)
     rows = []
     for g in groups:
-        s = group_summary(g)
+        s = group_summary(g, metrics)
         row = {"group": g.label, "n": len(g.runs), "seeds": _seeds(g), "split": g.split}
-        for m in METRICS:
+        for m in metrics:
             row.update(_interval_fields(m, "mean", s[m]))
         rows.append(row)
     return rows
@@ -185,7 +221,7 @@ def _compare_rows(key: str, comparisons: Sequence[Comparison]) -> list[dict]:
     for c in comparisons:
         row = {"key": key, "group": c.group.label, "baseline": c.baseline.label, "method": c.method,
                "n": c.diffs["oa"].n}
-        for m in METRICS:
+        for m in c.diffs:
             row.update(_interval_fields(m, "diff", c.diffs[m]))
         rows.append(row)
     return rows
@@ -205,14 +241,14 @@ def write_report(root: str | Path, compare: str | None = None, baseline: str | N
     groups = group_runs(runs)
     parts = [f"## Runs\n\n{markdown_table(rows)}",
              f"## Groups (runs differing only in seed and few-shot fold; Student-t {_CI})\n\n{groups_table(groups)}"]
-    atomic_write_text(root / "report.csv", _csv(rows, COLUMNS))
+    atomic_write_text(root / "report.csv", _csv(rows, _table_columns(rows)))
     group_rows = _group_rows(groups)
     atomic_write_text(root / "report_groups.csv", _csv(group_rows, _columns(group_rows, ["group"])))
     if compare is not None and groups:
         value, comparisons, notes = compare_groups(groups, compare, baseline)
         notes = "".join(f"- not compared: {_md(n)}\n" for n in notes)
         parts.append(f"## Difference to {_md(compare)}={_md(value)} (group - baseline; {_CI})\n\n"
-                     f"{compare_table(comparisons)}" + (f"\n{notes}" if notes else ""))
+                     f"{compare_table(comparisons, group_metrics(groups))}" + (f"\n{notes}" if notes else ""))
         compare_rows = _compare_rows(compare, comparisons)
         atomic_write_text(root / "report_compare.csv", _csv(compare_rows, _columns(compare_rows, ["key"])))
     markdown = "\n".join(parts)

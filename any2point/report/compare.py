@@ -8,7 +8,8 @@ from KEY (one value per value of KEY, e.g. the ``peft.*`` keys of a ``peft`` opt
 ``model.*`` preset of a ``source``). In a sweep of ``peft`` x ``data.fewshot.shots`` each
 shots setting thus has its own baseline.
 
-The difference (group - baseline) of OA and mAcc gets a Student-t 95 % interval: of the mean
+The difference (group - baseline) of OA, mAcc and, when the runs carry them, the zero-shot
+metrics (:mod:`any2point.report.metrics`) gets a Student-t 95 % interval: of the mean
 paired difference when both groups ran the same (seed, fold) pairs, each once; else Welch's
 interval.
 """
@@ -17,12 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from .metrics import REQUIRED, reported_metrics
 from .runs import Group, varying_keys
 from .stats import Interval, mean_interval, paired_difference, welch_difference
 
-__all__ = ["Comparison", "compare_groups", "group_summary", "NoBaseline", "METRICS"]
-
-METRICS = ("oa", "macc")
+__all__ = ["Comparison", "compare_groups", "group_summary", "group_metrics", "NoBaseline"]
 
 
 class NoBaseline(ValueError):
@@ -34,10 +34,17 @@ class Comparison:
     group: Group
     baseline: Group
     method: str  # paired | welch
-    diffs: dict[str, Interval]  # metric -> group - baseline
+    diffs: dict[str, Interval | None]  # metric -> group - baseline; None when a side lacks the metric
 
 
-def _difference(group: Group, baseline: Group, metric: str) -> Interval:
+def group_metrics(groups: Sequence[Group]) -> tuple[str, ...]:
+    """The metric keys these groups' runs are reported on (:func:`reported_metrics`)."""
+    return reported_metrics(r.metrics for g in groups for r in g.runs)
+
+
+def _difference(group: Group, baseline: Group, metric: str) -> Interval | None:
+    if not (group.carries(metric) and baseline.carries(metric)):
+        return None
     mine, theirs = group.paired_values(metric), baseline.paired_values(metric)
     if mine is not None and theirs is not None and set(mine) == set(theirs):
         return paired_difference(mine, theirs)
@@ -68,6 +75,7 @@ def compare_groups(groups: Sequence[Group], key: str, baseline: str | None = Non
     if baseline not in by_value:
         raise NoBaseline(f"no group has {key}={baseline}; its values are: {', '.join(sorted(by_value))}")
     context = [k for k in varying_keys(groups) if not _follows_from(k, by_value)]
+    metrics = group_metrics(groups)
     comparisons = []
     for value in sorted(v for v in by_value if v != baseline):
         for g in by_value[value]:
@@ -76,12 +84,13 @@ def compare_groups(groups: Sequence[Group], key: str, baseline: str | None = Non
                 notes.append(f"{g.label}: {len(matches)} baseline groups with {key}={baseline} and the same other "
                              f"settings ({', '.join(context) or 'none'}), expected one")
                 continue
-            diffs = {m: _difference(g, matches[0], m) for m in METRICS}
+            diffs = {m: _difference(g, matches[0], m) for m in metrics}
             comparisons.append(Comparison(g, matches[0], diffs["oa"].method, diffs))
     comparisons.sort(key=lambda c: (c.baseline.label, c.group.label))
     return baseline, comparisons, notes
 
 
-def group_summary(group: Group) -> dict[str, Interval]:
-    """OA and mAcc of a group: mean, sample std and Student-t interval."""
-    return {m: mean_interval(group.values(m)) for m in METRICS}
+def group_summary(group: Group, metrics: Sequence[str] = REQUIRED) -> dict[str, Interval | None]:
+    """Each metric of a group: mean, sample std and Student-t interval; None for a metric
+    that not every run of the group carries."""
+    return {m: mean_interval(group.values(m)) if group.carries(m) else None for m in metrics}

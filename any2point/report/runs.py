@@ -19,8 +19,8 @@ paired across groups by (seed, few-shot fold).
 
 Files are read as data: size checked before reading, JSON without NaN/Infinity, YAML by the
 safe loader without aliases (:data:`MAX_SETTINGS` keys at most). A row that cannot be used
-(unreadable, truncated, nested too deeply, not an object, OA/mAcc not a number in [0, 100], a
-broken config) is skipped with the reason, never a crash.
+(unreadable, truncated, nested too deeply, not an object, OA/mAcc, or a zero-shot key that is
+present, not a number in [0, 100], a broken config) is skipped with the reason, never a crash.
 """
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import yaml
+
+from .metrics import METRICS, REQUIRED, carries
 
 __all__ = ["Run", "Group", "find_runs", "read_run", "group_runs", "RUN_SPECIFIC", "METRICS_SETTINGS",
            "MAX_FILE_BYTES", "MAX_SETTINGS", "BadRun"]
@@ -87,6 +89,10 @@ class Group:
 
     def values(self, metric: str) -> list[float]:
         return [float(r.metrics[metric]) for r in self.runs]
+
+    def carries(self, metric: str) -> bool:
+        """True when every run of the group has ``metric`` (zero-shot keys are only in some runs)."""
+        return all(carries(r.metrics, metric) for r in self.runs)
 
     def paired_values(self, metric: str) -> dict | None:
         """{(seed, fold): value}, or None when a run's seed is unknown or two runs share one."""
@@ -143,7 +149,9 @@ def _read_metrics(path: Path) -> dict:
         raise BadRun(f"{path}: not valid JSON, maybe truncated ({exc}); rerun the run or delete the file") from None
     if not isinstance(metrics, dict):
         raise BadRun(f"{path}: expected a JSON object, got {type(metrics).__name__}")
-    for key in ("oa", "macc"):
+    for key in METRICS:  # OA and mAcc always; the zero-shot keys when the run wrote them
+        if key not in REQUIRED and not carries(metrics, key):
+            continue
         value = metrics.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 100.0:
             raise BadRun(f"{path}: {key} is {value!r}, expected a percentage (a number in [0, 100])")
