@@ -41,6 +41,12 @@ def _child(call: Callable[[], object], seconds: float, extra_bytes: int, send: i
     def out_of_time(*_):
         raise TimeoutError(f"still running after {seconds} s")
 
+    # The parent's OpenMP thread pool does not survive the fork (GNU libgomp): a parallel
+    # region in the child would wait for threads that do not exist. One thread runs inline.
+    import torch
+
+    torch.set_num_threads(1)
+
     signal.signal(signal.SIGALRM, out_of_time)
     try:
         with open("/proc/self/clear_refs", "w") as f:  # peak RSS := current RSS
