@@ -429,7 +429,7 @@ def test_user_errors_print_their_message_alone_and_bugs_keep_their_traceback(tmp
 
 @pytest.mark.slow  # four app processes
 @pytest.mark.parametrize("args, expected", [
-    (["train.epochs=0"], "any2point-train: error: train.epochs must be a positive integer, got 0"),
+    (["train.epochs=0"], "any2point-train: error: train.epochs=0 must be an integer >= 1"),
     (["data=modelnet40", "data.root=null"], "any2point-train: error: data.root is not set for dataset 'modelnet40'"),
 ])
 def test_the_train_cli_prints_user_errors_without_a_traceback(tmp_path, args, expected):
