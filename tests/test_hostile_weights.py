@@ -336,7 +336,7 @@ def test_a_package_file_that_is_a_fifo_is_refused_at_once(tmp_path):
 @pytest.mark.slow  # two interpreters importing torch: about 8 s on the shared 2 cores
 def test_two_processes_deriving_the_same_cache_file_both_get_the_verified_file(tmp_path):
     target = tmp_path / "cache" / "derived.bin"
-    script = (f"import time, sys; from pathlib import Path; from any2point import derived_cache as d\n"
+    script = (f"import time, sys; from pathlib import Path; from any2point.backbones import derived_cache as d\n"
               f"def make(tmp):\n"
               f"    Path(tmp).write_bytes(b'01234'); time.sleep(0.5); Path(tmp).write_bytes({CONTENT!r})\n"
               f"print(d.pinned_file(Path({str(target)!r}), {EXPECTED!r}, make, source='t'))\n")
