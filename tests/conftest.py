@@ -64,3 +64,13 @@ def finished_tiny_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("finished") / "run"
     run_training(compose_config("train", TINY), run)
     return run
+
+
+@pytest.fixture(scope="module")
+def module_cache(tmp_path_factory):
+    """An any2point cache of the test file's own (``ANY2POINT_CACHE``): the first use of a
+    converted source (dinov2_small, e5_small) converts into it, later tests reuse it."""
+    path = tmp_path_factory.mktemp("a2p-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ANY2POINT_CACHE", str(path))
+        yield path

@@ -25,16 +25,7 @@ LAYER_OUTPUTS = (["/backbone/embeddings/Add_output_0"]
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """An any2point cache for this file: the first use converts into it."""
-    path = tmp_path_factory.mktemp("a2p-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ANY2POINT_CACHE", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
-def source(cache):
+def source(module_cache):
     return any2point.create_source("dinov2_small").eval()
 
 
@@ -56,13 +47,13 @@ def onnx_run():
     return image, [torch.from_numpy(o) for o in outputs]
 
 
-def test_converted_weights_are_pinned_and_load_strictly_into_timm(cache, source):
+def test_converted_weights_are_pinned_and_load_strictly_into_timm(module_cache, source):
     import timm
     from safetensors.torch import load_file
 
-    path = cache / ds.CACHE_NAME
+    path = module_cache / ds.CACHE_NAME
     assert path.is_file() and sha256_file(path) == ds.CONVERTED_SHA256
-    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in module_cache.iterdir() if p.name.endswith(".tmp")]
     state = load_file(str(path))
     vit = timm.create_model("vit_small_patch14_dinov2", pretrained=False)
     assert vit.load_state_dict(state, strict=True)  # no missing, no unexpected key
@@ -95,7 +86,7 @@ def test_embeddings_and_every_block_equal_onnxruntime(source, onnx_run):
         torch.testing.assert_close(source(outputs[0]), outputs[13], rtol=1e-4, atol=1e-4)
 
 
-def test_a_cached_file_with_another_digest_is_converted_again(cache, source):
+def test_a_cached_file_with_another_digest_is_converted_again(module_cache, source):
     path = ds.converted_weights()
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF  # one flipped byte in the last tensor
@@ -126,7 +117,7 @@ def test_listed_by_any2point_sources_with_weights_here_and_the_caveat(capsys):
 
 
 @pytest.mark.slow  # about 9 s on 2 cores
-def test_one_epoch_of_training_on_the_converted_weights(cache, tmp_path):
+def test_one_epoch_of_training_on_the_converted_weights(module_cache, tmp_path):
     from any2point.train import run_training
 
     overrides = [o for o in TINY if not o.startswith("source=")] + ["source=dinov2_small", "model.tokenizer.k=16"]

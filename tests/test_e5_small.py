@@ -27,21 +27,12 @@ TEXTS = [("how much protein should a female eat", True), ("the cat sat on the ma
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """An any2point cache for this file: the first use dequantises into it."""
-    path = tmp_path_factory.mktemp("a2p-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ANY2POINT_CACHE", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
-def source(cache):
+def source(module_cache):
     return any2point.create_source("e5_small").eval()
 
 
 @pytest.fixture(scope="module")
-def bert(cache):
+def bert(module_cache):
     """transformers' own BertModel on the converted folder, and its loading report."""
     from transformers import BertModel
 
@@ -85,8 +76,8 @@ def _sentence(source, words, ids: list[int]) -> torch.Tensor:
         return F.normalize(source.final_norm(x)[0].mean(dim=0), dim=0)
 
 
-def test_folder_is_pinned_and_loads_strictly_into_bert_model(cache, source, binary, bert):
-    folder = cache / e5.CACHE_FOLDER
+def test_folder_is_pinned_and_loads_strictly_into_bert_model(module_cache, source, binary, bert):
+    folder = module_cache / e5.CACHE_FOLDER
     assert sha256_file(folder / "config.json") == e5.CONFIG_SHA256
     assert sha256_file(folder / "model.safetensors") == e5.MODEL_SHA256
     model, info = bert
@@ -151,9 +142,9 @@ def test_blocks_equal_transformers_bert_model(source, words, tokenize, bert):
     torch.testing.assert_close(_sentence(source, words, ids), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_a_damaged_cached_file_is_derived_again(cache, source):
-    config = cache / e5.CACHE_FOLDER / "config.json"
-    weights = cache / e5.CACHE_FOLDER / "model.safetensors"
+def test_a_damaged_cached_file_is_derived_again(module_cache, source):
+    config = module_cache / e5.CACHE_FOLDER / "config.json"
+    weights = module_cache / e5.CACHE_FOLDER / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
     config.write_text(config.read_text().replace('"num_hidden_layers": 12', '"num_hidden_layers": 6'))
     assert e5.converted_folder() == config.parent
@@ -180,7 +171,7 @@ def test_listed_by_any2point_sources_with_weights_here_and_the_caveat():
 
 
 @pytest.mark.slow  # a 12-block source on the tiny shapes: about 10 s on 2 cores
-def test_one_epoch_of_training_on_the_dequantised_weights(cache, tmp_path):
+def test_one_epoch_of_training_on_the_dequantised_weights(module_cache, tmp_path):
     from any2point.train import run_training
 
     cfg = compose_config("train", [o for o in TINY if not o.startswith("source=")] + ["source=e5_small"])
