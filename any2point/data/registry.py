@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from .. import checks
 from ..errors import ConfigError
+from ..plugins import load_entry_points
 from .base import LoadedSplit
 from .options import DataOptions, as_dict
 
@@ -45,7 +46,6 @@ class DataFormat:
 
 
 _REGISTRY: dict[str, DataFormat] = {}
-_loaded_entry_points = False
 
 
 def register_data_format(name: str, options: type[DataOptions] = DataOptions, *,
@@ -68,13 +68,7 @@ def register_data_format(name: str, options: type[DataOptions] = DataOptions, *,
 
 def load_data_formats() -> None:
     """Load the third-party formats of the entry-point group (once)."""
-    global _loaded_entry_points
-    if _loaded_entry_points:
-        return
-    _loaded_entry_points = True
-    from any2point.backbones.registry import load_plugins
-
-    load_plugins(ENTRY_POINT_GROUP, "data format")
+    load_entry_points(ENTRY_POINT_GROUP, "data format")
 
 
 def list_data_formats() -> list[str]:
