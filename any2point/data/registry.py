@@ -86,8 +86,8 @@ def get_data_format(name: Any) -> DataFormat:
 def data_options(cfg: Any) -> DataOptions:
     """The ``data`` section (a DictConfig, a mapping or options already converted) as the options
     of its format (``data.format``, else ``data.name``); ``normalize: null`` is the format's default.
-    Keys the format does not define are left out (another format's keys, ``data.classes``: read by the run's splits); a bad value of a key
-    it defines is a ConfigError naming it."""
+    Keys the format does not define are left out (another format's keys); a bad value of a key it
+    defines is a ConfigError naming it."""
     if isinstance(cfg, DataOptions):
         return cfg
     values = as_dict(cfg)
