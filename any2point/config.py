@@ -25,7 +25,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from . import checks
 from .backbones.registry import source_preset
-from .data import check_data_options
+from .data import DataOptions, check_data_options
 from .distributed import ACCELERATORS, BACKENDS, STRATEGIES
 from .engine import PRECISIONS
 from .errors import ConfigError
@@ -222,10 +222,11 @@ def check_required(cfg: DictConfig) -> None:
                          + " (set them on the command line, e.g. " + f"{missing[0]}=...)")
 
 
-def check_data_values(data: DictConfig) -> None:
+def check_data_values(data: DictConfig) -> DataOptions:
     """The ``data`` section, converted to its format's options (:func:`any2point.data.check_data_options`:
-    the keys every format shares, then the format's own); nothing is read."""
-    check_data_options(data)
+    the keys every format shares, then the format's own); nothing is read. The run reads the
+    options returned, so the section is converted once."""
+    return check_data_options(data)
 
 
 def _build_sections(cfg: DictConfig, sections: tuple[str, ...]) -> dict[str, Any]:
@@ -234,29 +235,29 @@ def _build_sections(cfg: DictConfig, sections: tuple[str, ...]) -> dict[str, Any
     return {key: OmegaConf.to_object(cfg[key]) for key in sections if cfg.get(key) is not None}
 
 
-def check_train_settings(cfg: DictConfig) -> None:
+def check_train_settings(cfg: DictConfig) -> DataOptions:
     """Refuse any value of a composed training config that cannot give a meaningful run, naming
     its key, before any data is read: the model, peft, train and trainer sections build as
-    their dataclasses, the data section is checked, then the rules across sections."""
+    their dataclasses, the data section is checked, then the rules across sections. Returns
+    the data section as its format's options (the run reads these, not ``cfg.data``)."""
     built = _build_sections(cfg, ("model", "peft", "train", "trainer"))
-    check_data_values(cfg.data)
+    data = check_data_values(cfg.data)
     train: TrainConfig = built["train"]
     model: ModelConfig = built["model"]
-    check_cloud_size(model.tokenizer, int(cfg.data.num_points))  # one rule with the tokenizer's own check
+    check_cloud_size(model.tokenizer, data.num_points)  # one rule with the tokenizer's own check
     if train.batch_size < 2 and model.head.hidden:
         raise ConfigError(f"train.batch_size={train.batch_size} must be at least 2: the head's BatchNorm layers "
                           f"(model.head.hidden={list(model.head.hidden)}) need two samples per training batch")
     if train.warmup_epochs > train.epochs:
         log.warning("train.warmup_epochs=%s is longer than train.epochs=%s: the learning rate never reaches "
                     "train.lr=%s", train.warmup_epochs, train.epochs, train.lr)
-    from .data.classes import class_selection_of
-    from .data.options import as_dict
     from .heads import get_head
 
-    selection = class_selection_of(as_dict(cfg.data))
+    selection = data.class_selection()
     if selection is not None and selection.unseen and not get_head(model.head.name).open_vocabulary:
         raise ConfigError("data.classes.eval holds out unseen classes, which only a head that scores classes by their "
                           f"names can classify; set model.head.name=contrastive (got {model.head.name!r})")
+    return data
 
 
 def check_eval_settings(cfg: DictConfig) -> None:

@@ -31,8 +31,8 @@ from . import distributed, runtime
 from .atomic import atomic_write_json, atomic_write_text
 from .checkpoint import LoadedCheckpoint, load_checkpoint, read_checkpoint_info
 from .config import CONFIG_MODULE, check_data_values, check_eval_settings, check_required
-from .data.classes import ClassSelection, class_selection_of
-from .data.options import as_dict
+from .data import DataOptions
+from .data.classes import ClassSelection
 from .errors import CheckpointError, ConfigError, exit_on_user_error, user_errors_exit
 from .engine import make_loader, predict
 from .hydra_app import run_hydra_app
@@ -85,20 +85,20 @@ def write_zero_shot_results(run_dir: str | Path, result: ZeroShotResult, data: Z
                                         f"H {result.hm:.2f}"))
 
 
-def _zero_shot_selection(data_cfg, info: dict) -> ClassSelection | None:
+def _zero_shot_selection(options: DataOptions, info: dict) -> ClassSelection | None:
     """The classes of a zero-shot evaluation: data.classes when set, else the checkpoint's own."""
-    selection = class_selection_of(as_dict(data_cfg))
+    selection = options.class_selection()
     if selection is None and info.get("unseen_class_names"):
         selection = ClassSelection(tuple(info["class_names"]), tuple(info["unseen_class_names"]))
     return selection if selection is not None and selection.unseen else None
 
 
-def _run_zero_shot_eval(cfg: DictConfig, run_dir: Path, ctx, data_cfg, selection: ClassSelection, seed: int,
-                        start: float) -> dict:
+def _run_zero_shot_eval(cfg: DictConfig, run_dir: Path, ctx, options: DataOptions, selection: ClassSelection,
+                        seed: int, start: float) -> dict:
     if cfg.eval.split == "train":
         raise ConfigError("eval.split=train: a zero-shot evaluation reads the test split (auto, test) or the "
                           "fallback (val)")
-    data = zero_shot_data(data_cfg, seed, selection, cfg.eval.split)
+    data = zero_shot_data(options, seed, selection, cfg.eval.split)
     loaded = _load(cfg, ctx, class_names=None)
     if not loaded.model.head.open_vocabulary:
         raise ConfigError(f"{loaded.path} has a {loaded.model.head.config.name} head, which cannot score unseen "
@@ -108,7 +108,7 @@ def _run_zero_shot_eval(cfg: DictConfig, run_dir: Path, ctx, data_cfg, selection
     with loaded.model.head.classes(data.seen):
         seen = evaluate_dataset(loaded.model, data.seen_eval, ctx, batch_size=cfg.eval.batch_size, **kw)
     result = evaluate_zero_shot(loaded.model, data, ctx, batch_size=cfg.eval.batch_size, **kw)
-    metrics = {**_common_metrics(loaded, data_cfg), "split": data.split, "oa": seen.oa, "macc": seen.macc,
+    metrics = {**_common_metrics(loaded, options), "split": data.split, "oa": seen.oa, "macc": seen.macc,
                "samples": seen.samples, **result.metrics(), "seen_classes": len(data.seen),
                "unseen_classes": list(data.unseen), "seconds": time.perf_counter() - start}
     if ctx.is_main:
@@ -127,9 +127,9 @@ def _load(cfg: DictConfig, ctx, class_names) -> LoadedCheckpoint:
                            map_location=ctx.device, text_weights=cfg.text_weights)
 
 
-def _common_metrics(loaded: LoadedCheckpoint, data_cfg) -> dict:
+def _common_metrics(loaded: LoadedCheckpoint, options: DataOptions) -> dict:
     return {"checkpoint": str(loaded.path), "source": loaded.info["source"]["name"],
-            "weights_tag": loaded.info["source"]["weights_tag"], "data": str(data_cfg.get("name")),
+            "weights_tag": loaded.info["source"]["weights_tag"], "data": options.name,
             "peft": loaded.info["peft"].get("name")}
 
 
@@ -151,30 +151,30 @@ def run_eval(cfg: DictConfig, run_dir: str | Path) -> dict:
             if cfg.data_overrides:
                 data_cfg = OmegaConf.merge(data_cfg, OmegaConf.to_container(cfg.data_overrides, resolve=True))
         data_cfg.num_points = int(cfg.eval.num_points or info["num_points"])
-        check_data_values(data_cfg)  # the checkpoint's data config too, before any data is read
+        options = check_data_values(data_cfg)  # the checkpoint's data config too, before any data is read
         if cfg.eval.num_points:  # the checkpoint's own number was checked with its JSON
-            check_cloud_size(TokenizerConfig(**info["model"]["tokenizer"]), data_cfg.num_points, "eval.num_points")
+            check_cloud_size(TokenizerConfig(**info["model"]["tokenizer"]), options.num_points, "eval.num_points")
         seed = cfg.seed if cfg.seed is not None else trained.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise CheckpointError(f"{cfg.checkpoint}: the checkpoint's config.seed is {seed!r:.40}, not an integer; "
                                   f"set seed=... to choose the validation split")
-        selection = _zero_shot_selection(data_cfg, info)
+        selection = _zero_shot_selection(options, info)
         if selection is not None:
-            return _run_zero_shot_eval(cfg, run_dir, ctx, data_cfg, selection, seed, start)
-        dataset = load_eval_split(data_cfg, cfg.eval.split, seed)
+            return _run_zero_shot_eval(cfg, run_dir, ctx, options, selection, seed, start)
+        dataset = load_eval_split(options, cfg.eval.split, seed)
         loaded = _load(cfg, ctx, class_names=dataset.class_names)
         result = evaluate_dataset(loaded.model, dataset, ctx, batch_size=cfg.eval.batch_size,
                                   precision=cfg.trainer.precision, num_workers=cfg.trainer.num_workers,
                                   votes=cfg.eval.votes, vote_scale=cfg.eval.vote_scale, seed=seed,
                                   progress=cfg.trainer.progress)
         metrics = {
-            **_common_metrics(loaded, data_cfg),
+            **_common_metrics(loaded, options),
             "split": dataset.split,
             "oa": result.oa,
             "macc": result.macc,
             "samples": result.samples,
             "votes": cfg.eval.votes,
-            "num_points": data_cfg.num_points,
+            "num_points": options.num_points,
             "normalize": loaded.model.config.tokenizer.normalize,
             "seconds": time.perf_counter() - start,
             "peak_rss_mb": runtime.peak_resident_mb(),

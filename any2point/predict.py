@@ -34,7 +34,7 @@ from .errors import Any2PointError, ConfigError, exit_on_user_error
 from .heads import check_class_names, get_head
 
 __all__ = ["Prediction", "predict_files", "read_clouds", "parse_labels", "read_labels_file",
-           "require_open_vocabulary", "main", "EXIT_FILES_FAILED", "EXIT_CHECKPOINT"]
+           "require_open_vocabulary", "load_for_command", "main", "EXIT_FILES_FAILED", "EXIT_CHECKPOINT"]
 
 MAX_LABELS_FILE_BYTES = 1 << 20
 
@@ -118,6 +118,21 @@ def require_open_vocabulary(checkpoint: str, what: str) -> None:
                           f"model.head.name=contrastive")
 
 
+def load_for_command(prog: str, checkpoint: str, *, weights: str | None, text_weights: str | None, device: str,
+                     open_vocabulary_for: str | None = None) -> LoadedCheckpoint | None:
+    """The checkpoint a command runs on, or None once the one line saying why it cannot be used is
+    printed (the command then exits with :data:`EXIT_CHECKPOINT`). ``open_vocabulary_for``: what
+    needs the contrastive head (``"--labels"``), checked before the model is loaded."""
+    try:
+        if open_vocabulary_for is not None:
+            require_open_vocabulary(checkpoint, open_vocabulary_for)
+        return load_checkpoint(checkpoint, weights=weights, map_location=resolve_device(device),
+                               text_weights=text_weights)
+    except (Any2PointError, OSError, ValueError, RuntimeError) as exc:
+        print(f"{prog}: cannot use checkpoint {checkpoint}: {exc}", file=sys.stderr)
+        return None
+
+
 def default_classes(checkpoint: LoadedCheckpoint) -> list[str]:
     """The classes ranked without --labels: the training classes, then a zero-shot run's unseen ones."""
     return checkpoint.class_names + checkpoint.unseen_class_names
@@ -196,13 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"any2point-predict: {exc}", file=sys.stderr)
         return EXIT_CHECKPOINT
-    try:
-        if labels is not None:
-            require_open_vocabulary(args.checkpoint, "--labels")
-        loaded = load_checkpoint(args.checkpoint, weights=args.weights, map_location=resolve_device(args.device),
-                                 text_weights=args.text_weights)
-    except (Any2PointError, OSError, ValueError, RuntimeError) as exc:
-        print(f"any2point-predict: cannot use checkpoint {args.checkpoint}: {exc}", file=sys.stderr)
+    loaded = load_for_command("any2point-predict", args.checkpoint, weights=args.weights,
+                              text_weights=args.text_weights, device=args.device,
+                              open_vocabulary_for="--labels" if labels is not None else None)
+    if loaded is None:
         return EXIT_CHECKPOINT
     failed = 0
     for prediction in predict_files(loaded, args.files, topk=args.topk, batch_size=args.batch_size, seed=args.seed,

@@ -33,12 +33,11 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .atomic import atomic_write
-from .checkpoint import LoadedCheckpoint, load_checkpoint
+from .checkpoint import LoadedCheckpoint
 from .data import SUPPORTED_EXTENSIONS
 from .data.fps_cache import file_digest
-from .distributed import resolve_device
-from .errors import Any2PointError, ConfigError, exit_on_user_error
-from .predict import EXIT_CHECKPOINT, EXIT_FILES_FAILED, read_clouds, require_open_vocabulary
+from .errors import ConfigError, exit_on_user_error
+from .predict import EXIT_CHECKPOINT, EXIT_FILES_FAILED, load_for_command, read_clouds
 from .text_encoders import class_embeddings
 
 __all__ = ["find_shape_files", "ShapeEmbeddingCache", "embed_files", "rank_files", "main"]
@@ -217,12 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"any2point-retrieve: {exc}", file=sys.stderr)
         return EXIT_CHECKPOINT
-    try:
-        require_open_vocabulary(args.checkpoint, "retrieval by text")
-        loaded = load_checkpoint(args.checkpoint, weights=args.weights, map_location=resolve_device(args.device),
-                                 text_weights=args.text_weights)
-    except (Any2PointError, OSError, ValueError, RuntimeError) as exc:
-        print(f"any2point-retrieve: cannot use checkpoint {args.checkpoint}: {exc}", file=sys.stderr)
+    loaded = load_for_command("any2point-retrieve", args.checkpoint, weights=args.weights,
+                              text_weights=args.text_weights, device=args.device,
+                              open_vocabulary_for="retrieval by text")
+    if loaded is None:
         return EXIT_CHECKPOINT
     head = loaded.model.head
     directory = _cache_dir(args)

@@ -34,6 +34,7 @@ from . import distributed, runtime
 from .atomic import atomic_write_json
 from .checkpoint import BEST_VAL, CHECKPOINT, save_checkpoint, trained_keys, trained_state_dict
 from .config import CONFIG_MODULE, check_required, check_train_settings
+from .data import DataOptions
 from .engine import autocast, make_loader, train_one_epoch
 from .errors import CheckpointError, ConfigError, TrainingDivergedError, exit_on_user_error, user_errors_exit
 from .evaluate import METRICS_JSON, evaluate_dataset, write_split_results, write_zero_shot_results
@@ -97,7 +98,8 @@ def _source_section(cfg: DictConfig) -> dict:
 class _Run:
     """The state of one training run between epochs."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, ctx: distributed.DistContext, peft_config: str | None = None):
+    def __init__(self, cfg: DictConfig, run_dir: Path, ctx: distributed.DistContext, data: DataOptions,
+                 peft_config: str | None = None):
         self.cfg, self.run_dir, self.ctx = cfg, run_dir, ctx
         self.peft_config = peft_config  # the peft option chosen, e.g. an ablation of the same method
         self.started = time.perf_counter()
@@ -109,7 +111,7 @@ class _Run:
         saved = self._read_state() if cfg.train.resume else None  # a bad state fails before any data is read
         runtime.configure(cfg.trainer, ctx.device)
         runtime.seed_everything(cfg.seed)
-        self.splits: RunSplits = load_splits(cfg.data, cfg.seed)
+        self.splits: RunSplits = load_splits(data, cfg.seed)
         self.class_names = self.splits.class_names
         self.model = create_model_from_config(cfg, len(self.class_names)).to(ctx.device)
         self.model.head.bind_classes(self.class_names)
@@ -314,7 +316,7 @@ def run_training(cfg: DictConfig, run_dir: str | Path, peft_config: str | None =
     ``peft_config``: the name of the ``peft`` config option, recorded to tell ablations apart.
     Rank 0 holds the run directory's lock for the whole run."""
     check_required(cfg)
-    check_train_settings(cfg)
+    data = check_train_settings(cfg)  # the data section as its format's options, converted once
     ctx = distributed.setup(cfg.trainer)
     try:
         shared = Path(distributed.broadcast_object(str(run_dir), ctx))  # rank 0's directory for all
@@ -323,7 +325,7 @@ def run_training(cfg: DictConfig, run_dir: str | Path, peft_config: str | None =
                         ctx.rank, shared)
         with run_directory_lock(shared, enabled=ctx.is_main):
             shared.mkdir(parents=True, exist_ok=True)
-            run = _Run(cfg, shared, ctx, peft_config)
+            run = _Run(cfg, shared, ctx, data, peft_config)
             run.fit()
             return run.finish()
     finally:

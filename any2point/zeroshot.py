@@ -21,9 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import PointCloudDataset, build_dataset
+from .data import DataOptions, PointCloudDataset, build_dataset
 from .data.classes import ClassSelection
-from .data.options import as_dict
 from .distributed import DistContext
 from .engine import make_loader, predict
 from .errors import ConfigError, DataError
@@ -58,26 +57,27 @@ def _check_every_class_has_clouds(dataset: PointCloudDataset, where: str) -> Non
         raise DataError(f"{where} has no cloud of the class(es) {empty}: they cannot be evaluated")
 
 
-def zero_shot_data(data_cfg, seed: int, selection: ClassSelection, split: str = "auto",
+def zero_shot_data(data: DataOptions, seed: int, selection: ClassSelection, split: str = "auto",
                    seen_val: PointCloudDataset | None = None,
                    seen_test: PointCloudDataset | None = None) -> ZeroShotData:
-    """The evaluation clouds of ``selection`` (see the module docstring). ``split``: auto (test
-    when readable, else the fallback), test, or val (the fallback). ``seen_val`` / ``seen_test``:
-    those splits of the seen classes when already built."""
+    """The evaluation clouds of ``selection`` (see the module docstring). ``data``: the run's data
+    options (:func:`any2point.data.data_options`). ``split``: auto (test when readable, else the
+    fallback), test, or val (the fallback). ``seen_val`` / ``seen_test``: those splits of the seen
+    classes when already built."""
     if split not in ZERO_SHOT_SPLITS:
         raise ConfigError(f"the zero-shot evaluation split must be one of {', '.join(ZERO_SHOT_SPLITS)}, got {split!r}")
     if not selection.unseen:
         raise ConfigError("zero-shot evaluation needs unseen classes: set data.classes.eval")
     seen, unseen = list(selection.train), list(selection.unseen)
-    name = str(as_dict(data_cfg).get("name"))
+    name = data.name
     if split in ("auto", "test"):
         problem = None
         try:
-            seen_test = seen_test or build_dataset(data_cfg, "test", seed, classes=seen)
+            seen_test = seen_test or build_dataset(data, "test", seed, classes=seen)
         except DataError as exc:
             seen_test, problem = None, str(exc)
         if seen_test is not None:
-            unseen_test = build_dataset(data_cfg, "test", seed, classes=unseen)
+            unseen_test = build_dataset(data, "test", seed, classes=unseen)
             _check_every_class_has_clouds(unseen_test, f"the test split of {name!r}")
             return ZeroShotData(seen, unseen, seen_test, unseen_test, "test")
         if split == "test":
@@ -86,11 +86,11 @@ def zero_shot_data(data_cfg, seed: int, selection: ClassSelection, split: str = 
     log.info("zero-shot figures from the unseen classes' clouds of the training files and the seen classes' "
              "validation split (split %s)", FALLBACK_SPLIT)
     if seen_val is None:
-        if not float(as_dict(data_cfg).get("val_fraction") or 0.0) > 0:
+        if not data.val_fraction > 0:
             raise ConfigError(f"{name!r} has no test split, so GZSL's seen part is the seen classes' validation split: "
                               f"set data.val_fraction > 0 (as in training)")
-        seen_val = build_dataset(data_cfg, "val", seed, classes=seen)
-    unseen_train = build_dataset(data_cfg, "val", seed, classes=unseen, carve=False)
+        seen_val = build_dataset(data, "val", seed, classes=seen)
+    unseen_train = build_dataset(data, "val", seed, classes=unseen, carve=False)
     _check_every_class_has_clouds(unseen_train, f"the training files of {name!r}")
     return ZeroShotData(seen, unseen, seen_val, unseen_train, FALLBACK_SPLIT)
 

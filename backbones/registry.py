@@ -17,19 +17,17 @@ Which model preset a name runs on is decided here too (:func:`source_preset`).
 from __future__ import annotations
 
 import difflib
-import importlib.metadata
-import logging
+import importlib
 import re
 from importlib import resources
 from dataclasses import dataclass, field
 from typing import Callable
 
 from any2point.errors import UnknownSourceError
+from any2point.plugins import load_entry_points
 
 __all__ = ["SourceSpec", "SourceFamily", "register_source", "register_family", "list_sources", "list_families",
            "get_source_spec", "create_source", "split_prefix", "source_preset", "BASE_PRESET"]
-
-log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "any2point.sources"
 # the modules of this package that register sources, in registration order (prefixes first)
@@ -75,7 +73,6 @@ class SourceFamily:
 _REGISTRY: dict[str, SourceSpec] = {}
 _FAMILIES: dict[str, SourceFamily] = {}
 _loaded_builtin = False
-_loaded_entry_points = False
 
 
 def register_source(name: str, *, family: str, position, width: int, depth: int, heads: int,
@@ -120,26 +117,12 @@ def register_family(prefix: str, *, library: str, syntax: str, accepts: str, exa
 
 
 def _load_all() -> None:
-    global _loaded_builtin, _loaded_entry_points
+    global _loaded_builtin
     if not _loaded_builtin:
         _loaded_builtin = True
         for module in BUILTIN_FAMILIES:
             importlib.import_module(f"{__package__}.{module}")
-    if not _loaded_entry_points:
-        _loaded_entry_points = True
-        load_plugins(ENTRY_POINT_GROUP, "source")
-
-
-def load_plugins(group: str, kind: str) -> None:
-    """Load every entry point of ``group``: a module registers on import, a callable when called.
-    A broken plug-in is logged, never fatal: it must not hide the built-in ``kind``s."""
-    for ep in importlib.metadata.entry_points(group=group):
-        try:
-            obj = ep.load()
-            if callable(obj) and not isinstance(obj, type):
-                obj()
-        except Exception as exc:
-            log.warning("could not load %s plug-in %r (%s): %s", kind, ep.name, ep.value, exc)
+    load_entry_points(ENTRY_POINT_GROUP, "source")
 
 
 def list_sources() -> list[str]:

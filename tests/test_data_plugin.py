@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from any2point import plugins
 from any2point.config import check_train_settings
 from any2point.data import build_dataset, registry
 from any2point.errors import ConfigError
@@ -39,7 +40,7 @@ def blobs_installed(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.delitem(sys.modules, "a2p_blobs", raising=False)
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(registry, "_loaded_entry_points", False)
+    monkeypatch.setattr(plugins, "_loaded", plugins._loaded - {registry.ENTRY_POINT_GROUP})
     importlib.invalidate_caches()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from any2point.data import data_options
 from any2point.data.fewshot import FewShotConfig, draw_episode, fewshot_of
 from any2point.data.options import as_dict
 from any2point.errors import DataError
@@ -74,8 +75,9 @@ def test_draws_depend_on_ways_shots_fold_only():
 
 
 def test_run_seed_does_not_change_the_episode_and_test_queries_come_from_test():
-    data = {**as_dict(compose_data("shapes")), "num_points": 64, "samples_per_class": {"train": 12, "test": 5},
-            "fewshot": {"ways": 3, "shots": 4, "fold": 1, "queries": 5}}
+    section = {**as_dict(compose_data("shapes")), "num_points": 64, "samples_per_class": {"train": 12, "test": 5},
+               "fewshot": {"ways": 3, "shots": 4, "fold": 1, "queries": 5}}
+    data = data_options(section)
     a, b = load_splits(data, seed=0), load_splits(data, seed=11)
     assert a.report == "test" and (len(a.train), len(a.val), len(a.test)) == (12, 15, 15)
     assert a.class_names == b.class_names and len(a.class_names) == 3
@@ -86,7 +88,7 @@ def test_run_seed_does_not_change_the_episode_and_test_queries_come_from_test():
     assert a.train.labels.tolist() == np.repeat([0, 1, 2], 4).tolist()
     assert np.bincount(a.test.labels).tolist() == [5, 5, 5] and np.bincount(a.val.labels).tolist() == [5, 5, 5]
     # names kept: the episode's classes, in the full list's order
-    full = load_splits({k: v for k, v in data.items() if k != "fewshot"}, seed=0)
+    full = load_splits(data_options({k: v for k, v in section.items() if k != "fewshot"}), seed=0)
     assert [full.class_names.index(n) for n in a.class_names] == sorted(full.class_names.index(n)
                                                                        for n in a.class_names)
     assert load_eval_split(data, "auto", 0).split == "test" and len(load_eval_split(data, "train", 0)) == 12
@@ -127,7 +129,7 @@ def test_fold0_5w10s_on_the_shared_modelnet40():
     root = need_shared(MODELNET40_SHARED)
     data = {**as_dict(compose_data("modelnet40", root)), "num_points": 1024, "protocol": {"train_fps": 1024},
             "cache": False, "fewshot": {"ways": 5, "shots": 10, "fold": 0, "queries": 20}}
-    splits = load_splits(data, seed=0)
+    splits = load_splits(data_options(data), seed=0)
     # pinned: every machine draws this episode
     assert splits.class_names == ["cone", "curtain", "flower_pot", "sofa", "table"]
     assert int(splits.train._rows[0]) == 3443

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 import any2point
+import any2point.predict as predict_module
 import any2point.retrieve as retrieve_module
 from any2point.checkpoint import load_checkpoint, save_checkpoint
 from any2point.data import read_points
-from any2point.predict import main as predict
+from any2point.predict import load_for_command, main as predict
 from any2point.retrieve import main as retrieve
 from .data_files import write_sample_file
 
@@ -106,6 +107,36 @@ def test_a_classifier_checkpoint_refuses_labels_and_retrieval_in_one_line(classi
     assert retrieve([str(classifier), str(folder), "--text", "a lamp", "--no-cache"]) == 2
     err = capsys.readouterr().err.strip()
     assert "trained with the classifier head" in err and "\n" not in err
+
+
+def test_load_for_command_prints_one_line_and_returns_none_for_an_unusable_checkpoint(contrastive, classifier,
+                                                                                       shapes, tmp_path, capsys,
+                                                                                       monkeypatch):
+    """The load both commands share: a missing or damaged checkpoint, or a classifier asked for
+    text, is one line naming the command and the checkpoint; the head is checked before loading."""
+    kw = dict(weights=None, text_weights=None, device="cpu")
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "checkpoint.json").write_text("{not json")
+    for path in (tmp_path / "nowhere", damaged):
+        assert load_for_command("any2point-retrieve", str(path), **kw) is None
+        err = capsys.readouterr().err
+        assert err.startswith(f"any2point-retrieve: cannot use checkpoint {path}: ") and err.count("\n") == 1
+    folder, _ = shapes
+    assert retrieve([str(tmp_path / "nowhere"), str(folder), "--text", "a lamp", "--no-cache"]) == 2
+    assert capsys.readouterr().err.startswith(f"any2point-retrieve: cannot use checkpoint {tmp_path / 'nowhere'}: ")
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded before its head was checked")
+
+    monkeypatch.setattr(predict_module, "load_checkpoint", no_loading)
+    assert load_for_command("any2point-predict", str(classifier), open_vocabulary_for="--labels", **kw) is None
+    err = capsys.readouterr().err
+    assert err.startswith(f"any2point-predict: cannot use checkpoint {classifier}: ") and err.count("\n") == 1
+    assert "--labels needs a run trained with model.head.name=contrastive" in err
+    monkeypatch.undo()
+    loaded = load_for_command("any2point-predict", str(contrastive), open_vocabulary_for="--labels", **kw)
+    assert loaded.class_names == SEEN and loaded.model.head.open_vocabulary and capsys.readouterr().err == ""
 
 
 def test_retrieve_ranks_a_folder_by_cosine_with_the_sentence(contrastive, shapes, tmp_path, capsys):

@@ -32,7 +32,10 @@ from any2point.backbones.clip_text import ClipTextBlock, ClipTextSource
 from any2point.backbones.hf_vit import HfViTBlock
 from any2point.backbones.imagebind_audio import ImageBindAudioBlock
 from any2point.backbones.vit import TimmBlock
+from any2point import plugins
+from any2point.data import list_data_formats
 from any2point.errors import UnknownSourceError, WeightsUnavailableError
+from any2point.peft import list_peft_methods
 from .hub_cache import plant_hub_file
 
 BIG = {"clip_text", "dinov2", "deit_base", "roberta_base", "imagebind_audio"}
@@ -182,14 +185,14 @@ def test_unknown_source_lists_names_and_closest_match():
 def isolated_registry(monkeypatch):
     """A registry copy whose entry points are read again; restored afterwards."""
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(registry, "_loaded_entry_points", False)
+    monkeypatch.setattr(plugins, "_loaded", plugins._loaded - {registry.ENTRY_POINT_GROUP})
 
 
-def _write_distribution(root, name, entry_points):
+def _write_distribution(root, name, entry_points, group="any2point.sources"):
     dist = root / f"{name}-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[any2point.sources]\n" + entry_points)
+    (dist / "entry_points.txt").write_text(f"[{group}]\n" + entry_points)
 
 
 def test_third_party_source_registers_through_entry_point(tmp_path, monkeypatch, isolated_registry):
@@ -223,14 +226,25 @@ def test_third_party_source_registers_through_entry_point(tmp_path, monkeypatch,
         sys.modules.pop("a2p_demo_plugin", None)
 
 
-def test_broken_plugin_is_reported_and_does_not_hide_builtins(tmp_path, monkeypatch, isolated_registry, caplog):
-    _write_distribution(tmp_path, "a2p_broken_plugin", "broken = a2p_module_that_does_not_exist\n")
+@pytest.mark.parametrize("group, what, listed, builtins", [
+    ("any2point.sources", "source", any2point.list_sources, {"minilm", "tiny_1d", "dinov2"}),
+    ("any2point.peft_methods", "peft method", list_peft_methods, {"any2point", "lora", "full"}),
+    ("any2point.data_formats", "data format", list_data_formats, {"modelnet40_h5", "shapes", "folder"}),
+])
+def test_broken_plugin_is_reported_and_does_not_hide_builtins(tmp_path, monkeypatch, caplog, group, what, listed,
+                                                              builtins):
+    """Every registry reads its group through the one loader (any2point.plugins): a plug-in that
+    cannot be imported is one warning naming it, and the built-ins stay listed."""
+    _write_distribution(tmp_path, "a2p_broken_plugin", "broken = a2p_module_that_does_not_exist\n", group)
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(plugins, "_loaded", plugins._loaded - {group})
     importlib.invalidate_caches()
-    with caplog.at_level(logging.WARNING, logger="any2point.backbones.registry"):
-        names = any2point.list_sources()
-    assert {"minilm", "tiny_1d", "dinov2"} <= set(names)
-    assert "a2p_module_that_does_not_exist" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="any2point.plugins"):
+        names = listed()
+    assert builtins <= set(names)
+    assert (f"could not load {what} plug-in 'broken' (a2p_module_that_does_not_exist): "
+            f"No module named 'a2p_module_that_does_not_exist'") in caplog.text
+    assert group in plugins._loaded
 
 
 # ---------------------------------------------------------------- weight resolution

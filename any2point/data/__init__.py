@@ -33,11 +33,11 @@ __all__ = ["build_dataset", "check_data_options", "PointCloudDataset", "LoadedSp
            "data_options"]
 
 
-def check_data_options(cfg: Any) -> None:
+def check_data_options(cfg: Any) -> DataOptions:
     """Refuse the data settings that are wrong whatever the files hold, before any is read: the
     section converts to its format's options (:func:`data_options`), whose ``__post_init__``
-    checks every key the format defines."""
-    data_options(cfg)
+    checks every key the format defines. Returns the options, for the run to read."""
+    return data_options(cfg)
 
 
 def _epoch_pools(options: DataOptions, protocol) -> tuple[int, int]:

@@ -12,12 +12,16 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .. import checks
 from ..errors import ConfigError, DataError
 from .fps_cache import ArrayCache, default_cache_dir
 from .protocol import PointProtocol
+
+if TYPE_CHECKING:
+    from .classes import ClassSelection
+    from .fewshot import FewShotConfig
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +97,9 @@ class DataOptions:
     cache: bool = True
     cache_dir: str | None = None  # null: <any2point cache>/fps
     fewshot: dict[str, Any] | None = None  # one few-shot episode (any2point.data.fewshot); null: off
+    classes: dict[str, Any] | None = None  # seen / unseen classes (any2point.data.classes); null: all, seen
 
     def __post_init__(self) -> None:
-        from .fewshot import fewshot_of
         from .transforms import build_transforms
 
         self.name = self.format if self.name is None else str(self.name)
@@ -117,7 +121,20 @@ class DataOptions:
                 build_transforms(getattr(self, key), self.up_axis)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"data.{key}: {exc}") from None
-        fewshot_of({"fewshot": self.fewshot})
+        self.fewshot_episode()
+        self.class_selection()
+
+    def fewshot_episode(self) -> FewShotConfig | None:
+        """``fewshot`` checked: the run's few-shot episode, or None when few-shot is off."""
+        from .fewshot import fewshot_of
+
+        return fewshot_of({"fewshot": self.fewshot})
+
+    def class_selection(self) -> ClassSelection | None:
+        """``classes`` checked: the seen (and unseen) classes, or None when every class trains."""
+        from .classes import class_selection_of
+
+        return class_selection_of({"classes": self.classes})
 
     def whole_cloud_points(self) -> int:
         """Points to ask the loader for to get each stored cloud whole (data.protocol.fps_pools > 1):

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from .. import checks
 from ..errors import ConfigError
+from ..plugins import load_entry_points
 from .base import LoadedSplit
 from .options import DataOptions, as_dict
 
@@ -45,7 +46,6 @@ class DataFormat:
 
 
 _REGISTRY: dict[str, DataFormat] = {}
-_loaded_entry_points = False
 
 
 def register_data_format(name: str, options: type[DataOptions] = DataOptions, *,
@@ -68,13 +68,7 @@ def register_data_format(name: str, options: type[DataOptions] = DataOptions, *,
 
 def load_data_formats() -> None:
     """Load the third-party formats of the entry-point group (once)."""
-    global _loaded_entry_points
-    if _loaded_entry_points:
-        return
-    _loaded_entry_points = True
-    from any2point.backbones.registry import load_plugins
-
-    load_plugins(ENTRY_POINT_GROUP, "data format")
+    load_entry_points(ENTRY_POINT_GROUP, "data format")
 
 
 def list_data_formats() -> list[str]:
@@ -92,8 +86,8 @@ def get_data_format(name: Any) -> DataFormat:
 def data_options(cfg: Any) -> DataOptions:
     """The ``data`` section (a DictConfig, a mapping or options already converted) as the options
     of its format (``data.format``, else ``data.name``); ``normalize: null`` is the format's default.
-    Keys the format does not define are left out (another format's keys, ``data.classes``: read by the run's splits); a bad value of a key
-    it defines is a ConfigError naming it."""
+    Keys the format does not define are left out (another format's keys); a bad value of a key it
+    defines is a ConfigError naming it."""
     if isinstance(cfg, DataOptions):
         return cfg
     values = as_dict(cfg)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..plugins import load_entry_points
 from .base import PeftConfig, PeftMethod
 
 __all__ = ["PeftMethodSpec", "register_peft_method", "list_peft_methods", "get_peft_method", "peft_config",
@@ -39,7 +40,6 @@ class PeftMethodSpec:
 _FLAT_FIELDS = frozenset({"lora_rank", "lora_alpha", "lora_dropout", "lora_mlp", "prompt_tokens"})
 
 _REGISTRY: dict[str, PeftMethodSpec] = {}
-_loaded_entry_points = False
 
 
 def _store_config(name: str, config: type[PeftConfig], provider: str) -> None:
@@ -72,13 +72,7 @@ def register_peft_method(name: str, config: type[PeftConfig] = PeftConfig) -> Ca
 def load_peft_methods() -> None:
     """Load the third-party methods of the entry-point group (once). The Hydra apps call this
     before composing, so that ``peft=<their name>`` is a known option."""
-    global _loaded_entry_points
-    if _loaded_entry_points:
-        return
-    _loaded_entry_points = True
-    from any2point.backbones.registry import load_plugins
-
-    load_plugins(ENTRY_POINT_GROUP, "peft method")
+    load_entry_points(ENTRY_POINT_GROUP, "peft method")
 
 
 def list_peft_methods() -> list[str]:

@@ -11,16 +11,19 @@ split validate, queries from the test split (when readable) test.
 With ``data.classes`` set (:mod:`any2point.data.classes`), train, val and test hold the seen
 classes' clouds only, and the unseen classes' clouds go to the zero-shot evaluation data
 (:mod:`any2point.zeroshot`), never to the training loader.
+
+Every function here takes the ``data`` section already converted to its format's options
+(:func:`any2point.data.data_options`, called once where the run reads its config).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
-from ..data import PointCloudDataset, build_dataset
-from ..data.classes import ClassSelection, class_selection_of
-from ..data.fewshot import FewShotConfig, build_episode, fewshot_of
-from ..data.options import as_dict
+from ..data import DataOptions, PointCloudDataset, build_dataset
+from ..data.classes import ClassSelection
+from ..data.fewshot import FewShotConfig, build_episode
 from ..errors import ConfigError, DataError
 from ..zeroshot import ZeroShotData, zero_shot_data
 
@@ -49,13 +52,9 @@ class RunSplits:
         return "test" if self.test is not None else "val" if self.val is not None else None
 
 
-def _val_fraction(data_cfg) -> float:
-    return float(data_cfg.get("val_fraction") or 0.0)
-
-
-def _try_test(data_cfg, seed: int, classes=None) -> tuple[PointCloudDataset | None, str | None]:
+def _try_test(data: DataOptions, seed: int, classes=None) -> tuple[PointCloudDataset | None, str | None]:
     try:
-        return build_dataset(data_cfg, "test", seed, classes=classes), None
+        return build_dataset(data, "test", seed, classes=classes), None
     except DataError as exc:
         return None, str(exc)
 
@@ -66,44 +65,44 @@ def _check_classes(reference: PointCloudDataset, other: PointCloudDataset | None
                         f"the training split {reference.class_names}")
 
 
-def _episode_splits(data_cfg, seed: int, fewshot: FewShotConfig) -> RunSplits:
-    options = {**as_dict(data_cfg), "val_fraction": 0.0}  # the episode draws from the whole training split
-    test, skipped = _try_test(options, seed)
+def _episode_splits(data: DataOptions, seed: int, fewshot: FewShotConfig) -> RunSplits:
+    whole = dataclasses.replace(data, val_fraction=0.0)  # the episode draws from the whole training split
+    test, skipped = _try_test(whole, seed)
     if test is None:
         log.warning("test split skipped: %s; the episode's validation queries are reported", skipped)
-    support, val, test = build_episode(build_dataset(options, "train", seed), test, fewshot)
+    support, val, test = build_episode(build_dataset(whole, "train", seed), test, fewshot)
     return RunSplits(train=support, val=val, test=test, test_skipped=skipped)
 
 
-def _selected_splits(data_cfg, seed: int, selection: ClassSelection) -> RunSplits:
+def _selected_splits(data: DataOptions, seed: int, selection: ClassSelection) -> RunSplits:
     """The seen classes' train / val / test, and the zero-shot data when there are unseen classes."""
-    train = build_dataset(data_cfg, "train", seed, classes=selection.train)
-    val = build_dataset(data_cfg, "val", seed, classes=selection.train) if _val_fraction(data_cfg) > 0 else None
-    test, skipped = _try_test(data_cfg, seed, classes=selection.train)
+    train = build_dataset(data, "train", seed, classes=selection.train)
+    val = build_dataset(data, "val", seed, classes=selection.train) if data.val_fraction > 0 else None
+    test, skipped = _try_test(data, seed, classes=selection.train)
     if test is None:
         log.warning("test split skipped: %s", skipped)
-    zero_shot = zero_shot_data(data_cfg, seed, selection, "auto" if test is not None else "val", seen_val=val,
+    zero_shot = zero_shot_data(data, seed, selection, "auto" if test is not None else "val", seen_val=val,
                                seen_test=test) if selection.unseen else None
     log.info("training on %d of the classes (%d clouds)%s", len(selection.train), len(train),
              f"; {len(selection.unseen)} unseen classes held out" if selection.unseen else "")
     return RunSplits(train=train, val=val, test=test, test_skipped=skipped, zero_shot=zero_shot)
 
 
-def load_splits(data_cfg, seed: int) -> RunSplits:
+def load_splits(data: DataOptions, seed: int) -> RunSplits:
     """train, val (when ``data.val_fraction > 0``) and test (when readable) of a training run;
     with ``data.fewshot``, the splits of that episode; with ``data.classes``, the seen classes'
     splits and the unseen classes' evaluation data."""
-    fewshot = fewshot_of(as_dict(data_cfg))
-    selection = class_selection_of(as_dict(data_cfg))
+    fewshot = data.fewshot_episode()
+    selection = data.class_selection()
     if fewshot is not None and selection is not None:
         raise ConfigError("data.fewshot and data.classes cannot be combined: an episode draws its own classes")
     if fewshot is not None:
-        return _episode_splits(data_cfg, seed, fewshot)
+        return _episode_splits(data, seed, fewshot)
     if selection is not None:
-        return _selected_splits(data_cfg, seed, selection)
-    train = build_dataset(data_cfg, "train", seed)
-    val = build_dataset(data_cfg, "val", seed) if _val_fraction(data_cfg) > 0 else None
-    test, skipped = _try_test(data_cfg, seed)
+        return _selected_splits(data, seed, selection)
+    train = build_dataset(data, "train", seed)
+    val = build_dataset(data, "val", seed) if data.val_fraction > 0 else None
+    test, skipped = _try_test(data, seed)
     if test is None:
         log.warning("test split skipped: %s", skipped)
     for split in (val, test):
@@ -111,27 +110,27 @@ def load_splits(data_cfg, seed: int) -> RunSplits:
     return RunSplits(train=train, val=val, test=test, test_skipped=skipped)
 
 
-def load_eval_split(data_cfg, split: str, seed: int) -> PointCloudDataset:
+def load_eval_split(data: DataOptions, split: str, seed: int) -> PointCloudDataset:
     """One split for evaluation; ``auto`` is the test split, else validation when configured."""
     if split not in EVAL_SPLITS:
         raise ValueError(f"eval.split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
-    fewshot = fewshot_of(as_dict(data_cfg))
+    fewshot = data.fewshot_episode()
     if fewshot is not None:
-        episode = _episode_splits(data_cfg, seed, fewshot)
+        episode = _episode_splits(data, seed, fewshot)
         if split == "test" and episode.test is None:
             raise DataError(f"no test split to evaluate ({episode.test_skipped}); the few-shot episode's "
                             f"validation queries are eval.split=val")
         return {"auto": episode.test if episode.test is not None else episode.val, "train": episode.train, "val": episode.val,
                 "test": episode.test}[split]
-    selection = class_selection_of(as_dict(data_cfg))
+    selection = data.class_selection()
     classes = list(selection.train) if selection is not None else None
     if split != "auto":
-        return build_dataset(data_cfg, split, seed, classes=classes)
-    test, skipped = _try_test(data_cfg, seed, classes=classes)
+        return build_dataset(data, split, seed, classes=classes)
+    test, skipped = _try_test(data, seed, classes=classes)
     if test is not None:
         return test
-    if _val_fraction(data_cfg) > 0:
+    if data.val_fraction > 0:
         log.warning("no test split (%s): evaluating the validation split", skipped)
-        return build_dataset(data_cfg, "val", seed, classes=classes)
+        return build_dataset(data, "val", seed, classes=classes)
     raise DataError(f"no test split to evaluate ({skipped}) and data.val_fraction is 0: set eval.split=train, "
                     f"or data.val_fraction to what the training run used")
