@@ -18,13 +18,14 @@ import torch
 import any2point
 
 # (source, peft, model overrides, (parameters, eval logits, train logits)): sha256, first 16 hex digits
+# ('bottleneck' was recorded as 'adapter', its name then: the same model under its one name now)
 PINS = [
     ('tiny_2d', 'any2point', {'init': 'torch'}, ('70f6886a846ffa07', '253997ce8f42ee4f', 'aca26ad508befd4f')),
     ('tiny_2d', 'any2point', {'init': 'scan'}, ('5149aef51fd29a4e', '7e3063e275d360f7', 'b5afd218e1a1949a')),
     ('tiny_2d', 'any2point', {'init': 'modelnet'}, ('6f7d89574f7b4c2a', '2b22f9e3aaf30ea6', '9d61503f2e0d6a34')),
-    ('tiny_2d', 'adapter', {'init': 'torch'}, ('899e2a7697d4e5a4', 'f51340561e8da6e1', '2842f443bf18c1b8')),
-    ('tiny_2d', 'adapter', {'init': 'scan'}, ('28e5ad243e4e59c0', '2c38a4d27870cabe', '437bb3236fabdbc8')),
-    ('tiny_2d', 'adapter', {'init': 'modelnet'}, ('1c9045cce08e4b8c', 'cd5072adda126d93', '6fc0a271e6dc3086')),
+    ('tiny_2d', 'bottleneck', {'init': 'torch'}, ('899e2a7697d4e5a4', 'f51340561e8da6e1', '2842f443bf18c1b8')),
+    ('tiny_2d', 'bottleneck', {'init': 'scan'}, ('28e5ad243e4e59c0', '2c38a4d27870cabe', '437bb3236fabdbc8')),
+    ('tiny_2d', 'bottleneck', {'init': 'modelnet'}, ('1c9045cce08e4b8c', 'cd5072adda126d93', '6fc0a271e6dc3086')),
     ('tiny_2d', 'prompt', {'init': 'torch'}, ('e93b0d3633ca3dbe', '260a3ae23c234359', 'f350fc26c4a00273')),
     ('tiny_2d', 'prompt', {'init': 'scan'}, ('e93b0d3633ca3dbe', '260a3ae23c234359', 'f350fc26c4a00273')),
     ('tiny_2d', 'prompt', {'init': 'modelnet'}, ('181e9b0a28de0ab0', 'b02ca8809f9a23af', '164299569820d8f2')),
@@ -53,9 +54,9 @@ PINS = [
     ('tiny_2d', 'any2point_shuffled_source', {'init': 'modelnet'},
      ('bc0e7565ad3119b4', 'cb621a8180e43644', '8df4b3eddd623cb5')),
     ('tiny_1d', 'any2point', {'init': 'scan'}, ('3068bbc03d7633d6', 'fd7ae6ab4460ea44', 'ebbcc0c3fd051acd')),
-    ('tiny_1d', 'adapter', {'init': 'scan'}, ('0384b1e1abb0f1d7', '45c01223fd593ac2', '40ea79e065260b31')),
+    ('tiny_1d', 'bottleneck', {'init': 'scan'}, ('0384b1e1abb0f1d7', '45c01223fd593ac2', '40ea79e065260b31')),
     ('tiny_1d', 'any2point', {'init': 'modelnet'}, ('a287cb93f4cbfffb', '76e9dab569710367', 'e6f15a1a65c90531')),
-    ('tiny_1d', 'adapter', {'init': 'modelnet'}, ('26f92f621ed3a487', '5d70722baf34739d', 'c2b066ac58e0fc28')),
+    ('tiny_1d', 'bottleneck', {'init': 'modelnet'}, ('26f92f621ed3a487', '5d70722baf34739d', 'c2b066ac58e0fc28')),
     ('tiny_2d', 'any2point', {'init': 'modelnet', 'adapter': {'pool': 'mean_max', 'reference': 'uniform'}},
      ('9c8090978eb52af2', '330f3188c7dec81e', 'eb7a0cda7a4f653b')),
     ('tiny_2d', 'any2point', {'init': 'scan', 'adapter': {'view_cells': False}},
