@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-full", action="store_true", help="skip the full fine-tuning comparison")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model first")
     parser.add_argument("--checkpointing", action="store_true",
-                        help="activation checkpointing of the tokenizer stages and the blocks with adapters")
+                        help="activation checkpointing of the tokenizer stages and of the blocks")
     parser.add_argument("--seed", type=int, default=0)
 
 
