@@ -5,7 +5,6 @@ PEFT method runs them -> trainable final norm -> head.
       -> tokenizer: tokens (B, G, D), centres (B, G, 3)
       -> per-view positions of the centres (once) -> PE from the source's frozen table
       -> [cls] + tokens -> source stem -> L frozen blocks, each run by the PEFT method
-         (peft=any2point: with its guided adapter)
       -> final norm -> pooled as the head asks (concat(max over point tokens, cls) by default)
       -> head (a registered unit, any2point.heads) -> logits (B, C)
 
