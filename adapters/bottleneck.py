@@ -1,11 +1,14 @@
-"""The bottleneck adapter that runs parallel to a frozen block's FFN."""
+"""The bottleneck: a down-up MLP that runs parallel to a frozen block's FFN.
+
+It is the first part of every block's guided adapter (docs/method.md#guided-adapter), and the
+whole of the bottleneck baseline (``peft=bottleneck``)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["QuickGELU", "BottleneckAdapter"]
+__all__ = ["QuickGELU", "Bottleneck"]
 
 
 class QuickGELU(nn.Module):
@@ -13,10 +16,10 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-class BottleneckAdapter(nn.Module):
+class Bottleneck(nn.Module):
     """f -> scale * up(dropout(QuickGELU(down(f)))), D -> r -> D.
 
-    The up-projection starts at zero, so at initialisation the adapted block equals the
+    The up-projection starts at zero, so at initialisation the block it runs in equals the
     frozen block."""
 
     def __init__(self, width: int, rank: int, scale: float, dropout: float = 0.1):

@@ -1,7 +1,7 @@
 """The Any-to-3D guided adapter, one per frozen block, plus the parts all blocks share.
 
 Inside block l (h = x + Attn(LN x), f = FFN(LN h)):
-  1. a bottleneck adapter parallel to the FFN: x = h + f + s * A(f)   (the FFN hook);
+  1. a bottleneck parallel to the FFN: x = h + f + s * A(f)   (the block's FFN hook);
   2. after the block, on the point tokens X (cls set aside), for each view j:
      Y = X + MiniAttn_j(LN X) masked to same cloud and cell; pool Y per cell (mean, or
      mean + max), BatchNorm + GELU whose batch is every cell of the grid of every cloud
@@ -23,16 +23,16 @@ against the dense formula. The statistics (the attention's softmax, pooling sums
 BatchNorm batch statistics, the view weights) are computed in float32 even under bf16
 autocast; only the qkv matmul follows autocast.
 
-Ablation switches: ``view_cells=False`` keeps the adapter and the 3D reference only
-(X = X + c * X3d); ``reference='uniform'`` weights the views equally; ``guided=False`` is
-the plain bottleneck-adapter baseline.
+Ablation switches: ``view_cells=False`` keeps the bottleneck and the 3D reference only
+(X = X + c * X3d); ``reference='uniform'`` weights the views equally. The bottleneck alone,
+without steps 2-4, is the baseline ``peft=bottleneck`` (any2point.peft.bottleneck).
 
 Post-LN sources (BERT family: h = LN(x + Attn x), output LN(h + f)): ``seam`` says where
 step 4's term joins. ``before_norm`` (default): X is the block's residual sum h + f + s*A(f)
 and the block's output LayerNorm normalises X + c * sum_j w_j F_j, so the next block reads
 a normalised stream, as in the pre-LN release. ``after_norm``: X is the block's output
 LN(h + f + s*A(f)) and the term is added after it, un-normalised (the placement before
-issue 26, kept for the ablation). The adapter's term is inside the LayerNorm either way.
+issue 26, kept for the ablation). The bottleneck's term is inside the LayerNorm either way.
 Pre-LN sources have no output norm: both values are the same computation.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ from any2point import checks
 from any2point.errors import ConfigError
 from any2point.projections import ViewPositions
 
-from .bottleneck import BottleneckAdapter
+from .bottleneck import Bottleneck
 from .cells import CellAssignment, batch_segments, cells_per_cloud, view_cells, voxel_cells
 from .mini_attention import ViewMiniAttention
 from .pooling import POOL_MODES, max_rows, pool_rows
@@ -63,8 +63,11 @@ SEAMS = ("before_norm", "after_norm")
 
 @dataclass
 class AdapterConfig:
+    """The settings of the guided adapter (``model.adapter``); the bottleneck baseline reads
+    its bottleneck's (rank, scale, dropout) from here too."""
+
     rank: int = 16  # r: bottleneck width
-    scale: float = 0.3  # s: bottleneck adapter scale
+    scale: float = 0.3  # s: bottleneck scale
     coef: float = 0.3  # c: weight of the guided aggregation
     cell: float = 2.0  # g: 1D segment length (rows) or 2D cell size (pixels)
     voxel: float = 0.08  # g3: 3D reference voxel size, unit-sphere units
@@ -72,8 +75,7 @@ class AdapterConfig:
     mini_heads: int = 6
     mini_head_dim: int = 2
     pool: str = "mean"  # per-view cell pooling: 'mean' | 'mean_max' (the voxels always pool mean + max)
-    guided: bool = True  # False: bottleneck adapters only (baseline)
-    view_cells: bool = True  # False: ablation without 1D/2D cells (adapter + 3D reference)
+    view_cells: bool = True  # False: ablation without 1D/2D cells (bottleneck + 3D reference)
     reference: str = "voxel"  # 'voxel' | 'uniform' (ablation: no 3D reference, equal view weights)
     # post-LN sources: the aggregation joins the residual sum before the block's output LayerNorm
     # ('before_norm') or is added after it ('after_norm', the placement before issue 26); pre-LN: the same
@@ -92,9 +94,9 @@ class AdapterConfig:
         checks.one_of(key + "pool", self.pool, POOL_MODES)
         checks.one_of(key + "reference", self.reference, REFERENCES)
         checks.one_of(key + "seam", self.seam, SEAMS)
-        if self.guided and not self.view_cells and self.reference == "uniform":
-            raise ConfigError("model.adapter.view_cells=false with model.adapter.reference=uniform leaves nothing to "
-                              "aggregate; use model.adapter.guided=false for plain bottleneck adapters")
+        if not self.view_cells and self.reference == "uniform":
+            raise ConfigError("model.adapter.view_cells=false with model.adapter.reference=uniform leaves the adapter "
+                              "nothing to aggregate; the bottleneck alone is peft=bottleneck")
 
 
 def float32_statistics(x: torch.Tensor):
@@ -183,21 +185,21 @@ def voxel_reference(tokens: torch.Tensor, norm: nn.BatchNorm1d, cells: CellAssig
 
 
 class BlockAdapter(nn.Module):
-    """The trainable parts of one block: bottleneck adapter and its BatchNorms."""
+    """The trainable parts of one block's adapter: its bottleneck and its BatchNorms."""
 
     def __init__(self, width: int, views: int, config: AdapterConfig):
         super().__init__()
-        self.bottleneck = BottleneckAdapter(width, config.rank, config.scale, config.dropout)
-        if config.guided and config.view_cells:
+        self.bottleneck = Bottleneck(width, config.rank, config.scale, config.dropout)
+        if config.view_cells:
             # one per view, over every cell of that view's grid for every cloud of the batch
             # (their parameters and running statistics; view_batch_norm computes them)
             self.view_norm = nn.ModuleList(nn.BatchNorm1d(width) for _ in range(views))
-        if config.guided and config.reference == "voxel":
+        if config.reference == "voxel":
             self.reference_norm = nn.BatchNorm1d(width)  # over the occupied voxels
 
 
 class GuidedAdapters(nn.Module):
-    """All adapters of a model: one BlockAdapter per block and the shared mini attention.
+    """The adapters of every block: one BlockAdapter per block and the shared mini attention.
 
     ``canvas`` (H, W) for a 2D source, ``length`` (the table rows the 1D projection spans) for
     a 1D source: they fix the cell grid of every view."""
@@ -208,17 +210,15 @@ class GuidedAdapters(nn.Module):
         self.config, self.canvas, self.length, self.views = config, canvas, length, views
         self.blocks = nn.ModuleList(BlockAdapter(width, views, config) for _ in range(depth))
         self.cells_per_cloud = 0
-        if config.guided and config.view_cells:
+        if config.view_cells:
             self.cells_per_cloud = cells_per_cloud(config.cell, canvas, length)
             self.mini_attention = ViewMiniAttention(width, views, config.mini_heads, config.mini_head_dim)
 
     @torch.compiler.disable
-    def assign(self, where: ViewPositions, centres: torch.Tensor) -> CellAssignment | None:
+    def assign(self, where: ViewPositions, centres: torch.Tensor) -> CellAssignment:
         """Cells, same-cell pairs and voxels of this forward pass, shared by all blocks. Eager under
         torch.compile: the voxel count depends on the data (the blocks see it as a dynamic size)."""
         cfg = self.config
-        if not cfg.guided:
-            return None
         voxels = {}
         if cfg.reference == "voxel":
             segments, count = batch_segments(voxel_cells(centres, cfg.voxel))
@@ -232,9 +232,6 @@ class GuidedAdapters(nn.Module):
     def view_cells(self, where: ViewPositions) -> torch.Tensor:
         """The cell of every token in every view, (B, M, G), local to its cloud and view."""
         return view_cells(where, self.config.cell, self.canvas, self.length)
-
-    def ffn_hook(self, index: int):
-        return self.blocks[index].bottleneck
 
     def ensemble(self, index: int, x: torch.Tensor,
                  cells: CellAssignment) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
@@ -293,11 +290,9 @@ class GuidedAdapters(nn.Module):
             pooled = pooled + max_rows(y.reshape(-1, D), index, M * rows).view(M, rows, D)
         return pooled
 
-    def aggregate(self, index: int, x: torch.Tensor, cells: CellAssignment | None) -> torch.Tensor:
+    def aggregate(self, index: int, x: torch.Tensor, cells: CellAssignment) -> torch.Tensor:
         """Guided aggregation on the point tokens x (B, G, D) after block ``index``:
         x + c * sum_j w_j F_j (x + c * X3d without view cells)."""
-        if cells is None:
-            return x
         cell_features, weights, reference = self._ensemble_parts(index, x, cells)
         with record_function("aggregation:view_sum"), float32_statistics(x):
             if cell_features is None:

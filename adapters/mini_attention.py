@@ -16,6 +16,7 @@ aggregation applies it after pooling, to the cells (``project``).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,19 @@ class ViewMiniAttention(nn.Module):
         # nn.Linear's default initialisation, per view.
         nn.init.uniform_(self.qkv_weight, -1 / math.sqrt(width), 1 / math.sqrt(width))
         nn.init.uniform_(self.out_weight, -1 / math.sqrt(inner), 1 / math.sqrt(inner))
+
+    def initialise_stacked(self, init_matrix: Callable[[torch.Tensor], None]) -> None:
+        """``model.init``'s protocol for a module that stacks per-view layers (any2point.init):
+        each view's qkv and out matrices as its own Linear (``init_matrix`` on each, all qkv
+        views, then all out views), biases zero, each view's LayerNorm weight 1 and bias 0."""
+        with torch.no_grad():
+            for weight in (self.qkv_weight, self.out_weight):
+                for view in weight:
+                    init_matrix(view)
+            self.qkv_bias.zero_()
+            self.out_bias.zero_()
+            self.norm_weight.fill_(1.0)
+            self.norm_bias.zero_()
 
     def mix(self, x: torch.Tensor, cells) -> torch.Tensor:
         """The attention of every token-view over its cell, before the out-projection: x (B, G, D)

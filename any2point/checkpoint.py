@@ -13,8 +13,8 @@ The two files are replaced one after the other, so a run killed between the two 
 leaves a new ``.safetensors`` beside the previous ``.json``: the digest tells the pair apart,
 and :func:`load_checkpoint` refuses a pair whose tensors are not the ones its JSON describes.
 
-"Only what trained" is every state-dict entry outside ``source.`` (tokenizer, cls, adapters,
-norm, head and their BatchNorm buffers), plus the ``source.`` entries whose parameters have
+"Only what trained" is every state-dict entry outside ``source.`` (tokenizer, cls, the PEFT
+method's parts, norm, head and their BatchNorm buffers), plus the ``source.`` entries whose parameters have
 ``requires_grad`` (LoRA, full fine-tuning), plus the whole source when its weights are
 ``random`` (random weights cannot be re-created from a name).
 
@@ -55,12 +55,13 @@ from .heads import HeadConfig
 from .backbones.registry import create_source
 from .model import Any2PointModel, ModelConfig
 from .peft import peft_config
+from .peft.bottleneck import recorded_method
 from .plain_data import PlainDataError, check_type, refuse_interpolations
 from .tokenizer import check_cloud_size
 
 __all__ = ["CHECKPOINT", "BEST_VAL", "FORMAT", "INFO_FIELDS", "OPTIONAL_INFO_FIELDS", "SourceInfo",
            "trained_state_dict", "trained_keys", "save_checkpoint", "load_checkpoint",
-           "LoadedCheckpoint", "resolve_checkpoint", "read_checkpoint_info"]
+           "LoadedCheckpoint", "resolve_checkpoint", "read_checkpoint_info", "current_state_key"]
 
 CHECKPOINT = "checkpoint"  # the final model: checkpoint.safetensors + checkpoint.json
 BEST_VAL = "best_val"  # best epoch on the validation split (never chosen on test)
@@ -235,6 +236,7 @@ def parse_checkpoint_info(text: str, where: str) -> dict:
             raise PlainDataError(f"missing keys {missing}")
         refuse_interpolations(raw, "checkpoint")
         _placement_before_seam(raw)
+        _one_name_per_model(raw)
         try:  # the model section builds as ModelConfig, whose sections refuse bad values by key
             info = {key: check_type(value, fields[key], key) for key, value in raw.items()}
         except ConfigError as exc:
@@ -278,6 +280,35 @@ def _placement_before_seam(raw: dict) -> None:
     adapter = raw.get("model", {}).get("adapter") if isinstance(raw.get("model"), dict) else None
     if isinstance(adapter, dict) and "seam" not in adapter:
         adapter["seam"] = "after_norm"
+
+
+def _one_name_per_model(raw: dict) -> None:
+    """A checkpoint written before each model had one name (issue 27) may record ``peft.name``
+    ``adapter`` (now ``bottleneck``) and holds ``model.adapter.guided`` (removed; ``false`` with
+    ``peft=any2point`` was the bottleneck baseline): recorded as the method it is today (in
+    place). Its tensors are renamed on loading (:data:`_RENAMED_KEYS`)."""
+    model, peft = raw.get("model"), raw.get("peft")
+    adapter = model.get("adapter") if isinstance(model, dict) else None
+    guided = adapter.pop("guided", True) if isinstance(adapter, dict) else True
+    if isinstance(peft, dict) and isinstance(peft.get("name"), str):
+        try:
+            peft["name"] = recorded_method(peft["name"], guided)
+        except ValueError as exc:
+            raise PlainDataError(str(exc)) from None
+
+
+# State-dict keys a method's parts were saved under before a rename, per method (today's name):
+# (old key pattern, its key now). The bottleneck baseline's bottlenecks were
+# ``adapters.blocks.<i>.bottleneck.*`` before issue 27, ``bottlenecks.<i>.*`` since.
+_RENAMED_KEYS = {"bottleneck": ((re.compile(r"adapters\.blocks\.(\d+)\.bottleneck\."), r"bottlenecks.\1."),)}
+
+
+def current_state_key(method: str, key: str) -> str:
+    """State-dict ``key`` saved by a model of ``method`` (today's name) as today's model names it."""
+    for old, new in _RENAMED_KEYS.get(method, ()):
+        if old.match(key):
+            return old.sub(new, key, count=1)
+    return key
 
 
 def _upgrade_head(raw: dict) -> None:
@@ -453,6 +484,8 @@ def load_checkpoint(path: str | Path, *, source: str | None = None, weights_tag:
     info = _read_info(weights_path)
     _check_expectations(info, weights_path, source, weights_tag, class_names)
     header = _tensor_header(weights_path)  # a damaged file fails before any model is built
+    method = info["peft"].name
+    header = {current_state_key(method, k): v for k, v in header.items()}
     saved: SourceInfo = info["source"]
     options = dict(saved.options)
     needed = _needs_weights(saved)
@@ -505,7 +538,7 @@ def load_checkpoint(path: str | Path, *, source: str | None = None, weights_tag:
              if list(state[k].shape) != shape]
     if wrong:
         raise CheckpointMismatchError(f"{weights_path}: tensors do not fit the model: {', '.join(wrong[:8])}")
-    tensors = _read_described_tensors(weights_path, info)
+    tensors = {current_state_key(method, k): v for k, v in _read_described_tensors(weights_path, info).items()}
     model.load_state_dict(tensors, strict=False)  # key sets and shapes were compared above
     model.to(map_location)
     model.head.restore_classes(info["class_names"], where=str(weights_path))

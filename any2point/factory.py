@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .backbones.base import FrozenSource
 from .model import Any2PointModel, ModelConfig
-from .peft import PeftConfig, peft_config
+from .peft import PeftConfig, peft_config, refuse_removed_setting
 from .backbones.registry import BASE_PRESET, create_source, source_preset
 
 __all__ = ["create_model", "create_model_from_config", "model_config", "model_preset_names"]
@@ -46,6 +46,9 @@ def model_config(source_name: str, overrides: Mapping[str, Any] | DictConfig | N
         unknown = set(overrides) - set(_SECTIONS)
         if unknown:
             raise ValueError(f"unknown model settings {sorted(unknown)}; expected sections {list(_SECTIONS)}")
+        for section, values in overrides.items():
+            for key in (values if isinstance(values, Mapping) else ()):
+                refuse_removed_setting(f"model.{section}.{key}")
         merged = OmegaConf.merge(merged, OmegaConf.create(dict(overrides) if not isinstance(overrides, DictConfig)
                                                           else overrides))
     return OmegaConf.to_object(merged)

@@ -14,11 +14,13 @@ from typing import Callable
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
+from hydra.errors import OverrideParseException
 
 from .backbones.registry import source_preset
 from .errors import ConfigError
+from .peft import refuse_removed_setting, refuse_renamed_method
 
-__all__ = ["source_preset_overrides", "check_source_preset", "run_hydra_app"]
+__all__ = ["source_preset_overrides", "check_source_preset", "refuse_old_spellings", "run_hydra_app"]
 
 _SOURCE_NAME = "source.name"
 _MODEL_GROUP = "model"
@@ -48,6 +50,23 @@ def source_preset_overrides(overrides: list[str]) -> list[str]:
         raise ConfigError(f"{names[-1].input_line}: these sources run on different model presets ({pairs}); "
                           f"sweep them in separate commands, sweep source=<option> instead, or choose model=...")
     return [*overrides, f"{_MODEL_GROUP}={next(iter(presets.values()))}"]
+
+
+def refuse_old_spellings(overrides: list[str]) -> list[str]:
+    """``overrides`` as they are, once none of them spells a removed setting or a renamed PEFT
+    method (``model.adapter.guided=...``, ``peft=adapter``): those stop with a one-line
+    :class:`ConfigError` naming what to use (any2point.peft.registry). Overrides that do not
+    parse are left to Hydra, which reports them."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException:
+        return list(overrides)
+    for override in parsed:
+        refuse_removed_setting(override.key_or_group)
+        if override.key_or_group == "peft" and override.package is None and not override.is_delete():
+            for value in _values(override):
+                refuse_renamed_method(value)
+    return list(overrides)
 
 
 def _chooses_model(parsed: list[Override]) -> bool:
@@ -81,6 +100,6 @@ def run_hydra_app(task: Callable, config_module: str, config_name: str,
     if args.experimental_rerun is not None:
         raise ConfigError("--experimental-rerun is not supported: it unpickles a file (rerun the command "
                           "with the overrides in the run's .hydra/overrides.yaml)")
-    args.overrides = prepare(list(args.overrides))
+    args.overrides = prepare(refuse_old_spellings(list(args.overrides)))
     _run_hydra(args=args, args_parser=parser, task_function=task, config_path=f"pkg://{config_module}",
                config_name=config_name)

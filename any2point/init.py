@@ -13,6 +13,13 @@
 Nothing is zero-initialised by ``scan`` or ``modelnet``. The frozen source and the final
 norm (a copy of the source's) are never touched. The cls token and position are set by
 the model (``model.cls_token`` / ``model.cls_position``).
+
+The parts, in this order (the order the random numbers are drawn in): the tokenizer, the PEFT
+method's own parts (:meth:`~any2point.peft.PeftMethod.initialised_parts`, every Linear of
+them), the learned position encoding, the head. A module that stores several layers stacked
+in one tensor (e.g. one Linear per view) initialises itself: it defines
+``initialise_stacked(init_matrix)`` and calls ``init_matrix`` on each (out, in) or (in, out)
+matrix, resetting its own biases and norm rows.
 """
 from __future__ import annotations
 
@@ -47,23 +54,11 @@ def _init_matrix(weight: torch.Tensor, scheme: str) -> None:
         nn.init.trunc_normal_(weight, std=0.02)
 
 
-def _init_view_attention(module: nn.Module, scheme: str) -> None:
-    """The mini attention stores one Linear per view stacked (views, in, out), and one
-    LayerNorm per view as (views, width) rows: initialise each view's like its own module."""
-    with torch.no_grad():
-        for weight in (module.qkv_weight, module.out_weight):
-            for view in weight:
-                _init_matrix(view, scheme)
-        module.qkv_bias.zero_()
-        module.out_bias.zero_()
-        module.norm_weight.fill_(1.0)
-        module.norm_bias.zero_()
-
-
 def _parts(model: nn.Module, scheme: str) -> list[tuple[nn.Module, bool]]:
     """(part, re-initialise its Linear layers) for every trainable part the scheme covers."""
-    parts = [(model.tokenizer, scheme == "modelnet"), (model.adapters, True), (model.learned_position, True)]
-    parts.append((model.head, scheme == "modelnet"))
+    parts = [(model.tokenizer, scheme == "modelnet")]
+    parts += [(part, True) for part in model.peft_method.initialised_parts(model)]
+    parts += [(model.learned_position, True), (model.head, scheme == "modelnet")]
     return [(part, linear) for part, linear in parts if part is not None]
 
 
@@ -73,13 +68,11 @@ def initialise(model: nn.Module, scheme: str) -> None:
         raise ValueError(f"model.init must be one of {', '.join(INIT_SCHEMES)}, got {scheme!r}")
     if scheme == "torch":
         return
-    from any2point.adapters import ViewMiniAttention
-
     for part, linear in _parts(model, scheme):
         for module in part.modules():
             if isinstance(module, nn.Linear) and linear:
                 _init_linear(module, scheme)
             elif isinstance(module, _NORMS):
                 _reset_norm(module)
-            elif isinstance(module, ViewMiniAttention):
-                _init_view_attention(module, scheme)
+            elif linear and callable(getattr(module, "initialise_stacked", None)):
+                module.initialise_stacked(lambda weight: _init_matrix(weight, scheme))

@@ -1,70 +1,47 @@
-"""The Any2Point composition: tokenizer -> virtual-projection PE -> frozen source blocks with
-adapters -> trainable final norm -> head.
+"""The Any2Point composition: tokenizer -> virtual-projection PE -> frozen source blocks as the
+PEFT method runs them -> trainable final norm -> head.
 
     points (B, N, 3)
       -> tokenizer: tokens (B, G, D), centres (B, G, 3)
       -> per-view positions of the centres (once) -> PE from the source's frozen table
-      -> [cls] + tokens -> source stem -> L frozen blocks, each with its adapter
+      -> [cls] + tokens -> source stem -> L frozen blocks, each run by the PEFT method
       -> final norm -> pooled as the head asks (concat(max over point tokens, cls) by default)
       -> head (a registered unit, any2point.heads) -> logits (B, C)
 
-Geometry (per-view positions, cells, voxels) is computed once per forward pass and handed
-down as immutable records; no block recomputes it.
+Geometry (per-view positions, and whatever the PEFT method derives from them) is computed
+once per forward pass and handed down as immutable records; no block recomputes it. The model
+knows no method: what a method adds, initialises, leaves out or computes per pass goes through
+the hooks of :class:`any2point.peft.PeftMethod`.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from any2point.adapters import AdapterConfig, CellAssignment
 from any2point.backbones.base import FrozenSource
-from any2point.projections import LearnedPositionEncoding, ProjectionConfig, VirtualProjection
+from any2point.projections import LearnedPositionEncoding, VirtualProjection
 
-from . import checks
 from .errors import ConfigError
 from .heads import ClassifierHead, HeadConfig, create_head
-from .init import INIT_SCHEMES, initialise
+from .init import initialise
+from .model_settings import ModelConfig
 from .peft import PeftConfig, create_peft_method
 from .recompute import run_maybe_recomputed
-from .tokenizer import PointTokenizer, TokenizerConfig
+from .tokenizer import PointTokenizer
 
-__all__ = ["HeadConfig", "ModelConfig", "Any2PointModel", "ClassifierHead"]
-
-
-CLS_CHOICES = ("source", "random")  # ModelConfig.cls_token / cls_position
-
-
-@dataclass
-class ModelConfig:
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
-    adapter: AdapterConfig = field(default_factory=AdapterConfig)
-    head: HeadConfig = field(default_factory=HeadConfig)
-    # initialisation of the trainable parts (any2point.init): torch | scan | modelnet (the release's per dataset)
-    init: str = "torch"
-    # source: the source's cls token / cls position where it has one, else N(0, 0.02); random: N(0, 0.02)
-    cls_token: str = "source"
-    cls_position: str = "source"
-    # run the frozen source's own dropout / drop-path in training (weights stay frozen); the rates
-    # are the source's, set at creation (source.options, e.g. attn_drop_rate, drop_path_rate)
-    source_dropout: bool = False
-
-    def __post_init__(self) -> None:  # each section checked its own values when it was built
-        checks.one_of("model.init", self.init, INIT_SCHEMES)
-        checks.one_of("model.cls_token", self.cls_token, CLS_CHOICES)
-        checks.one_of("model.cls_position", self.cls_position, CLS_CHOICES)
+__all__ = ["HeadConfig", "ModelConfig", "Any2PointModel", "ClassifierHead", "ForwardContext"]
 
 
 @dataclass(frozen=True)
 class ForwardContext:
     """What one forward pass computes once and every block reads."""
 
-    position: torch.Tensor | None  # (B, 1 + G, D) cls position + token PE, or None
-    cells: CellAssignment | None
+    position: torch.Tensor | None  # (B, 1 + G, D) cls position + token PE the blocks re-inject, or None
+    state: Any = None  # the PEFT method's own record of the pass (PeftMethod.pass_state), opaque here
 
 
 class Any2PointModel(nn.Module):
@@ -81,18 +58,20 @@ class Any2PointModel(nn.Module):
         self.source = source
         self.tokenizer = PointTokenizer(D, config.tokenizer)
         self.views = VirtualProjection(source.position, config.projection)
-        self.learned_position = (LearnedPositionEncoding(D) if config.projection.kind == "learned" else None)
+        self._shared_part("learned_position", lambda: LearnedPositionEncoding(D)
+                          if config.projection.kind == "learned" else None)
 
         cls = source.cls_token() if config.cls_token == "source" else None
-        self.cls_token = nn.Parameter(cls.detach().clone() if cls is not None else torch.randn(D) * 0.02)
+        self._shared_part("cls_token", lambda: nn.Parameter(cls.detach().clone() if cls is not None
+                                                             else torch.randn(D) * 0.02))
         cls_pos = source.cls_position() if config.cls_position == "source" else None
-        self.cls_position = nn.Parameter(cls_pos.detach().clone() if cls_pos is not None else torch.randn(D) * 0.02)
+        self._shared_part("cls_position", lambda: nn.Parameter(cls_pos.detach().clone() if cls_pos is not None
+                                                                else torch.randn(D) * 0.02))
 
         # The final norm trains: a copy of the source's own (or a fresh LayerNorm for post-LN sources).
         has_norm = any(True for _ in source.final_norm.parameters())
-        self.norm = copy.deepcopy(source.final_norm) if has_norm else nn.LayerNorm(D)
-        self.adapters = self.prompts = None  # set by the methods that use them
-        self.peft_method.inject(self)  # before the head: a seed gives the same adapters as always
+        self._shared_part("norm", lambda: copy.deepcopy(source.final_norm) if has_norm else nn.LayerNorm(D))
+        self.peft_method.inject(self)  # before the head: a seed gives the method's parts the same values as always
         self.head = create_head(config.head, D, num_classes)
         if self.peft_method.encode is not None and self.head.in_features != 2 * D:
             raise ConfigError(f"model.head.pool={config.head.pool} pools the source's tokens, which peft="
@@ -101,11 +80,19 @@ class Any2PointModel(nn.Module):
         self.peft_method.mark_trainable(self)
         self.activation_checkpointing = False
 
+    def _shared_part(self, name: str, build) -> None:
+        """Set shared part ``name`` to ``build()``, or to None when the PEFT method declares it
+        unused (PeftMethod.unused_parts). An unused part is still drawn and dropped: its random
+        numbers are taken either way, so a seed gives every later part (the method's, the head)
+        the same values whatever the method leaves out."""
+        part = build()
+        setattr(self, name, None if name in self.peft_method.unused_parts else part)
+
     @property
     def activation_checkpointing(self) -> bool:
         """Recompute activations in backward instead of storing them: each tokenizer stage's
         grouped features (and, within that recomputation, each of the stage's residual blocks)
-        and each block with its adapter; extra forwards of those parts for most of the step's
+        and each block as the PEFT method runs it; extra forwards of those parts for most of the step's
         activation memory; BatchNorm statistics are updated once."""
         return self._activation_checkpointing
 
@@ -146,15 +133,15 @@ class Any2PointModel(nn.Module):
                 pe = self.views.encode(self.position_table(), where)
             cls_pos = self.cls_position.to(pe.dtype).expand(pe.shape[0], 1, -1)
             position = torch.cat([cls_pos, pe], dim=1).to(dtype)
-        cells = self.adapters.assign(where, centres) if self.adapters is not None else None
+        state = self.peft_method.pass_state(self, where, centres)
         cls = self.cls_token.to(dtype).expand(tokens.shape[0], 1, -1)
         x = torch.cat([cls, tokens.to(dtype)], dim=1)
         if position is not None:
             x = x + position
-        return x, ForwardContext(position if inject in ("every", "input_and_every") else None, cells)
+        return x, ForwardContext(position if inject in ("every", "input_and_every") else None, state)
 
     def run_blocks(self, x: torch.Tensor, context: ForwardContext) -> torch.Tensor:
-        """The source's stem and blocks, with PE re-injection and adapters; no final norm."""
+        """The source's stem and blocks, with PE re-injection, each block as the PEFT method runs it; no final norm."""
         x = self.source.stem(x)
         first = 0 if self.config.projection.inject == "input_and_every" else 1
         for i, block in enumerate(self.source.blocks):
@@ -164,11 +151,10 @@ class Any2PointModel(nn.Module):
         return x
 
     def _run_block(self, i: int, block: nn.Module, x: torch.Tensor, context: ForwardContext) -> torch.Tensor:
-        return run_maybe_recomputed(self.activation_checkpointing, self, self._adapted_block, i, block, x, context)
+        return run_maybe_recomputed(self.activation_checkpointing, self, self._method_block, i, block, x, context)
 
-    def _adapted_block(self, i: int, block: nn.Module, x: torch.Tensor, context: ForwardContext) -> torch.Tensor:
-        """Source block ``i`` as the PEFT method runs it (with its adapter and the guided
-        aggregation, with prompts, or as it is)."""
+    def _method_block(self, i: int, block: nn.Module, x: torch.Tensor, context: ForwardContext) -> torch.Tensor:
+        """Source block ``i`` as the PEFT method runs it (PeftMethod.run_block)."""
         return self.peft_method.run_block(self, i, block, x, context)
 
     def position_table(self) -> torch.Tensor:

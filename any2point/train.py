@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, runtime
 from .atomic import atomic_write_json
-from .checkpoint import BEST_VAL, CHECKPOINT, save_checkpoint, trained_keys, trained_state_dict
+from .checkpoint import BEST_VAL, CHECKPOINT, current_state_key, save_checkpoint, trained_keys, trained_state_dict
 from .config import CONFIG_MODULE, check_required, check_train_settings
 from .data import DataOptions
 from .engine import autocast, make_loader, train_one_epoch
@@ -44,6 +44,7 @@ from .run.history import EpochHistory
 from .metrics import ClassificationResult
 from .optim import build_optimizer, build_scheduler
 from .params import parameter_report
+from .peft.bottleneck import recorded_method
 from .run.resume import (LEGACY_TRAINING_STATE, TRAINING_STATE, TrainingState, read_training_state,
                            refuse_legacy_state, restore_training_state, save_training_state)
 from .run.splits import RunSplits, load_splits
@@ -89,6 +90,19 @@ def _check_resumable(saved: dict, now: dict, path: Path) -> None:
         raise CheckpointError(f"{path} was written by a run with other settings ({detail}{' ...' if len(changed) > 6 else ''}); "
                               f"rerun with the same settings to resume, use another hydra.run.dir, or set "
                               f"train.resume=false to start this directory over")
+
+
+def _one_name_per_model(saved: dict) -> dict:
+    """The fingerprint of a state written before each model had one name (issue 27), as the
+    same run's today: without ``model.adapter.guided``, its method by today's name."""
+    saved = dict(saved)
+    guided = saved.pop("model.adapter.guided", True)
+    if isinstance(saved.get("peft.name"), str):
+        try:
+            saved["peft.name"] = recorded_method(saved["peft.name"], guided)
+        except ValueError:
+            pass  # no method of today's is that run: the comparison refuses it by its peft.name
+    return saved
 
 
 def _source_section(cfg: DictConfig) -> dict:
@@ -154,7 +168,10 @@ class _Run:
 
     def _resume(self, state: TrainingState) -> None:
         path = state.path
-        _check_resumable(state.fingerprint, self.fingerprint, path)
+        _check_resumable(_one_name_per_model(state.fingerprint), self.fingerprint, path)
+        method = self.model.peft_config.name  # tensors saved under a part's name before a rename
+        state.tensors = {f"model/{current_state_key(method, k[len('model/'):])}" if k.startswith("model/") else k: v
+                         for k, v in state.tensors.items()}
         if not 0 <= state.epoch <= self.cfg.train.epochs:
             raise CheckpointError(f"{path} says {state.epoch} epochs are done, of {self.cfg.train.epochs}; set "
                                   f"train.resume=false to start this directory over")

@@ -4,8 +4,8 @@ A source is a frozen stack of transformer blocks plus the facts the method needs
 its width/depth/heads, its position table (1D rows, or a 2D grid with the canvas and patch
 geometry it was trained on), its cls token and cls position if it has them, and its final
 norm. Each block runs batch-first on (B, T, D) and accepts an ``ffn_hook``: a callable that
-receives the block's FFN output ``f`` and returns a tensor added beside it (the adapter
-acts there). A post-LN block (BERT) ends with a LayerNorm over its residual sum; it splits
+receives the block's FFN output ``f`` and returns a tensor added beside it (the guided
+adapter's bottleneck acts there). A post-LN block (BERT) ends with a LayerNorm over its residual sum; it splits
 its forward at that norm (``residual``, ``output_norm``), so that terms meant for the
 residual stream can join the sum before it is normalised. Family files in this package
 only translate a library model into this shape.
@@ -74,7 +74,7 @@ class PositionTable:
 
 def with_ffn(h: torch.Tensor, f: torch.Tensor, ffn_hook: FFNHook = None) -> torch.Tensor:
     """The block's residual sum h + f, plus the hook's output on the FFN output f when given
-    (Any2Point's bottleneck adapter runs parallel to the FFN)."""
+    (the guided adapter's bottleneck runs parallel to the FFN)."""
     return h + f if ffn_hook is None else h + f + ffn_hook(f)
 
 

@@ -7,8 +7,8 @@ the reason. RoBERTa-style embeddings (a ``padding_idx``) number positions from
 padding_idx + 1; the rows before are never used and are not part of the table.
 
 These are post-LN transformers: each block ends in a LayerNorm, and the input embeddings
-pass an embedding LayerNorm first (the source's ``stem``). The adapter's FFN hook acts
-before the block's output LayerNorm, and the block splits at that norm (``residual``,
+pass an embedding LayerNorm first (the source's ``stem``). The FFN hook (the adapter's
+bottleneck) acts before the block's output LayerNorm, and the block splits at that norm (``residual``,
 ``output_norm``) so the guided aggregation can join the sum before it too
 (``model.adapter.seam``, docs/controls.md). Attention runs through
 ``torch.nn.functional.scaled_dot_product_attention`` on the layer's own projections.

@@ -73,8 +73,8 @@ def test_a_block_run_in_parts_is_labelled_as_the_block():
     class Model(torch.nn.Module):  # the parts label_model reads, with one post-LN block
         def __init__(self):
             super().__init__()
-            self.tokenizer, self.head, self.learned_position, self.adapters = (torch.nn.Identity(),
-                                                                               torch.nn.Identity(), None, None)
+            self.tokenizer, self.head, self.learned_position = torch.nn.Identity(), torch.nn.Identity(), None
+            self.peft_method = None  # no guided adapters
             self.views = torch.nn.Module()
             self.views.positions = self.views.encode = lambda *a: None
             self.source = torch.nn.Module()
@@ -95,7 +95,7 @@ def test_a_block_run_in_parts_is_labelled_as_the_block():
 
 def test_module_rows_group_blocks_and_aggregation_parts():
     assert module_group(("block.3",)) == "frozen blocks"
-    assert module_group(("block.3", "adapter")) == "adapter"
+    assert module_group(("block.3", "bottleneck")) == "bottleneck"
     assert module_group(("aggregation.3", "aggregation:mini_attention")) == "aggregation: mini_attention"
     assert module_group(("aggregation.3",)) == "aggregation: other"
 
@@ -107,7 +107,7 @@ def test_profile_quick_tables_modules_blocks_and_ops():
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout)
     modules = r["modules"]
-    assert {"tokenizer", "projection", "frozen blocks", "adapter", "aggregation: mini_attention",
+    assert {"tokenizer", "projection", "frozen blocks", "bottleneck", "aggregation: mini_attention",
             "aggregation: cell_pooling", "aggregation: cell_norm", "aggregation: view_weights",
             "aggregation: view_sum", "aggregation: reference", "head", "optimizer"} <= set(modules)
     assert all(t["forward_ms"] > 0 for name, t in modules.items() if name not in (ACCUMULATE, "(unlabelled)"))

@@ -2,6 +2,7 @@
 another source, weights or class list."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from safetensors.torch import load_file, save_file
 import any2point
 from any2point.atomic import atomic_write
 from any2point.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, trained_state_dict
-from any2point.errors import CheckpointMismatchError
+from any2point.errors import CheckpointError, CheckpointMismatchError
 from any2point.backbones.registry import get_source_spec
 
 CLASSES = ["chair", "table", "lamp"]
@@ -143,6 +144,63 @@ def test_a_checkpoint_from_before_the_seam_setting_loads_with_the_aggregation_af
     x = _clouds(2, seed=3)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def _as_written_before_issue_27(stem, peft: str, guided: bool) -> None:
+    """Rewrite the bottleneck-baseline checkpoint ``stem`` as the code before issue 27 wrote it:
+    the bottlenecks under ``adapters.blocks.<i>.bottleneck.``, ``peft.name`` as given, and
+    ``model.adapter.guided`` recorded."""
+    weights, info_path = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+    tensors = {}
+    for key, value in load_file(str(weights)).items():
+        if key.startswith("bottlenecks."):
+            _, block, rest = key.split(".", 2)
+            key = f"adapters.blocks.{block}.bottleneck.{rest}"
+        tensors[key] = value
+    save_file(tensors, str(weights), metadata={"format": "1"})
+    info = json.loads(info_path.read_text())
+    info["peft"] = {"name": peft}
+    info["model"]["adapter"]["guided"] = guided
+    info["tensors_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    info_path.write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("peft, guided", [("adapter", True), ("any2point", False)])
+def test_a_bottleneck_checkpoint_of_either_old_spelling_loads_as_the_same_model(tmp_path, peft, guided):
+    src = {"name": "tiny_1d", "pretrained": False, "weights": None, "options": {}}
+    torch.manual_seed(0)
+    model = any2point.create_model("tiny_1d", len(CLASSES), pretrained=False, peft="bottleneck")
+    _train_a_step(model)
+    save_checkpoint(model, tmp_path / "checkpoint", source=src, class_names=CLASSES, num_points=64)
+    _as_written_before_issue_27(tmp_path / "checkpoint", peft, guided)
+    old_keys = load_file(str(tmp_path / "checkpoint.safetensors"))
+    assert any(k.startswith("adapters.blocks.0.bottleneck.") for k in old_keys)
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.model.peft_config.name == loaded.info["peft"]["name"] == "bottleneck"
+    assert "guided" not in loaded.info["model"]["adapter"]
+    x = _clouds(2, seed=3)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), model(x))
+
+
+def test_a_guided_checkpoint_from_before_issue_27_loads_without_the_removed_setting(tiny_checkpoint):
+    info_path = tiny_checkpoint.with_suffix(".json")
+    info = json.loads(info_path.read_text())
+    info["model"]["adapter"]["guided"] = True  # every checkpoint of peft=any2point recorded it
+    info_path.write_text(json.dumps(info))
+    loaded = load_checkpoint(tiny_checkpoint)
+    assert loaded.model.peft_config.name == "any2point" and "guided" not in loaded.info["model"]["adapter"]
+
+
+def test_an_unguided_control_from_before_issue_27_is_refused_by_name(tiny_checkpoint):
+    info_path = tiny_checkpoint.with_suffix(".json")
+    info = json.loads(info_path.read_text())
+    info["peft"] = {"name": "any2point_shuffled_position", "seed": 0}
+    info["model"]["adapter"]["guided"] = False
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="model.adapter.guided=false with peft=any2point_shuffled_position .*"
+                                              "has no equivalent method"):
+        load_checkpoint(tiny_checkpoint)
 
 
 def test_tensors_that_do_not_fit_the_described_model_are_refused(tiny_checkpoint):

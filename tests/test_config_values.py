@@ -60,6 +60,10 @@ BAD_TRAIN_VALUES = [
     ("peft=prompt peft.prompt_tokens=0", "peft.prompt_tokens=0 must be an integer >= 1"),
     ("+data.protocol.fps_pools=0", "data.protocol.fps_pools=0 must be an integer >= 1"),
     ("data.augment=[{name:spin}]", "data.augment: unknown augmentation 'spin'"),
+    # one name per model (issue 27): the bottleneck baseline's old spellings name the one to use
+    ("model.adapter.guided=false", "model.adapter.guided was removed: peft=any2point is the guided adapter, "
+                                   "peft=bottleneck the bottleneck alone"),
+    ("peft=adapter", "peft=adapter is now peft=bottleneck"),
 ]
 
 
@@ -111,6 +115,17 @@ def test_a_bad_evaluation_value_stops_before_the_checkpoint_is_read(tmp_path, mo
         *IN_PROCESS, f"checkpoint={tmp_path / 'no_such_run'}", *override.split(), f"hydra.run.dir={tmp_path / 'e'}"])
     assert status == 1 and err.startswith(f"any2point-eval: error: {message}"), err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_sweep_over_an_old_spelling_is_refused_and_todays_pass_as_they_are():
+    from any2point.hydra_app import refuse_old_spellings
+
+    with pytest.raises(ConfigError, match="^peft=adapter is now peft=bottleneck"):
+        refuse_old_spellings(["source=minilm", "peft=any2point,adapter"])
+    with pytest.raises(ConfigError, match="^model.adapter.guided was removed"):
+        refuse_old_spellings(["+model.adapter.guided=true"])
+    today = ["peft=any2point,bottleneck", "model.adapter.rank=8", "model.adapter.view_cells=false"]
+    assert refuse_old_spellings(today) == today
 
 
 def test_the_console_script_stops_in_seconds_with_status_1_and_no_traceback(tmp_path):

@@ -88,21 +88,21 @@ def test_frozen_blocks_do_not_keep_the_inputs_only_weight_gradients_need(source)
 
 
 @pytest.mark.parametrize("source", TINY)
-def test_the_adapter_adds_to_a_frozen_block_only_what_it_keeps_itself(source):
+def test_the_bottleneck_adds_to_a_frozen_block_only_what_it_keeps_itself(source):
     torch.manual_seed(0)
     model = any2point.create_model(source, num_classes=4).train()
-    block, adapter = model.source.blocks[0], model.adapters.ffn_hook(0)
+    block, bottleneck = model.source.blocks[0], model.adapters.blocks[0].bottleneck
     x = torch.randn(2, 17, model.source.width, requires_grad=True)
     params = list(model.parameters())
     with SavedTensors() as plain:
         block(x)
     torch.manual_seed(1)
     with SavedTensors() as adapted:
-        block(x, adapter)
+        block(x, bottleneck)
     f = torch.randn(2, 17, model.source.width, requires_grad=True)
     torch.manual_seed(1)
     with SavedTensors() as alone:
-        adapter(f)
+        bottleneck(f)
     extra = adapted.activation_elements(params) - plain.activation_elements(params)
     assert 0 < extra == alone.activation_elements(params)
 

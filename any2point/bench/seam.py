@@ -1,11 +1,11 @@
-"""``seam``: how much the guided aggregation and adapter terms move a frozen source's stream.
+"""``seam``: how much the guided adapter's terms (bottleneck and aggregation) move a frozen source's stream.
 
 For an untrained model in training mode (its BatchNorms on batch statistics) on one cloud,
 block by block along the model's own stream:
 
 - **share**: the terms' part of the hidden state the next block reads,
   ||y - y0|| / ||y|| over the point tokens, where y is block i as the model runs it (with its
-  adapter and aggregation) and y0 the frozen block alone on the same input;
+  adapter's bottleneck and aggregation) and y0 the frozen block alone on the same input;
 - **attention TV**: the total variation 1/2 sum_k |p_k - q_k| between block i+1's attention
   rows on y and on y0 (position encoding re-added as the model does), averaged over heads
   and query tokens;
@@ -15,7 +15,7 @@ block by block along the model's own stream:
 Each is measured for ``model.adapter.seam`` = ``after_norm`` (the placement before issue 26)
 and ``before_norm``, on the source with its pretrained weights, with the library's random
 initialisation and with its block tensors shuffled (``peft=any2point_shuffled_source``).
-The untrained adapters' up-projections start at zero, so an untrained model's terms are
+The untrained bottlenecks' up-projections start at zero, so an untrained model's terms are
 the aggregation's. Attention is read from BERT-family and timm ViT blocks.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ import any2point
 from any2point.backbones.bert import BertBlock
 from any2point.backbones.vit import TimmBlock
 
-HELP = "share of the adapter + aggregation terms in the stream and the next block's attention shift, per seam"
+HELP = "share of the bottleneck + aggregation terms in the stream and the next block's attention shift, per seam"
 
 WEIGHTS = ("pretrained", "random", "shuffled")
 SEAMS = ("after_norm", "before_norm")
@@ -136,7 +136,7 @@ def report(r: dict) -> str:
     depth = len(r["rows"][0]["share"])
     lines = [f"source {r['source']}, one cloud: {r['cloud']}, {r['points']} points -> {r['tokens']} tokens; "
              f"untrained model in training mode", "",
-             "share of the adapter + aggregation terms in the hidden state after each block (point tokens)",
+             "share of the bottleneck + aggregation terms in the hidden state after each block (point tokens)",
              f"{'weights':<12}{'seam':<13}" + "".join(f"{'block ' + str(i + 1):>9}" for i in range(depth))]
     for row in r["rows"]:
         lines.append(f"{row['weights']:<12}{row['seam']:<13}" + "".join(f"{100 * v:>8.1f}%" for v in row["share"]))

@@ -2,15 +2,19 @@
 
 A method never sees parameter names; it works on the model's modules. ``Any2PointModel``
 builds the shared parts (tokenizer, position encoding, cls, final norm, head) on the source
-the method prepared, then lets the method inject its modules and name what trains. During
-the forward pass it asks the method for the position table and each block's run (or, for a
-method that replaces the pipeline, the head's input), so a method changes behaviour without
-any ``if name ==`` in the model.
+the method prepared, leaving out the ones the method declares unused (:attr:`PeftMethod.unused_parts`),
+then lets the method inject its modules (under names of its own choosing), re-initialises
+the method's parts with its own (:meth:`PeftMethod.initialised_parts`) and lets it name what
+trains. During the forward pass it asks the method for the position table, for its record of
+the pass (:meth:`PeftMethod.pass_state`, which every block reads from the
+:class:`~any2point.model.ForwardContext`) and for each block's run (or, for a method that
+replaces the pipeline, the head's input). The model knows nothing of any method: it holds no
+attribute, branch or type of one.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -18,8 +22,12 @@ from torch import nn
 if TYPE_CHECKING:  # only for annotations: the model imports this package
     from any2point.backbones.base import FrozenSource
     from any2point.model import Any2PointModel, ForwardContext
+    from any2point.projections import ViewPositions
 
-__all__ = ["PeftConfig", "PeftMethod", "parameters_outside_source"]
+__all__ = ["PeftConfig", "PeftMethod", "parameters_outside_source", "OPTIONAL_PARTS"]
+
+# The shared parts of the composition a method may declare unused (PeftMethod.unused_parts).
+OPTIONAL_PARTS = frozenset({"cls_token", "cls_position", "norm", "learned_position"})
 
 
 @dataclass
@@ -43,6 +51,11 @@ class PeftMethod:
 
     config_class: ClassVar[type[PeftConfig]] = PeftConfig  # set by register_peft_method
 
+    # Shared parts (of OPTIONAL_PARTS) this method's forward pass never reads: the model leaves
+    # them out (they are None, never parameters of it). Only a method with its own ``encode``
+    # may declare any: the composition's own forward pass reads every one.
+    unused_parts: ClassVar[frozenset[str]] = frozenset()
+
     def __init__(self, config: PeftConfig):
         self.config = config
 
@@ -53,7 +66,14 @@ class PeftMethod:
         return source
 
     def inject(self, model: "Any2PointModel") -> None:
-        """Add this method's modules to ``model`` (adapters, prompts, LoRA layers, ...)."""
+        """Add this method's modules to ``model`` (as attributes of its own naming, or inside the
+        source, as LoRA does). Runs after the shared parts and before the head are built."""
+
+    def initialised_parts(self, model: "Any2PointModel") -> list[nn.Module]:
+        """This method's modules that ``model.init`` re-initialises (any2point.init), in the
+        order their random numbers are drawn: every Linear, every norm, and every module with
+        ``initialise_stacked``. None by default: e.g. prompts keep their own N(0, 0.02)."""
+        return []
 
     def trainable_parameters(self, model: "Any2PointModel") -> Iterator[nn.Parameter]:
         """The parameters that train; every other parameter is frozen."""
@@ -81,9 +101,15 @@ class PeftMethod:
         """The table the virtual projection reads position encodings from."""
         return model.source.position_table()
 
+    def pass_state(self, model: "Any2PointModel", where: "ViewPositions", centres: torch.Tensor) -> Any:
+        """What this method computes once per forward pass from the token geometry (the per-view
+        positions ``where`` and the token centres (B, G, 3)) and every block then reads as
+        ``context.state`` (e.g. the cells the guided adapters share). None by default."""
+        return None
+
     def run_block(self, model: "Any2PointModel", i: int, block: nn.Module, x: torch.Tensor,
                   context: "ForwardContext") -> torch.Tensor:
-        """Source block ``i`` on ``x`` (B, 1 + G, D); methods with adapters or prompts wrap it."""
+        """Source block ``i`` on ``x`` (B, 1 + G, D); methods that add to the blocks wrap it."""
         return block(x)
 
     # None: the composition's own embed -> run_blocks -> features. A method that replaces the

@@ -43,14 +43,12 @@ class SourceFacts(FrozenSource):
 class TokenizerOnlyMethod(PeftMethod):
     """Control: no source at all; the tokenizer's tokens, max + mean pooled, into the same head; everything trains."""
 
+    # nothing of the source may reach the head: no cls token, no position encoding, no copy of
+    # the source's final norm
+    unused_parts = frozenset({"cls_token", "cls_position", "norm", "learned_position"})
+
     def prepare_source(self, source: FrozenSource) -> FrozenSource:
         return SourceFacts(source)
-
-    def inject(self, model) -> None:
-        # nothing of the source may reach the head: no cls token, no position encoding, no
-        # copy of the source's final norm
-        model.cls_token = model.cls_position = None
-        model.norm = model.learned_position = None
 
     def frozen_modules(self, model) -> list[nn.Module]:
         return []

@@ -16,15 +16,40 @@ from typing import Any, Callable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..errors import ConfigError
 from ..plugins import load_entry_points
-from .base import PeftConfig, PeftMethod
+from .base import OPTIONAL_PARTS, PeftConfig, PeftMethod
 
 __all__ = ["PeftMethodSpec", "register_peft_method", "list_peft_methods", "get_peft_method", "peft_config",
-           "create_peft_method", "load_peft_methods", "ENTRY_POINT_GROUP"]
+           "create_peft_method", "load_peft_methods", "ENTRY_POINT_GROUP", "RENAMED_METHODS", "REMOVED_SETTINGS"]
 
 
 ENTRY_POINT_GROUP = "any2point.peft_methods"
 CONFIG_GROUP = "peft"
+
+# Built-in methods renamed so that each model has one name: old name -> new. Asking for an old
+# name is refused with the new one; a checkpoint that recorded one loads as the new
+# (any2point.checkpoint).
+RENAMED_METHODS = {"adapter": "bottleneck"}
+# Settings removed for the same reason: full key -> what to use instead (refused at start-up
+# by the apps and by create_model; a checkpoint's recorded value is upgraded on loading).
+REMOVED_SETTINGS = {
+    "model.adapter.guided": "peft=any2point is the guided adapter, peft=bottleneck the bottleneck alone (what "
+                            "model.adapter.guided=false built)",
+}
+
+
+def refuse_renamed_method(name: str) -> None:
+    """A :class:`ConfigError` for a method's old name (:data:`RENAMED_METHODS`), naming the new one."""
+    if name in RENAMED_METHODS:
+        raise ConfigError(f"peft={name} is now peft={RENAMED_METHODS[name]} (one name per model); use "
+                          f"peft={RENAMED_METHODS[name]}")
+
+
+def refuse_removed_setting(key: str) -> None:
+    """A :class:`ConfigError` for a removed setting (:data:`REMOVED_SETTINGS`), saying what to use."""
+    if key in REMOVED_SETTINGS:
+        raise ConfigError(f"{key} was removed: {REMOVED_SETTINGS[key]}")
 
 
 @dataclass(frozen=True)
@@ -57,6 +82,13 @@ def register_peft_method(name: str, config: type[PeftConfig] = PeftConfig) -> Ca
     def decorate(method: type[PeftMethod]) -> type[PeftMethod]:
         if not (isinstance(method, type) and issubclass(method, PeftMethod)):
             raise TypeError(f"peft method {name!r}: {method!r} is not a subclass of PeftMethod")
+        unknown = sorted(set(method.unused_parts) - OPTIONAL_PARTS)
+        if unknown:
+            raise TypeError(f"peft method {name!r}: unused_parts names {unknown}, which the model does not have; "
+                            f"the parts a method may leave out: {', '.join(sorted(OPTIONAL_PARTS))}")
+        if method.unused_parts and method.encode is None:
+            raise TypeError(f"peft method {name!r}: unused_parts needs an encode of its own (the model's own "
+                            f"forward pass reads every shared part)")
         if name in _REGISTRY and _REGISTRY[name].method is not method:
             other = _REGISTRY[name].method.__module__
             raise ValueError(f"a peft method named {name!r} is already registered (by {other})")
@@ -84,6 +116,7 @@ def list_peft_methods() -> list[str]:
 def get_peft_method(name: str) -> PeftMethodSpec:
     load_peft_methods()
     if name not in _REGISTRY:
+        refuse_renamed_method(name)
         close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown peft method {name!r}.{hint} Registered methods: {', '.join(sorted(_REGISTRY))}")

@@ -39,12 +39,12 @@ def compose_train_config(overrides: Sequence[str] = ()) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
 
     import any2point.config  # noqa: F401  (registers the structured schemas the train config names)
-    from any2point.hydra_app import source_preset_overrides
+    from any2point.hydra_app import refuse_old_spellings, source_preset_overrides
 
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module=any2point.config.CONFIG_MODULE, version_base="1.3"):
-            return compose("train", overrides=source_preset_overrides(list(overrides)))
+            return compose("train", overrides=source_preset_overrides(refuse_old_spellings(list(overrides))))
     finally:
         GlobalHydra.instance().clear()
 

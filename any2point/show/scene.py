@@ -15,6 +15,7 @@ import torch
 
 from any2point.adapters import view_cells
 from any2point.model import Any2PointModel
+from any2point.peft import guided_adapters
 
 from .inputs import as_points
 
@@ -82,9 +83,10 @@ def compute_scene(model: Any2PointModel, cloud: np.ndarray | torch.Tensor) -> Sc
     _, centres = model.tokenizer(points)
     where = model.views.positions(centres)
     position = model.source.position
-    if model.adapters is not None:  # the model's own cell assignment
-        cells = model.adapters.view_cells(where)  # (1, M, G)
-    else:  # a method without adapters: the cells its settings would give
+    adapters = guided_adapters(model)
+    if adapters is not None:  # the model's own cell assignment
+        cells = adapters.view_cells(where)  # (1, M, G)
+    else:  # a method without guided adapters: the cells the adapter's settings would give
         cells = view_cells(where, model.config.adapter.cell, position.canvas, getattr(model.views, "length", None))
     table = model.source.position_table()
     views = cells.shape[1]

@@ -17,6 +17,7 @@ import torch
 
 from any2point.adapters import CellAssignment, GuidedAdapters
 from any2point.model import Any2PointModel
+from any2point.peft import guided_adapters
 
 from .inputs import as_points
 
@@ -91,8 +92,8 @@ def guided_weights(adapters: GuidedAdapters, index: int, tokens: torch.Tensor,
 
 
 def _no_weights_reason(model: Any2PointModel) -> str:
-    adapters = model.adapters
-    if adapters is None or not adapters.config.guided:
+    adapters = guided_adapters(model)
+    if adapters is None:
         return f"peft={model.peft_config.name} has no guided ensemble"
     if not adapters.config.view_cells:
         return "adapter.view_cells=false: no per-view features to weigh"
@@ -108,11 +109,11 @@ def view_weights(model: Any2PointModel, cloud, block: int = -1) -> tuple[ViewWei
     index = block_index(model, block)
     if _no_weights_reason(model):
         return None, model(points)
-    record: dict = {}
-    with _recording(model.adapters, index, record):
+    adapters, record = guided_adapters(model), {}
+    with _recording(adapters, index, record):
         logits = model(points)
-    weights, features = guided_weights(model.adapters, index, record["tokens"], record["cells"])
-    return ViewWeights(weights, features, record["tokens"], record["output"], model.adapters.config.coef), logits
+    weights, features = guided_weights(adapters, index, record["tokens"], record["cells"])
+    return ViewWeights(weights, features, record["tokens"], record["output"], adapters.config.coef), logits
 
 
 def run_trained(model: Any2PointModel, class_names: list[str], cloud, block: int = -1, topk: int = 5) -> Trained:
