@@ -208,7 +208,7 @@ def test_every_builtin_method_is_a_typed_option_of_the_peft_group():
 
 
 def test_a_checkpoints_peft_json_rebuilds_the_methods_own_config_and_rejects_strangers():
-    from any2point.peft import LoraPeftConfig, PeftConfig, ShuffledPositionConfig, ShuffledSourceConfig, peft_config
+    from any2point.peft import Any2PointConfig, LoraPeftConfig, ShuffledPositionConfig, ShuffledSourceConfig, peft_config
 
     assert peft_config({"name": "lora", "lora_rank": 2}) == LoraPeftConfig(lora_rank=2)
     assert peft_config({"name": "any2point_shuffled_position", "seed": 4}) == ShuffledPositionConfig(seed=4)
@@ -224,7 +224,7 @@ def test_a_checkpoints_peft_json_rebuilds_the_methods_own_config_and_rejects_str
     flat = {"lora_rank": 4, "lora_alpha": 8.0, "lora_dropout": 0.0, "lora_mlp": False, "prompt_tokens": 3}
     assert peft_config({"name": "lora", **flat}) == LoraPeftConfig(lora_rank=4, lora_alpha=8.0)
     assert peft_config({"name": "prompt", **flat}).prompt_tokens == 3
-    assert type(peft_config({"name": "any2point", **flat})) is PeftConfig
+    assert peft_config({"name": "any2point", **flat}) == Any2PointConfig()  # source_norms: off, as then
 
 
 # -- controls (issue 17) -------------------------------------------------------------------------
@@ -440,3 +440,33 @@ def test_lora_dropout_is_on_in_training_and_off_in_eval_while_the_source_stays_f
     assert not any(m.training for m in model.source.modules() if isinstance(m, torch.nn.LayerNorm))
     model.eval()
     assert not any(m.training for m in dropouts)
+
+
+@pytest.mark.parametrize("peft", ["any2point", "any2point_shuffled_source"])
+def test_source_norms_train_the_sources_layernorms_and_nothing_else_of_it(peft):
+    torch.manual_seed(0)
+    model = any2point.create_model("tiny_1d", num_classes=4, peft={"name": peft, "source_norms": True}).train()
+    norms = {name for name, m in model.source.named_modules() if isinstance(m, torch.nn.LayerNorm)}
+    assert norms, "tiny_1d has LayerNorms in its blocks"
+    trained = {name for name, p in model.source.named_parameters() if p.requires_grad}
+    assert trained == {f"{n}.{k}" for n in norms for k in ("weight", "bias")}
+    before = {name: p.detach().clone() for name, p in model.source.named_parameters()}
+    opt, _ = _step(model, torch.randn(4, 256, 3), torch.arange(4))
+    opt.step()
+    for name, p in model.source.named_parameters():
+        assert torch.equal(p, before[name]) != (name in trained), name
+    # off (the paper's method): the source is frozen whole
+    plain = any2point.create_model("tiny_1d", num_classes=4, peft=peft)
+    assert not any(p.requires_grad for p in plain.source.parameters())
+
+
+def test_trained_source_norms_are_what_a_checkpoint_keeps_of_a_pretrained_source():
+    from any2point.checkpoint import trained_state_dict
+
+    model = any2point.create_model("minilm", num_classes=3, peft={"name": "any2point", "source_norms": True})
+    norms = {f"source.{name}" for name, p in model.source.named_parameters() if p.requires_grad}
+    saved = trained_state_dict(model)
+    assert {k for k in saved if k.startswith("source.")} == norms
+    assert len(norms) == 2 * (1 + 2 * 6)  # the embedding LayerNorm and two per block, gain and bias each
+    plain = trained_state_dict(any2point.create_model("minilm", num_classes=3))
+    assert not any(k.startswith("source.") for k in plain)

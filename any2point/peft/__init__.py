@@ -15,12 +15,12 @@ from .registry import (ENTRY_POINT_GROUP, REMOVED_SETTINGS, RENAMED_METHODS, Pef
 
 # the built-in methods register on import
 from . import adapters, baselines, bottleneck, controls, prompt  # noqa: E402,F401  isort: skip
-from .adapters import guided_adapters  # noqa: E402  isort: skip
+from .adapters import Any2PointConfig, guided_adapters  # noqa: E402  isort: skip
 from .lora import LoraPeftConfig, lora_layers  # noqa: E402  isort: skip
 from .prompt import PromptPeftConfig  # noqa: E402  isort: skip
 from .controls import ShuffledPositionConfig, ShuffledSourceConfig  # noqa: E402  isort: skip
 
-__all__ = ["PeftConfig", "PeftMethod", "PeftMethodSpec", "register_peft_method", "list_peft_methods",
+__all__ = ["Any2PointConfig", "PeftConfig", "PeftMethod", "PeftMethodSpec", "register_peft_method", "list_peft_methods",
            "get_peft_method", "peft_config", "create_peft_method", "load_peft_methods", "parameters_outside_source",
            "lora_layers", "LoraPeftConfig", "PromptPeftConfig", "ShuffledPositionConfig", "ShuffledSourceConfig",
            "ENTRY_POINT_GROUP", "OPTIONAL_PARTS", "guided_adapters", "RENAMED_METHODS", "REMOVED_SETTINGS",

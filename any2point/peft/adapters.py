@@ -6,20 +6,44 @@ and voxels of a forward pass are this method's per-pass state (``context.state``
 pictures) read them with :func:`guided_adapters`, None for every other method."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Iterator
+
 import torch
 from torch import nn
 
 from any2point.adapters import CellAssignment, GuidedAdapters
 
-from .base import PeftMethod
+from .base import PeftConfig, PeftMethod, parameters_outside_source
 from .registry import register_peft_method
 
-__all__ = ["Any2PointMethod", "aggregate_points", "guided_adapters"]
+__all__ = ["Any2PointConfig", "Any2PointMethod", "aggregate_points", "guided_adapters", "source_norm_parameters"]
 
 
-@register_peft_method("any2point")
+@dataclass
+class Any2PointConfig(PeftConfig):
+    name: str = "any2point"
+    # Also train the frozen source's LayerNorm gains and biases (0.05 % of MiniLM), as studies of
+    # frozen pretrained transformers on other modalities do; every other source tensor stays frozen.
+    # Off in the paper's method; a hypothesis of docs/results/source-controls.md.
+    source_norms: bool = False
+
+
+def source_norm_parameters(source: nn.Module) -> Iterator[nn.Parameter]:
+    """The gains and biases of every LayerNorm inside the source (stem and blocks)."""
+    for module in source.modules():
+        if isinstance(module, nn.LayerNorm):
+            yield from module.parameters()
+
+
+@register_peft_method("any2point", Any2PointConfig)
 class Any2PointMethod(PeftMethod):
     """Any2Point: guided adapters (bottleneck + view-guided aggregation); tokenizer, cls, final norm and head train."""
+
+    def trainable_parameters(self, model) -> Iterator[nn.Parameter]:
+        yield from parameters_outside_source(model)
+        if self.config.source_norms:
+            yield from source_norm_parameters(model.source)
 
     def inject(self, model) -> None:
         model.adapters = GuidedAdapters(model.source.width, model.source.depth, model.config.projection.views,

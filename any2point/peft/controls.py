@@ -19,8 +19,8 @@ from torch import nn
 
 from any2point.backbones.base import FrozenSource
 
-from .adapters import Any2PointMethod
-from .base import PeftConfig, PeftMethod
+from .adapters import Any2PointConfig, Any2PointMethod
+from .base import PeftMethod
 from .registry import register_peft_method
 
 __all__ = ["TokenizerOnlyMethod", "ShuffledPositionConfig", "ShuffledPositionMethod", "SourceFacts",
@@ -59,7 +59,7 @@ class TokenizerOnlyMethod(PeftMethod):
 
 
 @dataclass
-class ShuffledPositionConfig(PeftConfig):
+class ShuffledPositionConfig(Any2PointConfig):
     name: str = "any2point_shuffled_position"
     seed: int = 0  # seed of the fixed permutation of the position table
 
@@ -85,7 +85,7 @@ class ShuffledPositionMethod(Any2PointMethod):
 
 
 @dataclass
-class ShuffledSourceConfig(PeftConfig):
+class ShuffledSourceConfig(Any2PointConfig):
     name: str = "any2point_shuffled_source"
     seed: int = 0  # seed of the fixed permutations of the block tensors
 
