@@ -44,7 +44,7 @@ from .run.history import EpochHistory
 from .metrics import ClassificationResult
 from .optim import build_optimizer, build_scheduler
 from .params import parameter_report
-from .peft.bottleneck import recorded_method
+from .recorded import settings_as_today
 from .run.resume import (LEGACY_TRAINING_STATE, TRAINING_STATE, TrainingState, read_training_state,
                            refuse_legacy_state, restore_training_state, save_training_state)
 from .run.splits import RunSplits, load_splits
@@ -90,19 +90,6 @@ def _check_resumable(saved: dict, now: dict, path: Path) -> None:
         raise CheckpointError(f"{path} was written by a run with other settings ({detail}{' ...' if len(changed) > 6 else ''}); "
                               f"rerun with the same settings to resume, use another hydra.run.dir, or set "
                               f"train.resume=false to start this directory over")
-
-
-def _one_name_per_model(saved: dict) -> dict:
-    """The fingerprint of a state written before each model had one name (issue 27), as the
-    same run's today: without ``model.adapter.guided``, its method by today's name."""
-    saved = dict(saved)
-    guided = saved.pop("model.adapter.guided", True)
-    if isinstance(saved.get("peft.name"), str):
-        try:
-            saved["peft.name"] = recorded_method(saved["peft.name"], guided)
-        except ValueError:
-            pass  # no method of today's is that run: the comparison refuses it by its peft.name
-    return saved
 
 
 def _source_section(cfg: DictConfig) -> dict:
@@ -168,7 +155,7 @@ class _Run:
 
     def _resume(self, state: TrainingState) -> None:
         path = state.path
-        _check_resumable(_one_name_per_model(state.fingerprint), self.fingerprint, path)
+        _check_resumable(settings_as_today(state.fingerprint), self.fingerprint, path)
         method = self.model.peft_config.name  # tensors saved under a part's name before a rename
         state.tensors = {f"model/{current_state_key(method, k[len('model/'):])}" if k.startswith("model/") else k: v
                          for k, v in state.tensors.items()}

@@ -35,6 +35,7 @@ from typing import Iterable, Sequence
 
 import yaml
 
+from ..recorded import settings_as_today
 from .metrics import METRICS, REQUIRED, carries
 
 __all__ = ["Run", "Group", "find_runs", "read_run", "group_runs", "RUN_SPECIFIC", "METRICS_SETTINGS",
@@ -188,8 +189,11 @@ def _read_yaml(path: Path) -> dict:
 
 
 def _flatten(node, path: Path, limit: int = MAX_SETTINGS) -> dict[str, str]:
-    """Dotted keys of a nested mapping; BadRun past ``limit`` keys (the config is not a run's)."""
-    out: dict[str, str] = {}
+    """Dotted keys of a nested mapping, as today's settings of the run that recorded them
+    (:func:`any2point.recorded.settings_as_today`: a removed setting, a renamed method, a setting
+    added since, so that a study's older and newer runs group by what they ran), as text;
+    BadRun past ``limit`` keys (the config is not a run's)."""
+    out: dict[str, object] = {}
     stack = [("", node)]
     while stack:  # iterative: a deeply nested file cannot exhaust the interpreter's stack
         prefix, item = stack.pop()
@@ -198,11 +202,11 @@ def _flatten(node, path: Path, limit: int = MAX_SETTINGS) -> dict[str, str]:
             continue
         if len(out) >= limit:
             raise BadRun(f"{path}: more than {limit} settings; not a run's config")
-        try:
-            out[prefix] = _text(item)
-        except RecursionError:
-            raise BadRun(f"{path}: nested too deeply to be a run's config") from None
-    return out
+        out[prefix] = item
+    try:
+        return {key: _text(value) for key, value in settings_as_today(out).items()}
+    except RecursionError:
+        raise BadRun(f"{path}: nested too deeply to be a run's config") from None
 
 
 def _choices(hydra_yaml: dict) -> dict[str, str]:

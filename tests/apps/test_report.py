@@ -340,7 +340,7 @@ def test_a_classification_study_gives_the_same_report_byte_for_byte(tmp_path, ca
     if study == "study":
         _classification_study(root)
     else:
-        shutil.copytree(os.path.join(os.path.dirname(GOLDEN), os.pardir, "results", "fewshot_5w10s"), root)
+        shutil.copytree(os.path.join(os.path.dirname(GOLDEN), os.pardir, os.pardir, "results", "fewshot_5w10s"), root)
     assert main([str(root), "--compare", "peft"]) == 0
     for name in REPORT_FILES:
         with open(os.path.join(GOLDEN, study, name), encoding="utf-8", newline="") as f:
@@ -435,3 +435,43 @@ def test_a_zero_shot_key_that_is_not_a_percentage_is_a_bad_row(tmp_path, capsys,
     assert main([str(tmp_path)]) == 0
     err = capsys.readouterr().err
     assert f"skipped {bad / 'metrics.json'}: {field} is {value!r}, expected a percentage" in err
+
+
+# -- runs recorded by older versions group with today's (any2point.recorded) ---------------------
+
+def test_recorded_settings_read_as_today():
+    from any2point.recorded import settings_as_today
+
+    old = {"peft.name": "any2point", "model.adapter.guided": True, "model.adapter.rank": 8}
+    assert settings_as_today(old) == {"peft.name": "any2point", "peft.source_norms": False,
+                                      "model.adapter.rank": 8, "model.adapter.seam": "after_norm"}
+    # the bottleneck baseline under both of its old spellings
+    for recorded in ({"peft.name": "any2point", "model.adapter.guided": False}, {"peft.name": "adapter"}):
+        assert settings_as_today(recorded)["peft.name"] == "bottleneck"
+    # what a run recorded is kept; a method that no longer exists keeps its name
+    now = {"peft.name": "any2point_shuffled_source", "peft.seed": 3, "model.adapter.seam": "before_norm"}
+    assert settings_as_today(now) == {**now, "peft.source_norms": False}
+    assert settings_as_today({"peft.name": "gone"}) == {"peft.name": "gone"}
+    # a control with bottlenecks only has no method today: it keeps the setting that sets it apart
+    control = {"peft.name": "any2point_shuffled_source", "model.adapter.guided": False}
+    assert settings_as_today(control)["model.adapter.guided"] is False
+
+
+def test_a_study_groups_runs_from_before_and_after_a_setting_was_added_or_removed(tmp_path):
+    from any2point.report.runs import find_runs, group_runs
+
+    def write(name, fold, adapter, peft):
+        d = _run(tmp_path, name, peft["name"], 0, 80.0 + fold, 80.0 + fold, fold=fold)
+        cfg = yaml.safe_load((d / ".hydra" / "config.yaml").read_text())
+        cfg["peft"], cfg["model"] = peft, {"adapter": adapter}
+        (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+    for fold in (0, 1):  # the same model, recorded before and after issue 27 and the source_norms setting
+        write(f"old/{fold}", fold, {"guided": True, "seam": "before_norm"}, {"name": "any2point"})
+        write(f"new/{fold}", fold, {"seam": "before_norm"}, {"name": "any2point", "source_norms": False})
+        write(f"norms/{fold}", fold, {"seam": "before_norm"}, {"name": "any2point", "source_norms": True})
+    runs, problems = find_runs(tmp_path)
+    assert not problems
+    groups = group_runs(runs)
+    assert sorted(len(g.runs) for g in groups) == [2, 4]
+    assert sorted(g.label for g in groups) == ["peft.source_norms=false", "peft.source_norms=true"]

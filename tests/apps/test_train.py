@@ -152,6 +152,28 @@ def test_a_bottleneck_run_saved_under_its_old_spelling_resumes_as_peft_bottlenec
     assert set(resumed) == set(final) and all(torch.equal(resumed[k], final[k]) for k in final)
 
 
+def test_a_state_written_before_a_method_setting_existed_resumes_with_its_default(tmp_path):
+    """``peft.source_norms`` came after runs already saved resumable states: such a state lacks
+    the key, and its run is today's with the setting off."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    run_training(compose_config("train", TINY), tmp_path)
+    final = load_file(str(tmp_path / "checkpoint.safetensors"))
+    state_path = tmp_path / "last.safetensors"
+    with safe_open(str(state_path), framework="pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    info = json.loads(metadata["any2point_training_state"])
+    assert info["fingerprint"].pop("peft.source_norms") is False
+    save_file(tensors, str(state_path), metadata={"any2point_training_state": json.dumps(info)})
+
+    run_training(compose_config("train", TINY), tmp_path)  # resumes after its last epoch
+    resumed = load_file(str(tmp_path / "checkpoint.safetensors"))
+    assert set(resumed) == set(final) and all(torch.equal(resumed[k], final[k]) for k in final)
+    with pytest.raises(ValueError, match=r"peft\.source_norms: False -> True"):
+        run_training(compose_config("train", TINY + ["peft.source_norms=true"]), tmp_path)
+
+
 def test_bf16_on_cpu_is_refused_clearly(tmp_path):
     with pytest.raises(ValueError, match="precision=bf16 is for CUDA"):
         run_training(compose_config("train", TINY + ["trainer.precision=bf16"]), tmp_path)
