@@ -279,12 +279,14 @@ def group_runs(runs: Iterable[Run]) -> list[Group]:
     groups = [Group(dict(k), sorted(v, key=lambda r: r.name)) for k, v in by_settings.items()]
     varying = varying_keys(groups)
     options = distinguishing_choices(groups)
+    # a key under a labelling option, or the metrics.json field standing for one, is said by the
+    # option, unless groups with the same option differ in it (peft=any2point with and without
+    # peft.source_norms)
+    shown = [key for key in varying if not _said_by_option(key, groups, options)]
     for g in groups:
         choices = g.runs[0].choices
         parts = [f"{group}={choices[group]}" for group in options]
-        # a key under a labelling option, or the metrics.json field standing for one, is said by it
-        parts += [f"{key}={g.settings.get(key, '-')}" for key in varying
-                  if key.split(".", 1)[0] not in options and _OPTION_OF_FIELD.get(key) not in options]
+        parts += [f"{key}={g.settings.get(key, '-')}" for key in shown]
         if parts:
             g.label = ", ".join(parts)
         else:
@@ -292,6 +294,20 @@ def group_runs(runs: Iterable[Run]) -> list[Group]:
             g.label = " / ".join(str(m.get(k) or "") for k in ("source", "data", "peft_config"))
     groups.sort(key=lambda g: g.label)
     return groups
+
+
+def _said_by_option(key: str, groups: Sequence[Group], options: Sequence[str]) -> bool:
+    """Whether labelling option of ``key``'s config group tells ``key``'s value in every group:
+    no two groups with the same option hold different values of it."""
+    option = key.split(".", 1)[0] if key.split(".", 1)[0] in options else _OPTION_OF_FIELD.get(key)
+    if option not in options:
+        return False
+    seen: dict[str, str | None] = {}
+    for g in groups:
+        choice, value = g.runs[0].choices[option], g.settings.get(key)
+        if seen.setdefault(choice, value) != value:
+            return False
+    return True
 
 
 def distinguishing_choices(groups: Sequence[Group]) -> list[str]:

@@ -475,3 +475,17 @@ def test_a_study_groups_runs_from_before_and_after_a_setting_was_added_or_remove
     groups = group_runs(runs)
     assert sorted(len(g.runs) for g in groups) == [2, 4]
     assert sorted(g.label for g in groups) == ["peft.source_norms=false", "peft.source_norms=true"]
+
+
+def test_a_setting_of_a_method_is_shown_when_runs_of_one_method_differ_in_it(tmp_path):
+    from any2point.report.runs import find_runs, group_runs
+
+    for peft in ("any2point", "any2point_shuffled_source"):
+        for norms in (False, True):
+            d = _run(tmp_path, f"{peft}_{norms}", peft, 0, 80.0, 80.0, fold=0)
+            cfg = yaml.safe_load((d / ".hydra" / "config.yaml").read_text())
+            cfg["peft"] = {"name": peft, "source_norms": norms}
+            (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    labels = sorted(g.label for g in group_runs(find_runs(tmp_path)[0]))
+    assert labels == [f"peft={p}, peft.source_norms={n}" for p in ("any2point", "any2point_shuffled_source")
+                      for n in ("false", "true")]
