@@ -55,8 +55,8 @@ from .heads import HeadConfig
 from .backbones.registry import create_source
 from .model import Any2PointModel, ModelConfig
 from .peft import peft_config
-from .peft.bottleneck import recorded_method
 from .plain_data import PlainDataError, check_type, refuse_interpolations
+from .recorded import settings_as_today
 from .tokenizer import check_cloud_size
 
 __all__ = ["CHECKPOINT", "BEST_VAL", "FORMAT", "INFO_FIELDS", "OPTIONAL_INFO_FIELDS", "SourceInfo",
@@ -235,8 +235,7 @@ def parse_checkpoint_info(text: str, where: str) -> dict:
         if missing:
             raise PlainDataError(f"missing keys {missing}")
         refuse_interpolations(raw, "checkpoint")
-        _placement_before_seam(raw)
-        _one_name_per_model(raw)
+        _settings_as_today(raw)
         try:  # the model section builds as ModelConfig, whose sections refuse bad values by key
             info = {key: check_type(value, fields[key], key) for key, value in raw.items()}
         except ConfigError as exc:
@@ -274,27 +273,25 @@ def parse_checkpoint_info(text: str, where: str) -> dict:
     return info
 
 
-def _placement_before_seam(raw: dict) -> None:
-    """A checkpoint written before ``model.adapter.seam`` existed was trained with the guided
-    aggregation after a post-LN block's output LayerNorm: it says ``after_norm`` (in place)."""
-    adapter = raw.get("model", {}).get("adapter") if isinstance(raw.get("model"), dict) else None
-    if isinstance(adapter, dict) and "seam" not in adapter:
-        adapter["seam"] = "after_norm"
-
-
-def _one_name_per_model(raw: dict) -> None:
-    """A checkpoint written before each model had one name (issue 27) may record ``peft.name``
-    ``adapter`` (now ``bottleneck``) and holds ``model.adapter.guided`` (removed; ``false`` with
-    ``peft=any2point`` was the bottleneck baseline): recorded as the method it is today (in
-    place). Its tensors are renamed on loading (:data:`_RENAMED_KEYS`)."""
+def _settings_as_today(raw: dict) -> None:
+    """A checkpoint's ``model.adapter`` and ``peft`` sections as today's settings of the same run
+    (:func:`any2point.recorded.settings_as_today`, in place): before the post-LN seam existed the
+    aggregation sat after the output LayerNorm (``after_norm``); ``peft.name=adapter`` and
+    ``model.adapter.guided`` (removed in issue 27) are the method they are today. Its tensors
+    are renamed on loading (:data:`_RENAMED_KEYS`)."""
     model, peft = raw.get("model"), raw.get("peft")
     adapter = model.get("adapter") if isinstance(model, dict) else None
-    guided = adapter.pop("guided", True) if isinstance(adapter, dict) else True
-    if isinstance(peft, dict) and isinstance(peft.get("name"), str):
-        try:
-            peft["name"] = recorded_method(peft["name"], guided)
-        except ValueError as exc:
-            raise PlainDataError(str(exc)) from None
+    if not (isinstance(adapter, dict) and isinstance(peft, dict)):
+        return
+    recorded = {**{f"model.adapter.{k}": v for k, v in adapter.items()}, **{f"peft.{k}": v for k, v in peft.items()}}
+    today = settings_as_today(recorded)
+    if "model.adapter.guided" in today:
+        raise PlainDataError(f"model.adapter.guided=false with peft={peft.get('name')} "
+                             f"(bottlenecks only, a setting removed in issue 27) has no equivalent method")
+    adapter.clear()
+    adapter.update({k[len("model.adapter."):]: v for k, v in today.items() if k.startswith("model.adapter.")})
+    peft.clear()
+    peft.update({k[len("peft."):]: v for k, v in today.items() if k.startswith("peft.")})
 
 
 # State-dict keys a method's parts were saved under before a rename, per method (today's name):
