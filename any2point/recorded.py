@@ -20,8 +20,8 @@ def settings_as_today(recorded: Mapping[str, Any]) -> dict[str, Any]:
     """``recorded`` (flat dotted keys, plain values) as today's settings of the same run; a new
     dict. A method that no longer exists keeps its recorded name, and a run no method of today's
     is keeps ``model.adapter.guided``: whoever reads them refuses or labels them by it."""
-    from .peft import get_peft_method
-    from .peft.bottleneck import recorded_method
+    from .peft import RENAMED_METHODS, get_peft_method
+    from .peft.adapters import Any2PointMethod
 
     settings = dict(recorded)
     if any(key.startswith("model.adapter.") for key in settings):
@@ -29,17 +29,21 @@ def settings_as_today(recorded: Mapping[str, Any]) -> dict[str, Any]:
     name = settings.get("peft.name")
     if not isinstance(name, str):
         return settings
+    name = RENAMED_METHODS.get(name, name)
     try:
-        name = recorded_method(name, settings.get("model.adapter.guided", True) is not False)
-    except ValueError:  # a control with guided=false: no method of today's; the setting says so
+        method = get_peft_method(name)
+    except ValueError:  # an unknown method: refused by name where it is built
         return settings
+    if settings.get("model.adapter.guided", True) is False and name != "bottleneck":
+        # guided=false turned a method built on Any2Point's into bottlenecks alone: for
+        # any2point that is the bottleneck baseline; a control built on it has no such variant
+        if name == "any2point":
+            name, method = "bottleneck", get_peft_method("bottleneck")
+        elif issubclass(method.method, Any2PointMethod):
+            return settings
     settings["peft.name"] = name
     settings.pop("model.adapter.guided", None)
-    try:
-        config = get_peft_method(name).config
-    except ValueError:
-        return settings
-    for field in dataclasses.fields(config):
+    for field in dataclasses.fields(method.config):
         if field.name != "name" and field.default is not dataclasses.MISSING:
             settings.setdefault(f"peft.{field.name}", field.default)
     return settings
