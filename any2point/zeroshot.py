@@ -24,7 +24,7 @@ import numpy as np
 from .data import DataOptions, PointCloudDataset, build_dataset
 from .data.classes import ClassSelection
 from .distributed import DistContext
-from .engine import make_loader, predict
+from .engine import Predictions, make_loader, predict
 from .errors import ConfigError, DataError
 from .metrics import ClassificationResult, classification_metrics
 
@@ -131,10 +131,15 @@ def evaluate_zero_shot(model, data: ZeroShotData, ctx: DistContext, *, batch_siz
                           f"head cannot: train with model.head.name=contrastive")
     kw = dict(batch_size=batch_size, precision=precision, num_workers=num_workers, votes=votes, vote_scale=vote_scale,
               seed=seed, progress=progress)
-    zsl = _predict(model, data.unseen_eval, ctx, data.unseen, desc="zsl", **kw)
     seen = _predict(model, data.seen_eval, ctx, data.all, desc="gzsl seen", **kw)
-    unseen = _predict(model, data.unseen_eval, ctx, data.all, desc="gzsl unseen", **kw)
+    unseen = _predict(model, data.unseen_eval, ctx, data.all, desc="unseen", **kw)
     offset = len(data.seen)
+    if votes == 1:
+        # One pass over the unseen clouds serves both: the logits of a class do not depend on the
+        # other classes scored, so the best unseen column of the 40-way softmax is the 10-way argmax.
+        zsl = Predictions(probs=unseen.probs[:, offset:], targets=unseen.targets)
+    else:  # averaged softmaxes depend on the classes each is taken over
+        zsl = _predict(model, data.unseen_eval, ctx, data.unseen, desc="zsl", **kw)
     preds = np.concatenate([seen.preds, unseen.preds])
     targets = np.concatenate([seen.targets, unseen.targets + offset])
     return ZeroShotResult(

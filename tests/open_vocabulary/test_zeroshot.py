@@ -21,12 +21,17 @@ import any2point
 import any2point.train as train_module
 from any2point.checkpoint import load_checkpoint, save_checkpoint
 from any2point.config import check_train_settings
+from any2point.data import data_options
+from any2point.distributed import DistContext
+from any2point.engine import make_loader, predict
+from any2point.metrics import classification_metrics
 from any2point.data.classes import MODELNET10_CLASSES, MODELNET40_CLASSES, NAMED_SPLITS, class_selection_of
 from any2point.errors import CheckpointMismatchError, ConfigError, DataError
 from any2point.evaluate import route_data_overrides, run_eval
 from any2point.heads import ContrastiveHead, list_heads
 from any2point.text_encoders import class_embeddings, class_texts, load_text_encoder
 from any2point.train import run_training
+from any2point.zeroshot import evaluate_zero_shot, zero_shot_data
 from any2point.backbones.weights import package_dir
 from ..data_files import MODELNET40_SHARED, need_shared, random_clouds, write_modelnet40_release
 from ..tiny_run import compose_config, metrics
@@ -278,6 +283,24 @@ def test_eval_reproduces_the_run_and_reports_another_copy_with_a_test_split(zero
         assert (tmp_path / "other" / name).is_file(), name
     with pytest.raises(DataError, match="no test split to evaluate zero-shot on"):
         run_eval(compose_config("eval", [f"checkpoint={run}", "eval.split=test"]), tmp_path / "no_test")
+
+
+def test_zsl_read_from_the_all_class_pass_equals_scoring_the_unseen_classes_alone(zero_shot_run):
+    """One pass over the unseen clouds gives both ZSL and GZSL's unseen part (``eval.votes=1``);
+    the reference scores the unseen clouds against the ten unseen names only."""
+    run, root, _, _ = zero_shot_run
+    options = data_options(compose_config("train", ZS_TINY + [f"data.root={root}"]).data)
+    data = zero_shot_data(options, 0, options.class_selection())
+    model, ctx = load_checkpoint(run).model.eval(), DistContext(torch.device("cpu"))
+    result = evaluate_zero_shot(model, data, ctx, batch_size=16)
+    loader = make_loader(data.unseen_eval, 16, ctx, train=False, seed=0)
+    with model.head.classes(data.unseen):
+        alone = predict(model, loader, ctx)
+    assert result.zsl.samples == len(data.unseen_eval) == 30
+    assert result.zsl.oa == pytest.approx(100.0 * float(np.mean(alone.preds == alone.targets)))
+    assert np.array_equal(result.zsl.confusion, classification_metrics(alone.preds, alone.targets, 10).confusion)
+    voted = evaluate_zero_shot(model, data, ctx, batch_size=16, votes=2)  # its own pass over the unseen names
+    assert voted.zsl.samples == 30 and 0.0 <= voted.zsl.oa <= 100.0
 
 
 def test_a_text_encoder_giving_other_embeddings_is_refused(zero_shot_run, tmp_path):
