@@ -13,6 +13,7 @@ CPU the test skips and says so.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import platform
 from pathlib import Path
@@ -209,8 +210,10 @@ def _machine() -> str:
     return f"{platform.machine()}/{vendor}/{torch.backends.cpu.get_cpu_capability()}"
 
 
+@functools.cache
 def _recorded_here() -> dict | None:
-    """The digests recorded on this kind of machine (matched by prefix), or None."""
+    """The digests recorded on this kind of machine (matched by prefix), or None; looked up once
+    per session, not once per case."""
     recorded = {"x86_64/AuthenticAMD/": {_case_id(case): case[3] for case in PINS},
                 "x86_64/GenuineIntel/AVX512": PINS_INTEL_AVX512}
     machine = _machine()
