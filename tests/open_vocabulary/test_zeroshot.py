@@ -19,20 +19,21 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
 import any2point
 import any2point.train as train_module
+from any2point.backbones.weights import package_dir
 from any2point.checkpoint import load_checkpoint, save_checkpoint
 from any2point.config import check_train_settings
 from any2point.data import data_options
+from any2point.data.classes import MODELNET10_CLASSES, MODELNET40_CLASSES, NAMED_SPLITS, class_selection_of
 from any2point.distributed import DistContext
 from any2point.engine import make_loader, predict
-from any2point.metrics import classification_metrics
-from any2point.data.classes import MODELNET10_CLASSES, MODELNET40_CLASSES, NAMED_SPLITS, class_selection_of
 from any2point.errors import CheckpointMismatchError, ConfigError, DataError
 from any2point.evaluate import route_data_overrides, run_eval
 from any2point.heads import ContrastiveHead, list_heads
+from any2point.metrics import classification_metrics
 from any2point.text_encoders import class_embeddings, class_texts, load_text_encoder
 from any2point.train import run_training
 from any2point.zeroshot import evaluate_zero_shot, zero_shot_data
-from any2point.backbones.weights import package_dir
+
 from ..data_files import MODELNET40_SHARED, need_shared, random_clouds, write_modelnet40_release
 from ..tiny_run import compose_config, metrics
 
